@@ -1,0 +1,350 @@
+"""The registry's HTTP endpoint: GeeRPC's two-header contract on top of the liveness table.
+
+This layer owns the aiohttp server, the clock and the watchers; every decision about
+who is alive is made by ``table.LivenessTable``. It imports nothing from the RPC
+layers. The HTTP API is described precisely in ``docs/registry.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Final
+
+from aiohttp import web
+
+from .table import MAX_SERVERS, MAX_SERVICES, LivenessTable, TableFull, canonical_address, parse_services
+
+__all__ = [
+    "Registry",
+    "DEFAULT_PATH",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_WAIT",
+    "MAX_WAIT",
+    "MAX_WATCHERS",
+    "format_seconds",
+]
+
+log = logging.getLogger("geerpc.registry")
+
+DEFAULT_PATH: Final = "/_geerpc_/registry"
+DEFAULT_TIMEOUT: Final = 300.0
+DEFAULT_WAIT: Final = 30.0  # a watch that names an index but no wait
+MAX_WAIT: Final = 300.0
+MAX_WATCHERS: Final = 1024
+
+H_SERVER: Final = "X-Geerpc-Server"
+H_SERVERS: Final = "X-Geerpc-Servers"
+H_SERVICES: Final = "X-Geerpc-Services"
+H_TIMEOUT: Final = "X-Geerpc-Timeout"
+H_INDEX: Final = "X-Geerpc-Index"
+
+_MAX_INDEX_DIGITS: Final = 16  # indexes are below 2**53
+
+
+def format_seconds(seconds: float) -> str:
+    """``300.0`` -> ``"300"``, ``0.5`` -> ``"0.5"``: what X-Geerpc-Timeout carries."""
+    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
+
+
+class _BadRequest(Exception):
+    """Raised while reading a request; becomes a 400 with this message as the body."""
+
+
+class Registry:
+    """GeeRPC's registry as an aiohttp endpoint, with deregistration, services and watches.
+
+    ``timeout`` is how many seconds a server stays listed without a heartbeat
+    (0: forever). ``max_servers`` caps the table (a new server beyond it gets 503),
+    ``max_watchers`` caps concurrent long-poll GETs (beyond it: 429), ``max_wait``
+    caps a watch's ``wait``. ``clock`` is a monotonic clock in seconds.
+
+    Use ``url = await registry.start(host, port)`` and ``await registry.stop()``, or
+    ``async with Registry() as registry:`` which starts on 127.0.0.1 with a free port
+    unless ``start()`` was already called, and stops on exit.
+    """
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        path: str = DEFAULT_PATH,
+        max_servers: int = MAX_SERVERS,
+        max_services: int = MAX_SERVICES,
+        max_watchers: int = MAX_WATCHERS,
+        max_wait: float = MAX_WAIT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/', not {path!r}")
+        self.table = LivenessTable(timeout, max_servers=max_servers, max_services=max_services)
+        self.path = path
+        self.max_watchers = max_watchers
+        self.max_wait = max_wait
+        self._clock = clock
+        self._started_at = clock()
+        self._changed = asyncio.Event()
+        self._watchers = 0
+        self._closing = False
+        self._runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        # Rendering 10,000 addresses per GET adds up; the list only changes with the index.
+        self._header_cache: dict[str | None, str] = {}
+        self._header_cache_index = -1
+        self.url: str | None = None
+
+    @property
+    def timeout(self) -> float:
+        return self.table.timeout
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on ``host:port`` (0: a free port); return the registry's URL once listening."""
+        if self._runner is not None:
+            raise RuntimeError(f"registry already started at {self.url}")
+        app = web.Application()
+        app.router.add_route("GET", self.path, self._get)
+        app.router.add_route("POST", self.path, self._post)
+        app.router.add_route("DELETE", self.path, self._delete)
+        # handler_cancellation: a watcher that hangs up must not keep its slot for `wait` seconds.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handler_cancellation=True,
+            shutdown_timeout=5.0,
+            # aiohttp logs malformed requests (e.g. an oversized header, answered 400)
+            # with a traceback; give them a logger of ours that users can quieten.
+            logger=logging.getLogger("geerpc.registry.http"),
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self._closing = False
+        bound_host, bound_port = runner.addresses[0][:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.url = f"http://{shown}:{bound_port}{self.path}"
+        if self.table.timeout > 0:
+            self._sweeper = asyncio.create_task(self._sweep(), name="geerpc-registry-sweep")
+        log.info("registry listening at %s (timeout %ss)", self.url, format_seconds(self.timeout))
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop listening, answer pending watches, close connections. Idempotent."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        self._closing = True
+        self._notify()  # pending watches answer at once with the current list
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            try:
+                await sweeper
+            except asyncio.CancelledError:
+                pass
+        await runner.cleanup()
+        log.info("registry at %s stopped", self.url)
+
+    async def __aenter__(self) -> Registry:
+        if self._runner is None:
+            await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- changes and expiry ----------------------------------------------------------
+
+    def _notify(self) -> None:
+        # Each generation of watchers waits on its own Event; a change wakes that
+        # generation and starts a new one, so nobody can miss a change or see it twice.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _after(self, index_before: int) -> None:
+        if self.table.index != index_before:
+            self._notify()
+
+    def _expire(self) -> float:
+        now = self._clock()
+        if self.table.expire(now):
+            self._notify()
+        return now
+
+    async def _sweep(self) -> None:
+        # Reads expire entries too; this sweep exists so watchers learn of an expiry
+        # without anybody reading. It sleeps until the oldest entry's deadline (new
+        # heartbeats never make that deadline earlier), and at most a second.
+        while True:
+            now = self._expire()
+            deadline = self.table.next_expiry()
+            delay = 1.0 if deadline is None else min(1.0, deadline - now)
+            # asyncio may wake a hair early (clock resolution): never spin on a zero delay.
+            await asyncio.sleep(max(delay, 0.005))
+
+    # -- handlers --------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        return {H_TIMEOUT: format_seconds(self.timeout), H_INDEX: str(self.table.index)}
+
+    def _reply(self, status: int, reason: str) -> web.Response:
+        return web.Response(status=status, text=reason + "\n", headers=self._headers())
+
+    async def _post(self, request: web.Request) -> web.Response:
+        try:
+            address = _server_header(request)
+            services = parse_services(_one_header(request, H_SERVICES), max_services=self.table.max_services)
+        except _BadRequest as exc:
+            return self._reply(400, str(exc))
+        except ValueError as exc:
+            return self._reply(400, f"{H_SERVICES}: {exc}")
+        before = self.table.index
+        try:
+            self.table.heartbeat(address, services, self._clock())
+        except TableFull as exc:
+            response = self._reply(503, str(exc))
+            response.headers["Retry-After"] = "60"
+            return response
+        finally:
+            self._after(before)
+        return web.Response(status=200, headers=self._headers())
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        try:
+            address = _server_header(request)
+        except _BadRequest as exc:
+            return self._reply(400, str(exc))
+        before = self.table.index
+        removed = self.table.remove(address, self._clock())
+        self._after(before)
+        if not removed:
+            return self._reply(404, f"{address} is not registered")
+        return web.Response(status=200, headers=self._headers())
+
+    async def _get(self, request: web.Request) -> web.Response:
+        try:
+            service = _query_service(request)
+            index = _query_index(request)
+            wait = _query_wait(request, self.max_wait)
+        except _BadRequest as exc:
+            return self._reply(400, str(exc))
+        self._expire()
+        if index is not None and index == self.table.index and not self._closing:
+            if self._watchers >= self.max_watchers:
+                response = self._reply(429, f"too many watchers ({self.max_watchers}); poll instead")
+                response.headers["Retry-After"] = "1"
+                return response
+            self._watchers += 1
+            try:
+                async with asyncio.timeout(DEFAULT_WAIT if wait is None else wait):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass  # the wait is over: answer with the unchanged list
+            finally:
+                self._watchers -= 1
+        return self._render(request, service)
+
+    def _render(self, request: web.Request, service: str | None) -> web.Response:
+        now = self._expire()
+        headers = self._headers()
+        if self._header_cache_index != self.table.index:
+            self._header_cache.clear()
+            self._header_cache_index = self.table.index
+        joined = self._header_cache.get(service)
+        if joined is None:
+            joined = self._header_cache[service] = ",".join(self.table.alive(now, service))
+        headers[H_SERVERS] = joined
+        if "application/json" not in request.headers.get("Accept", ""):
+            return web.Response(status=200, headers=headers)
+        body = {
+            "index": self.table.index,
+            "timeout": self.timeout,
+            "uptime": round(now - self._started_at, 3),
+            "servers": [
+                {
+                    "address": info.address,
+                    "services": None if info.services is None else sorted(info.services),
+                    "age": round(info.age, 3),
+                }
+                for info in self.table.snapshot(now, service)
+            ],
+        }
+        return web.Response(
+            status=200, headers=headers, body=json.dumps(body).encode(), content_type="application/json"
+        )
+
+
+# -- reading requests (every problem becomes a 400 naming it) ----------------------
+
+
+def _one_header(request: web.Request, name: str) -> str | None:
+    values = request.headers.getall(name, [])
+    if len(values) > 1:
+        raise _BadRequest(f"{name} given {len(values)} times; send it once")
+    return values[0] if values else None
+
+
+def _server_header(request: web.Request) -> str:
+    raw = _one_header(request, H_SERVER)
+    if raw is None or not raw.strip():
+        raise _BadRequest(f"missing {H_SERVER} header (want e.g. {H_SERVER}: tcp@10.0.0.5:9000)")
+    try:
+        return canonical_address(raw.strip())
+    except ValueError as exc:
+        raise _BadRequest(f"{H_SERVER}: {exc}") from None
+
+
+def _one_param(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise _BadRequest(f"query parameter {name!r} given {len(values)} times")
+    return values[0] if values else None
+
+
+def _query_service(request: web.Request) -> str | None:
+    raw = _one_param(request, "service")
+    if raw is None:
+        return None
+    try:
+        names = parse_services(raw, max_services=1)
+    except ValueError as exc:
+        raise _BadRequest(f"service: {exc}") from None
+    if not names:
+        raise _BadRequest("service: empty name")
+    return next(iter(names))
+
+
+def _query_index(request: web.Request) -> int | None:
+    raw = _one_param(request, "index")
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_INDEX_DIGITS:
+        raise _BadRequest(f"index must be a non-negative integer of at most {_MAX_INDEX_DIGITS} digits")
+    return int(raw)
+
+
+def _query_wait(request: web.Request, max_wait: float) -> float | None:
+    raw = _one_param(request, "wait")
+    if raw is None:
+        return None
+    text = raw[:-1] if raw.endswith("s") else raw  # Consul writes waits as "30s"
+    try:
+        wait = float(text) if len(text) <= 32 else math.nan
+    except ValueError:
+        wait = math.nan
+    if not 0 <= wait <= max_wait:  # also rejects NaN and infinities
+        raise _BadRequest(f"wait must be a number of seconds from 0 to {format_seconds(max_wait)}")
+    return wait

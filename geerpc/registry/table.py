@@ -1,0 +1,210 @@
+"""The registry's liveness table: pure logic, no I/O, no clock of its own.
+
+Every method that depends on time takes ``now``, a reading of a monotonic clock in
+seconds, so tests move a fake clock instead of waiting minutes, and a wall-clock
+jump cannot expire anyone. This module imports nothing from asyncio or aiohttp; the
+HTTP endpoint in ``server.py`` wraps it.
+
+Strategy: entries live in an insertion-ordered dict and every heartbeat moves its
+entry to the end, so the dict stays sorted by last heartbeat as long as ``now``
+never goes backwards. Expiry then pops from the front and stops at the first live
+entry: O(expired), not O(table), which matters with 100,000 entries.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from ..address import parse_address
+
+__all__ = [
+    "LivenessTable",
+    "ServerInfo",
+    "TableFull",
+    "canonical_address",
+    "parse_services",
+    "MAX_SERVERS",
+    "MAX_SERVICES",
+    "MAX_SERVICE_NAME",
+]
+
+MAX_SERVERS: Final = 100_000
+MAX_SERVICES: Final = 64
+# 64 names of 100 characters plus commas still fit in aiohttp's 8190-byte header field.
+MAX_SERVICE_NAME: Final = 100
+# Indexes stay below 2**53 so that JSON readers with float numbers (JavaScript) keep them exact.
+_MAX_INDEX: Final = 2**53 - 1
+_SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
+
+
+class TableFull(Exception):
+    """The table holds ``max_servers`` entries and a new address asked to join."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """One live server as a reader sees it."""
+
+    address: str
+    services: frozenset[str] | None  # None: unknown, counts as offering every service
+    age: float  # seconds since its last heartbeat
+
+
+@dataclass(slots=True)
+class _Entry:
+    services: frozenset[str] | None
+    last_seen: float
+
+
+def parse_services(header: str | None, *, max_services: int = MAX_SERVICES) -> frozenset[str] | None:
+    """Parse an ``X-Geerpc-Services`` value: comma-separated service names.
+
+    ``None`` (no header) means unknown, which counts as every service; an empty or
+    blank value means none. Raises ``ValueError`` naming the problem for too many
+    names, a name that is too long, or one with characters outside ``[A-Za-z0-9_.-]``.
+    """
+    if header is None:
+        return None
+    names = [name.strip() for name in header.split(",")]
+    if names == [""]:
+        return frozenset()
+    if len(names) > max_services:
+        raise ValueError(f"too many services: {len(names)} (at most {max_services})")
+    for name in names:
+        if not name:
+            raise ValueError("empty service name in the list")
+        if len(name) > MAX_SERVICE_NAME:
+            raise ValueError(f"service name {name[:32]!r}... longer than {MAX_SERVICE_NAME} characters")
+        if not _SERVICE_NAME.match(name):
+            raise ValueError(f"service name {name[:32]!r}: use letters, digits, '_', '.' and '-'")
+    return frozenset(names)
+
+
+class LivenessTable:
+    """Which servers are alive, what each offers, and an index that marks changes.
+
+    ``timeout`` is how long a server stays listed without a heartbeat (0: forever).
+    A server is dropped once ``now >= last heartbeat + timeout``, as GeeRPC does.
+    ``index`` changes when membership or a server's services change, never on a
+    plain heartbeat refresh. It starts at a random point unless ``first_index`` is
+    given, so an index a watcher held from an earlier registry run is (with
+    overwhelming probability) not a valid index of this one: compare for equality.
+    """
+
+    def __init__(
+        self,
+        timeout: float,
+        *,
+        max_servers: int = MAX_SERVERS,
+        max_services: int = MAX_SERVICES,
+        first_index: int | None = None,
+    ) -> None:
+        if not timeout >= 0:  # also rejects NaN
+            raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
+        if max_servers < 1:
+            raise ValueError("max_servers must be at least 1")
+        self.timeout = float(timeout)
+        self.max_servers = max_servers
+        self.max_services = max_services
+        self._entries: dict[str, _Entry] = {}
+        if first_index is None:
+            # Leave room above the start so the counter never reaches _MAX_INDEX in practice.
+            first_index = random.SystemRandom().randrange(1, 2**52)
+        self.index = first_index
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _bump(self) -> None:
+        self.index = self.index + 1 if self.index < _MAX_INDEX else 1
+
+    def heartbeat(self, address: str, services: Iterable[str] | None, now: float) -> bool:
+        """Register ``address`` or refresh its heartbeat; return True if the list changed.
+
+        ``address`` must already be valid (see ``canonical_address``). Raises
+        ``TableFull`` when a new address would exceed ``max_servers``; existing
+        servers can always refresh. Expired entries are dropped first, so a full
+        table with stale entries makes room.
+        """
+        offered = None if services is None else frozenset(services)
+        if offered is not None and len(offered) > self.max_services:
+            raise ValueError(f"too many services: {len(offered)} (at most {self.max_services})")
+        changed = self.expire(now) != []
+        entry = self._entries.pop(address, None)
+        if entry is None:
+            if len(self._entries) >= self.max_servers:
+                raise TableFull(f"registry is full ({self.max_servers} servers)")
+            entry = _Entry(offered, now)
+            changed = True
+        else:
+            if entry.services != offered:
+                entry.services = offered
+                changed = True
+            entry.last_seen = max(entry.last_seen, now)
+        self._entries[address] = entry  # re-insert at the end: the dict stays sorted by last_seen
+        if changed:
+            self._bump()
+        return changed
+
+    def remove(self, address: str, now: float) -> bool:
+        """Deregister ``address``; return True if it was listed (and alive)."""
+        expired = self.expire(now)
+        removed = self._entries.pop(address, None) is not None
+        if removed and not expired:
+            self._bump()  # expire() already bumped otherwise
+        return removed
+
+    def expire(self, now: float) -> list[str]:
+        """Drop every server silent for ``timeout`` seconds; return their addresses."""
+        if self.timeout == 0 or not self._entries:
+            return []
+        dropped: list[str] = []
+        deadline = now - self.timeout
+        for address, entry in self._entries.items():
+            if entry.last_seen > deadline:
+                break  # sorted by last_seen: everything after this one is alive too
+            dropped.append(address)
+        for address in dropped:
+            del self._entries[address]
+        if dropped:
+            self._bump()
+        return dropped
+
+    def next_expiry(self) -> float | None:
+        """When the next entry expires if nobody heartbeats (None: never or empty)."""
+        if self.timeout == 0 or not self._entries:
+            return None
+        first = next(iter(self._entries.values()))
+        return first.last_seen + self.timeout
+
+    def alive(self, now: float, service: str | None = None) -> list[str]:
+        """The live addresses offering ``service`` (every one when None), sorted."""
+        self.expire(now)
+        return sorted(
+            address
+            for address, entry in self._entries.items()
+            if service is None or entry.services is None or service in entry.services
+        )
+
+    def snapshot(self, now: float, service: str | None = None) -> list[ServerInfo]:
+        """Like ``alive`` but with each server's services and heartbeat age."""
+        self.expire(now)
+        return [
+            ServerInfo(address, entry.services, max(0.0, now - entry.last_seen))
+            for address, entry in sorted(self._entries.items())
+            if service is None or entry.services is None or service in entry.services
+        ]
+
+
+def canonical_address(text: str) -> str:
+    """Validate an address and return its canonical ``protocol@host:port`` form.
+
+    A bare ``host:port`` becomes ``tcp@host:port``, so two spellings of one server
+    share one entry and Go clients (which need the ``protocol@`` prefix) can dial it.
+    Raises ``ValueError`` naming the problem.
+    """
+    return str(parse_address(text))
