@@ -135,6 +135,8 @@ def _parse_endpoint(url: str, item: str) -> tuple[str, int]:
         raise ValueError(f"etcd URL {url!r}: empty endpoint in the host list")
     has_port = "]:" in item if item.startswith("[") else ":" in item
     host, port_text = item.rsplit(":", 1) if has_port else (item, str(DEFAULT_PORT))
+    if ":" in host and not host.startswith("["):
+        raise ValueError(f"etcd URL {url!r}: write IPv6 hosts in brackets, as in [::1]:2379")
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"etcd URL {url!r}: bad port {port_text!r} in {item!r} (want 1 to 65535)")
     try:
@@ -149,6 +151,9 @@ def _parse_ttl(url: str, query: str) -> int:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise ValueError(f"etcd URL {url!r}: malformed query {query!r}") from None
+    names = [name for name, _ in pairs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"etcd URL {url!r}: a parameter is given twice")
     ttl = DEFAULT_TTL
     for name, value in pairs:
         if name != "ttl":
@@ -275,8 +280,8 @@ class _Backoff:
 class _Trouble:
     """Logs a run of failures without spamming: the first one, then one a minute, then the recovery."""
 
-    def __init__(self, what: str, *, every: float = 60.0) -> None:
-        self.what, self.every = what, every
+    def __init__(self, log: logging.Logger, what: str, *, every: float = 60.0) -> None:
+        self.log, self.what, self.every = log, what, every
         self.failures = 0
         self._logged_at = 0.0
 
@@ -284,13 +289,13 @@ class _Trouble:
         self.failures += 1
         if self.failures == 1 or now - self._logged_at >= self.every:
             self._logged_at = now
-            logger.warning("%s: %s (failure %d, retrying)", self.what, error, self.failures)
+            self.log.warning("%s: %s (failure %d, retrying)", self.what, error, self.failures)
         else:
-            logger.debug("%s: %s (failure %d)", self.what, error, self.failures)
+            self.log.debug("%s: %s (failure %d)", self.what, error, self.failures)
 
     def recovered(self) -> None:
         if self.failures:
-            logger.info("%s: etcd answers again after %d failed attempt(s)", self.what, self.failures)
+            self.log.info("%s: etcd answers again after %d failed attempt(s)", self.what, self.failures)
             self.failures = 0
 
 
@@ -316,7 +321,7 @@ class EtcdRegistration:
         self._granted_ttl = url.ttl
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-        self._trouble = _Trouble(f"etcd registration of {address}")
+        self._trouble = _Trouble(logger, f"etcd registration of {address}")
 
     @property
     def lease_id(self) -> int:
