@@ -9,6 +9,10 @@ __all__ = [
     "GeeRPCError",
     "ProtocolError",
     "RemoteError",
+    "ServiceNotFound",
+    "MethodNotFound",
+    "InvalidArguments",
+    "Unavailable",
     "ConnectError",
     "ConnectionClosed",
     "NoServerAvailable",
@@ -57,6 +61,10 @@ class MethodNotFound(RemoteError):
 
 class InvalidArguments(RemoteError):
     """The arguments did not fit the method's signature; the method did not run."""
+
+
+class Unavailable(RemoteError):
+    """The server is stopping and did not run the call: safe to retry on another server."""
 
 
 class ConnectError(GeeRPCError, ConnectionError):

@@ -1,0 +1,318 @@
+"""Server side of one connection: bytes from the socket to handler tasks and back.
+
+A thin ``asyncio.Protocol``: it feeds the sans-IO decoders in ``protocol``, starts one
+task per call, and writes replies. Design notes:
+
+- Replies are collected and written once per loop iteration, so a read that carried
+  64 requests is usually answered by one ``write``: the biggest single win on the
+  per-call path.
+- Backpressure instead of rejection: at ``max_in_flight`` calls, or while the peer
+  does not read our replies, we stop taking frames from the buffer and pause reading
+  the socket; finishing calls resume it. Memory per connection stays at most one
+  frame plus one socket read.
+- A handler may raise anything, KeyboardInterrupt and SystemExit included: ``_run``
+  catches it so it can never escape into the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import protocol as p
+from .errors import ProtocolError
+from .service import Method, argument_error
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["ServerConnection"]
+
+log = logging.getLogger("geerpc.server")
+_CLIENT_CANCELLED = "cancelled by the client"
+_CONNECTION_LOST = "connection lost"
+
+
+class ServerConnection(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._option: p.OptionReader | None = p.OptionReader()
+        self._frames = p.FrameDecoder(server.max_frame_size)
+        self._calls: dict[int, asyncio.Task[None]] = {}
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._handle_timeout = server.handle_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+
+    # ------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        server = self._server
+        if len(server._connections) >= server.max_connections:
+            log.warning("refusing connection: %d connections open", len(server._connections))
+            transport.write(p.encode_option(p.Option(error="server has too many connections")))
+            transport.close()
+            return
+        server._connections.add(self)
+        self._timer = self._loop.call_later(server.handshake_timeout, self._abort, "no Option in time")
+
+    def data_received(self, data: bytes) -> None:
+        if self._option is not None:
+            data = self._handshake(data)
+            if not data:
+                return
+        self._frames.feed(data)
+        self._take_frames()
+
+    def eof_received(self) -> bool | None:
+        # The client finished sending; calls in flight still get their replies.
+        return True if self._calls else None
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._take_frames()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self._server._connections.discard(self)
+        for task in self._calls.values():
+            task.cancel(_CONNECTION_LOST)
+        self._out.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._server._check_drained()
+
+    # ------------------------------------------------------------- handshake
+
+    def _handshake(self, data: bytes) -> bytes:
+        """Consume the Option line; return what followed it (the first frames)."""
+        assert self._option is not None and self._transport is not None
+        if not self._option._buffer and data[:1] != b"{":
+            self._abort(f"expected the Option, got {bytes(data[:16])!r}")
+            return b""
+        try:
+            line, rest = self._option.feed(data)
+            if line is None:
+                return b""
+            option = p.decode_option(line)
+        except ProtocolError as exc:
+            self._abort(str(exc))
+            return b""
+        self._option = None
+        self._cancel_timer()
+        if option.codec_type != p.CODEC_TYPE:
+            self._refuse(f"unsupported codec {option.codec_type[:64]!r}, this server speaks {p.CODEC_TYPE}")
+            return b""
+        if option.handle_timeout:
+            # The smaller of the client's and the server's handle timeout applies.
+            client = option.handle_timeout / 1e9
+            ours = self._handle_timeout
+            self._handle_timeout = client if ours is None else min(client, ours)
+        if self._server._stopping:
+            self._refuse("server is stopping")
+            return b""
+        ack = p.Option(handle_timeout=option.handle_timeout, max_frame_size=self._server.max_frame_size)
+        self._transport.write(p.encode_option(ack))
+        return rest
+
+    def _refuse(self, reason: str) -> None:
+        assert self._transport is not None
+        log.debug("refusing connection: %s", reason)
+        self._transport.write(p.encode_option(p.Option(error=reason)))
+        self._transport.close()
+
+    def _abort(self, reason: str) -> None:
+        """The peer broke the protocol: drop the connection without another word."""
+        self._server.protocol_errors += 1
+        log.debug("closing connection: %s", reason)
+        if self._transport is not None:
+            self._transport.abort()
+
+    # ------------------------------------------------------------- requests
+
+    def _take_frames(self) -> None:
+        server = self._server
+        frames = self._frames
+        calls = self._calls
+        limit = server.max_in_flight
+        try:
+            while len(calls) < limit and not self._writing_paused:
+                payload = frames.next_frame()
+                if payload is None:
+                    break
+                self._handle(payload)
+            else:
+                self._pause_reading()
+        except ProtocolError as exc:
+            self._abort(str(exc))
+            return
+        if self._reading_paused and len(calls) < limit and not self._writing_paused:
+            self._reading_paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+        self._schedule_flush()
+        # A frame that has started must finish within frame_timeout (slow-loris).
+        if frames.pending and not self._reading_paused:
+            if self._timer is None:
+                self._timer = self._loop.call_later(server.frame_timeout, self._abort, "frame stalled")
+        else:
+            self._cancel_timer()
+
+    def _handle(self, payload: bytes) -> None:
+        try:
+            message = p.decode_request(payload)
+        except p.BadRequest as bad:
+            self._out.append(p.encode_error(bad.seq, bad.code, bad.type, bad.message))
+            return
+        if type(message) is p.Cancel:
+            task = self._calls.get(message.seq)
+            if task is not None:
+                task.cancel(_CLIENT_CANCELLED)
+            return
+        assert type(message) is p.Request
+        seq = message.seq
+        if seq in self._calls:
+            raise ProtocolError(f"seq {seq} is already in flight")
+        server = self._server
+        method = server._methods.get(message.service_method)
+        if method is None:
+            self._out.append(server._not_found(seq, message.service_method))
+            return
+        if server._stopping:
+            self._out.append(p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", "server is stopping"))
+            return
+        timeout = message.timeout
+        if self._handle_timeout is not None and (timeout is None or self._handle_timeout < timeout):
+            timeout = self._handle_timeout
+        self._calls[seq] = self._loop.create_task(self._run(seq, method, message.args, message.kwargs, timeout))
+
+    async def _run(self, seq: int, method: Method, args: list[Any], kwargs: dict[str, Any],
+                   timeout: float | None) -> None:
+        try:
+            if timeout is None:
+                result = await self._invoke(method, args, kwargs)
+            else:
+                deadline = asyncio.timeout(timeout)
+                try:
+                    async with deadline:
+                        result = await self._invoke(method, args, kwargs)
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise  # the handler's own TimeoutError, not our deadline
+                    self._reply(p.encode_error(seq, p.ErrorCode.TIMEOUT, "Timeout",
+                                               f"{method.name} did not finish within {timeout:g} s"))
+                    return
+            try:
+                reply = p.encode_response(seq, result)
+            except (TypeError, ValueError, OverflowError) as exc:
+                reply = p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
+                                       f"result of {method.name} cannot be encoded: {_describe(exc)}")
+            if len(reply) - 4 > self._server.max_frame_size:
+                reply = p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
+                                       f"result of {method.name} is {len(reply) - 4} bytes, over the "
+                                       f"{self._server.max_frame_size}-byte frame limit")
+            self._reply(reply)
+        except asyncio.CancelledError:
+            if self._server._stopping and self._transport is not None and not self._transport.is_closing():
+                self._reply(p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable",
+                                           f"server stopped before {method.name} finished"))
+            raise
+        except TypeError as exc:
+            problem = argument_error(method, args, kwargs)
+            if problem is not None:
+                self._reply(p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments", problem))
+            else:
+                self._reply(_application_error(seq, method, exc))
+        except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
+            self._reply(_application_error(seq, method, exc))
+        finally:
+            del self._calls[seq]
+            if self._reading_paused:
+                self._take_frames()
+            if not self._calls and self._server._stopping:
+                self._server._check_drained()
+
+    async def _invoke(self, method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        if method.is_async:
+            return await method.func(*args, **kwargs)
+        # Plain functions may block (time.sleep, CPU work): run them on the server's
+        # thread pool so other calls keep flowing. A thread cannot be cancelled; past
+        # its deadline its result is simply dropped.
+        call = functools.partial(method.func, *args, **kwargs)
+        return await self._loop.run_in_executor(self._server._executor, call)
+
+    # ------------------------------------------------------------- replies
+
+    def _reply(self, frame: bytes) -> None:
+        self._out.append(frame)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._out and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    # ------------------------------------------------------------- helpers
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    def cancel_calls(self) -> None:
+        for task in self._calls.values():
+            task.cancel("server stopping")
+
+    def close(self) -> None:
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def _application_error(seq: int, method: Method, exc: BaseException) -> bytes:
+    # Tracebacks stay on the server (at debug level): they leak paths and code.
+    log.debug("%s raised %s", method.name, type(exc).__name__, exc_info=exc)
+    return p.encode_error(seq, p.ErrorCode.APPLICATION, type(exc).__name__, _describe(exc))

@@ -1,0 +1,337 @@
+"""The wire protocol, sans I/O: the Option handshake, framing and message codecs.
+
+Bytes go in, messages come out, and back; nothing here touches sockets or asyncio,
+so every rule can be tested byte by byte. docs/protocol.md is the normative text.
+
+Strategy: a connection opens with one JSON line (GeeRPC's Option). After it, each
+message is a frame: a 4-byte big-endian length, then that many bytes holding one
+msgpack array. The length is checked against the maximum frame size *before* any of
+the body is buffered, so a hostile peer cannot make us allocate more than that.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import struct
+from typing import Any, Final, NamedTuple
+
+import msgpack
+
+from .errors import ProtocolError
+
+__all__ = [
+    "MAGIC_NUMBER", "CODEC_TYPE", "MAX_OPTION_SIZE", "DEFAULT_MAX_FRAME_SIZE", "MAX_METHOD_LENGTH",
+    "MsgType", "ErrorCode", "Option", "OptionReader", "FrameDecoder",
+    "Request", "Cancel", "Response", "BadRequest",
+    "encode_option", "decode_option", "encode_request", "encode_cancel",
+    "encode_response", "encode_error", "decode_request", "decode_response", "frame",
+]
+
+MAGIC_NUMBER: Final = 0x3BEF5C  # 3927900, as in GeeRPC
+CODEC_TYPE: Final = "application/msgpack"
+MAX_OPTION_SIZE: Final = 1024  # bytes, newline included
+DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
+MAX_METHOD_LENGTH: Final = 256
+_MAX_SEQ: Final = 2**63 - 1
+_LENGTH: Final = struct.Struct(">I")
+_unpack_length = _LENGTH.unpack_from
+_pack_length = _LENGTH.pack
+
+
+class MsgType(enum.IntEnum):
+    """The first element of every message array."""
+
+    REQUEST = 0
+    RESPONSE = 1
+    CANCEL = 2
+
+
+class ErrorCode(enum.IntEnum):
+    """Why a call failed; the first element of a response's error triple."""
+
+    APPLICATION = 1  # the handler raised
+    NOT_FOUND = 2  # no such service or method
+    INVALID_ARGUMENT = 3  # arguments did not fit; the handler did not run
+    TIMEOUT = 4  # the server's handle timeout or the caller's deadline passed
+    INTERNAL = 5  # the server could not finish the call (e.g. unencodable result)
+    UNAVAILABLE = 6  # the server is stopping; the handler did not run
+
+
+# --------------------------------------------------------------------------- Option
+
+
+class Option(NamedTuple):
+    """The handshake line. Durations are nanoseconds, as GeeRPC's Go side writes them."""
+
+    magic_number: int = MAGIC_NUMBER
+    codec_type: str = CODEC_TYPE
+    connect_timeout: int = 10_000_000_000
+    handle_timeout: int = 0  # 0 = none
+    error: str | None = None  # set only in a server's refusal
+    max_frame_size: int = 0  # in the server's acknowledgement; 0 = not stated
+
+
+def encode_option(option: Option) -> bytes:
+    """One line of JSON with GeeRPC's field names, newline-terminated."""
+    fields: dict[str, Any] = {
+        "MagicNumber": option.magic_number,
+        "CodecType": option.codec_type,
+        "ConnectTimeout": option.connect_timeout,
+        "HandleTimeout": option.handle_timeout,
+    }
+    if option.max_frame_size:
+        fields["MaxFrameSize"] = option.max_frame_size
+    if option.error is not None:
+        fields = {"Error": option.error}
+    return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_option(line: bytes) -> Option:
+    """Parse and check one Option line (without or with its newline).
+
+    Raises ProtocolError for anything but a JSON object with the right magic number;
+    a refusal from a server (``{"Error": ...}``) comes back as ``Option(error=...)``.
+    An unknown codec is *not* checked here: the caller decides what it supports.
+    """
+    try:
+        fields = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"Option is not valid JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise ProtocolError("Option must be a JSON object")
+    if "Error" in fields:
+        return Option(error=str(fields["Error"])[:MAX_OPTION_SIZE])
+    magic = fields.get("MagicNumber")
+    if type(magic) is not int or magic != MAGIC_NUMBER:
+        raise ProtocolError(f"invalid magic number {str(magic)[:32]!r}, want {MAGIC_NUMBER}")
+    codec = fields.get("CodecType", CODEC_TYPE)
+    if not isinstance(codec, str):
+        raise ProtocolError("CodecType must be a string")
+    durations = []
+    for key in ("ConnectTimeout", "HandleTimeout", "MaxFrameSize"):
+        value = fields.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise ProtocolError(f"{key} must be a non-negative integer")
+        durations.append(value)
+    return Option(MAGIC_NUMBER, codec, durations[0], durations[1], None, durations[2])
+
+
+class OptionReader:
+    """Collects the Option line from arbitrary chunks, never taking a byte past it.
+
+    ``feed()`` returns ``(line, leftover)`` once the newline has arrived (``leftover``
+    is what followed it: the first frames, to hand on), else ``(None, b"")``.
+    """
+
+    def __init__(self, limit: int = MAX_OPTION_SIZE) -> None:
+        self._buffer = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes) -> tuple[bytes | None, bytes]:
+        start = len(self._buffer)
+        self._buffer += data
+        end = self._buffer.find(b"\n", start)
+        if end < 0:
+            if len(self._buffer) >= self._limit:
+                raise ProtocolError(f"Option line longer than {self._limit} bytes")
+            return None, b""
+        if end + 1 > self._limit:
+            raise ProtocolError(f"Option line longer than {self._limit} bytes")
+        line = bytes(self._buffer[:end])
+        leftover = bytes(self._buffer[end + 1 :])
+        self._buffer = bytearray()
+        return line, leftover
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix ``payload`` with its 4-byte big-endian length."""
+    return _pack_length(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame payloads, enforcing the maximum frame size.
+
+    Feed it whatever arrived; ``next_frame()`` hands out complete payloads one at a
+    time (so a caller applying backpressure can stop taking them), ``None`` when no
+    complete frame is buffered. A bad length raises ProtocolError as soon as its four
+    bytes are in, before any of the body is buffered.
+    """
+
+    __slots__ = ("_buffer", "_pos", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self._buffer = bytearray()
+        self._pos = 0
+        self.max_frame_size = max_frame_size
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:  # compact lazily: only when new bytes arrive
+            del self._buffer[: self._pos]
+            self._pos = 0
+        self._buffer += data
+
+    def next_frame(self) -> bytes | None:
+        buffer, pos = self._buffer, self._pos
+        available = len(buffer) - pos
+        if available < 4:
+            return None
+        (size,) = _unpack_length(buffer, pos)
+        if size == 0 or size > self.max_frame_size:
+            raise ProtocolError(f"frame length {size} outside 1..{self.max_frame_size}")
+        if available < 4 + size:
+            return None
+        end = pos + 4 + size
+        payload = bytes(buffer[pos + 4 : end])
+        self._pos = end
+        return payload
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered that do not yet form a whole frame (or were not taken)."""
+        return len(self._buffer) - self._pos
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class Request(NamedTuple):
+    seq: int
+    service_method: str
+    timeout: float | None  # seconds the caller will still wait, or None
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+class Cancel(NamedTuple):
+    seq: int
+
+
+class Response(NamedTuple):
+    seq: int
+    error: tuple[int, str, str] | None  # (ErrorCode, type name, message)
+    result: Any
+
+
+class BadRequest(Exception):
+    """A request whose seq is known but which cannot be served: answer it with an error.
+
+    Raised by ``decode_request``; anything worse is a ProtocolError (close).
+    """
+
+    def __init__(self, seq: int, code: ErrorCode, type: str, message: str) -> None:
+        super().__init__(message)
+        self.seq, self.code, self.type, self.message = seq, code, type, message
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not accepted")
+
+
+_UNPACK_OPTIONS: Final[dict[str, Any]] = {"raw": False, "strict_map_key": True, "ext_hook": _reject_ext}
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_unpackb = msgpack.unpackb
+# What msgpack raises for bytes that do not decode (StackError and FormatError are
+# ValueError subclasses; ExtraData too).
+_DECODE_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
+
+
+def encode_request(seq: int, service_method: str, args: Any, kwargs: Any, timeout: float | None) -> bytes:
+    """A whole request frame. Raises TypeError/ValueError/OverflowError for unencodable args."""
+    body = _packb([0, seq, service_method, timeout, args, kwargs])
+    return _pack_length(len(body)) + body
+
+
+def encode_cancel(seq: int) -> bytes:
+    body = _packb([2, seq])
+    return _pack_length(len(body)) + body
+
+
+def encode_response(seq: int, result: Any) -> bytes:
+    """A whole success frame. Raises TypeError/ValueError/OverflowError if unencodable."""
+    body = _packb([1, seq, None, result])
+    return _pack_length(len(body)) + body
+
+
+def encode_error(seq: int, code: ErrorCode, type: str, message: str) -> bytes:
+    body = _packb([1, seq, [int(code), type, message], None])
+    return _pack_length(len(body)) + body
+
+
+def _valid_seq(seq: Any) -> bool:
+    return type(seq) is int and 0 < seq <= _MAX_SEQ
+
+
+def decode_request(payload: bytes) -> Request | Cancel:
+    """Decode and validate what a client sent.
+
+    Raises BadRequest when the seq can be read but the rest is wrong (answer with an
+    error, keep the connection), ProtocolError when not even that (close).
+    """
+    try:
+        message = _unpackb(payload, **_UNPACK_OPTIONS)
+    except _DECODE_ERRORS as exc:
+        seq = _salvage_seq(payload)
+        if seq is None:
+            raise ProtocolError(f"undecodable message: {exc}") from None
+        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"undecodable request: {exc}") from None
+    if type(message) is not list or not message:
+        raise ProtocolError("message must be a non-empty msgpack array")
+    kind = message[0]
+    if kind == 0 and type(kind) is int and len(message) == 6:
+        _, seq, method, timeout, args, kwargs = message
+        if not _valid_seq(seq):
+            raise ProtocolError(f"seq must be an integer from 1 to {_MAX_SEQ}")
+        if type(method) is not str:
+            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", "service_method must be a string")
+        if len(method) > MAX_METHOD_LENGTH:
+            raise BadRequest(seq, ErrorCode.NOT_FOUND, "MethodNotFound",
+                             f"service_method is {len(method)} characters, over {MAX_METHOD_LENGTH}")
+        if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0 or math.isinf(timeout)):
+            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
+                             "timeout must be a non-negative finite number or nil")
+        if type(args) is not list or type(kwargs) is not dict:
+            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
+                             "args must be an array and kwargs a map")
+        return Request(seq, method, timeout, args, kwargs)
+    if kind == 2 and type(kind) is int and len(message) == 2:
+        if not _valid_seq(message[1]):
+            raise ProtocolError("cancel: seq must be a positive integer")
+        return Cancel(message[1])
+    raise ProtocolError(f"not a request or cancel message (type {str(kind)[:16]}, {len(message)} elements)")
+
+
+def _salvage_seq(payload: bytes) -> int | None:
+    """Read just the type and seq of a request whose body would not decode."""
+    unpacker = msgpack.Unpacker(**_UNPACK_OPTIONS, max_buffer_size=len(payload) + 1)
+    unpacker.feed(payload)
+    try:
+        if unpacker.read_array_header() != 6 or unpacker.unpack() != 0:
+            return None
+        seq = unpacker.unpack()
+    except _DECODE_ERRORS:
+        return None
+    return seq if _valid_seq(seq) else None
+
+
+def decode_response(payload: bytes) -> Response:
+    """Decode and validate what a server sent; ProtocolError for anything malformed."""
+    try:
+        message = _unpackb(payload, **_UNPACK_OPTIONS)
+    except _DECODE_ERRORS as exc:
+        raise ProtocolError(f"undecodable response: {exc}") from None
+    if type(message) is not list or len(message) != 4 or message[0] != 1 or type(message[0]) is not int:
+        raise ProtocolError("response must be a 4-element array starting with 1")
+    _, seq, error, result = message
+    if not _valid_seq(seq):
+        raise ProtocolError("response seq must be a positive integer")
+    if error is not None:
+        if (type(error) is not list or len(error) != 3 or type(error[0]) is not int
+                or type(error[1]) is not str or type(error[2]) is not str):
+            raise ProtocolError("response error must be [code, type, message]")
+        return Response(seq, (error[0], error[1], error[2]), None)
+    return Response(seq, None, result)

@@ -1,0 +1,235 @@
+"""The Server: services, listening sockets, registry announcement and graceful stop.
+
+Per-connection work lives in ``connection.ServerConnection``; this module owns what
+is shared: the method table, limits, the thread pool for plain ``def`` handlers,
+and the life cycle (start, serve_forever, stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+from types import TracebackType
+from typing import Any, Protocol
+
+from . import protocol as p
+from .connection import ServerConnection
+from .service import Method, Service, build_service
+
+__all__ = ["Server"]
+
+log = logging.getLogger("geerpc.server")
+
+
+class _Announcement(Protocol):
+    async def stop(self) -> None: ...
+
+
+class Server:
+    """Serves the public methods of registered objects as ``"Service.method"``.
+
+    Args:
+        handle_timeout: seconds a handler may run (None: no limit). A client's own
+            HandleTimeout, or the deadline it sends with a call, can only shorten it.
+        max_frame_size: largest frame accepted or sent, in bytes (default 16 MiB).
+        max_in_flight: calls running at once per connection; past it the server stops
+            reading that connection until calls finish (backpressure).
+        max_connections: connections beyond this are refused at once.
+        handshake_timeout: seconds a new connection has to send its Option.
+        frame_timeout: seconds a frame that has started may take to arrive whole.
+        max_workers: threads for plain ``def`` handlers.
+    """
+
+    def __init__(
+        self,
+        *,
+        handle_timeout: float | None = None,
+        max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
+        max_in_flight: int = 128,
+        max_connections: int = 1024,
+        handshake_timeout: float = 10.0,
+        frame_timeout: float = 30.0,
+        max_workers: int = 32,
+    ) -> None:
+        if handle_timeout is not None and not handle_timeout > 0:
+            raise ValueError("handle_timeout must be positive or None")
+        for name, value in (("max_frame_size", max_frame_size), ("max_in_flight", max_in_flight),
+                            ("max_connections", max_connections), ("max_workers", max_workers)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer")
+        if max_frame_size > 2**32 - 1:
+            raise ValueError("max_frame_size must fit the 4-byte length prefix")
+        self.handle_timeout = handle_timeout
+        self.max_frame_size = max_frame_size
+        self.max_in_flight = max_in_flight
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.frame_timeout = frame_timeout
+        self.protocol_errors = 0  # connections closed because the peer broke the protocol
+        self._services: dict[str, Service] = {}
+        self._methods: dict[str, Method] = {}
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="geerpc-handler")
+        self._connections: set[ServerConnection] = set()
+        self._listener: asyncio.Server | None = None
+        self._unix_path: str | None = None
+        self._announcement: _Announcement | None = None
+        self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
+        self._drained: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self.address: str | None = None
+
+    # ------------------------------------------------------------- services
+
+    def register(self, instance: Any, name: str | None = None) -> str:
+        """Expose the public methods of ``instance`` as ``"<name>.<method>"``.
+
+        ``name`` defaults to the class name. Returns the service name. Raises
+        ValueError if the name is taken or ``instance`` has no public methods.
+        """
+        service = build_service(instance, name)
+        if service.name in self._services:
+            raise ValueError(f"service {service.name!r} is already registered")
+        self._services[service.name] = service
+        for method in service.methods.values():
+            self._methods[method.name] = method
+        return service.name
+
+    @property
+    def services(self) -> dict[str, list[str]]:
+        """Service name -> sorted method names."""
+        return {name: sorted(s.methods) for name, s in self._services.items()}
+
+    def _not_found(self, seq: int, service_method: str) -> bytes:
+        service, dot, method = service_method.rpartition(".")
+        shown = service_method if len(service_method) <= 80 else service_method[:80] + "..."
+        if not dot or not service or not method:
+            return p.encode_error(seq, p.ErrorCode.NOT_FOUND, "MethodNotFound",
+                                  f"malformed service_method {shown!r}: want 'Service.method'")
+        if service not in self._services:
+            return p.encode_error(seq, p.ErrorCode.NOT_FOUND, "ServiceNotFound", f"can't find service {service!r}")
+        return p.encode_error(seq, p.ErrorCode.NOT_FOUND, "MethodNotFound",
+                              f"can't find method {method!r} of service {service!r}")
+
+    # ------------------------------------------------------------- life cycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, registry: str | None = None) -> str:
+        """Listen, and return the address clients dial (``"tcp@127.0.0.1:PORT"``).
+
+        ``host`` may also be a whole address: ``"unix@/path/to.sock"`` or
+        ``"tcp@host:port"``. Returns once the socket is listening. With ``registry``
+        (an ``http://`` registry URL or an ``etcd://`` URL) the server announces itself
+        there and keeps announcing until ``stop()``; ``start`` returns after the first
+        attempt (an unreachable HTTP registry is retried in the background; an
+        unreachable etcd raises ``RegistryError``).
+        """
+        if self._listener is not None or self._stopping:
+            raise RuntimeError("server already started (a stopped server cannot be restarted)")
+        loop = asyncio.get_running_loop()
+        self._drained = asyncio.Event()
+        self._stopped = asyncio.Event()
+        factory = lambda: ServerConnection(self)  # noqa: E731
+        if host.startswith("unix@"):
+            path = host[len("unix@"):]
+            if not path:
+                raise ValueError("unix@ address needs a socket path")
+            self._listener = await loop.create_unix_server(factory, path)
+            self._unix_path = path
+            self.address = f"unix@{path}"
+        else:
+            if "@" in host:
+                scheme, _, rest = host.partition("@")
+                if scheme != "tcp":
+                    raise ValueError(f"cannot listen on {host!r}: want host, tcp@host:port or unix@path")
+                host, _, port_text = rest.rpartition(":")
+                host = host.strip("[]")
+                port = int(port_text)
+            self._listener = await loop.create_server(factory, host, port, reuse_address=True)
+            sockname = self._listener.sockets[0].getsockname()
+            shown = f"[{sockname[0]}]" if self._listener.sockets[0].family == socket.AF_INET6 else sockname[0]
+            self.address = f"tcp@{shown}:{sockname[1]}"
+        if registry is not None:
+            from .registry import announce
+
+            try:
+                self._announcement = await announce(registry, self.address, sorted(self._services))
+            except BaseException:
+                await self.stop(grace=0)
+                raise
+        log.info("serving %s on %s", ", ".join(sorted(self._services)) or "no services", self.address)
+        return self.address
+
+    async def serve_forever(self) -> None:
+        """Wait until the server is stopped; cancelling this stops it."""
+        if self._stopped is None:
+            raise RuntimeError("call start() first")
+        try:
+            await self._stopped.wait()
+        except asyncio.CancelledError:
+            await asyncio.shield(self.stop())
+            raise
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop gracefully; safe to call more than once (later calls wait for the first).
+
+        Deregisters first, stops accepting, answers new requests with an Unavailable
+        error, lets calls in flight finish for up to ``grace`` seconds, then cancels
+        them (their callers get Unavailable) and closes every connection.
+        """
+        if self._stop_task is None:
+            self._stopping = True
+            self._stop_task = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self, grace: float) -> None:
+        if self._announcement is not None:
+            try:
+                await self._announcement.stop()
+            except Exception:  # noqa: BLE001 - a registry problem must not block the stop
+                log.warning("deregistering %s failed", self.address, exc_info=True)
+        if self._listener is not None:
+            self._listener.close()
+        if self._drained is not None and any(c.in_flight for c in self._connections):
+            self._check_drained()
+            try:
+                async with asyncio.timeout(grace):
+                    await self._drained.wait()
+            except TimeoutError:
+                pass
+        for connection in list(self._connections):
+            connection.cancel_calls()
+        await asyncio.sleep(0)  # let cancelled handlers queue their Unavailable replies
+        for connection in list(self._connections):
+            connection.close()
+        waiters = [c.closed for c in self._connections]
+        if waiters:
+            _, late = await asyncio.wait(waiters, timeout=1.0)
+            for connection in list(self._connections):
+                connection.abort()  # a peer that does not read our last replies
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        if self._listener is not None:
+            await self._listener.wait_closed()
+        if self._unix_path is not None:
+            try:
+                os.unlink(self._unix_path)
+            except OSError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._stopped is not None:
+            self._stopped.set()
+        log.info("stopped %s", self.address)
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not any(c.in_flight for c in self._connections):
+            self._drained.set()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()

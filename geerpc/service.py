@@ -1,0 +1,101 @@
+"""Services by reflection: the method table built from a registered object.
+
+Only this table is consulted at call time: a client's string is looked up in a dict
+built at registration, never passed to ``getattr``. That is what keeps ``_secret``,
+``__init__``, ``__class__`` and ``add.__globals__`` out of reach (the Pyro5/RPyC
+attribute-traversal bugs). No asyncio here beyond telling coroutine functions apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Method", "Service", "build_service", "argument_error"]
+
+
+@dataclass(slots=True)
+class Method:
+    """One callable endpoint, ``"Service.method"``."""
+
+    name: str
+    func: Callable[..., Any]
+    is_async: bool
+    _signature: inspect.Signature | None = field(default=None, repr=False)
+
+    @property
+    def signature(self) -> inspect.Signature | None:
+        """The method's signature, or None when Python cannot tell (some builtins)."""
+        if self._signature is None:
+            try:
+                self._signature = inspect.signature(self.func)
+            except (TypeError, ValueError):
+                return None
+        return self._signature
+
+
+@dataclass(slots=True)
+class Service:
+    name: str
+    instance: Any
+    methods: dict[str, Method]
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and name.isidentifier() and not name.startswith("_")
+
+
+def build_service(instance: Any, name: str | None = None) -> Service:
+    """Collect the public methods of ``instance``: names not starting with ``_``.
+
+    Attributes are inspected on the class with ``inspect.getattr_static`` so that
+    registering an object never runs its properties. Raises ValueError for a bad
+    service name or an object with no public methods.
+    """
+    if name is None:
+        name = type(instance).__name__
+    if not isinstance(name, str) or not _valid_name(name):
+        raise ValueError(f"service name {name!r} must be a public Python identifier (no dots, no leading _)")
+    methods: dict[str, Method] = {}
+    for attr in dir(type(instance)):
+        if not _valid_name(attr):
+            continue
+        static = inspect.getattr_static(instance, attr)
+        if isinstance(static, (staticmethod, classmethod)):
+            static = static.__func__
+        if not callable(static) or isinstance(static, type) or isinstance(static, property):
+            continue
+        bound = getattr(instance, attr)
+        methods[attr] = Method(f"{name}.{attr}", bound, _is_async(bound))
+    if not methods:
+        raise ValueError(f"{type(instance).__name__} has no public methods to register")
+    return Service(name, instance, methods)
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # a callable object with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def argument_error(method: Method, args: list[Any], kwargs: dict[str, Any]) -> str | None:
+    """Why ``args``/``kwargs`` do not fit ``method``, or None when they do.
+
+    Called only after the call itself raised TypeError (binding is then re-checked to
+    tell a caller's mistake from a TypeError raised inside the handler), so the
+    common path pays nothing for it.
+    """
+    for key in kwargs:
+        if not isinstance(key, str):
+            return f"{method.name}: keyword argument names must be strings"
+    signature = method.signature
+    if signature is None:
+        return None
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        return f"{method.name}{signature}: {exc}"
+    return None
