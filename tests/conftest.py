@@ -1,0 +1,87 @@
+"""Shared fixtures: services to serve, a server on 127.0.0.1 port 0, a client to it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+import geerpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Arith:
+    """The service most tests call."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.calls = 0
+
+    async def add(self, a, b):
+        self.calls += 1
+        return a + b
+
+    def mul(self, a, b):
+        return a * b
+
+    async def sleep(self, seconds):
+        self.started.set()
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return seconds
+
+    def block(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+    async def echo(self, value):
+        return value
+
+    async def fail(self, message):
+        raise ValueError(message)
+
+    def _secret(self):
+        return "secret"
+
+
+@pytest.fixture
+def arith() -> Arith:
+    return Arith()
+
+
+@pytest.fixture
+async def server(arith: Arith) -> AsyncIterator[geerpc.Server]:
+    srv = geerpc.Server()
+    srv.register(arith)
+    await srv.start("127.0.0.1", 0)
+    yield srv
+    await srv.stop(grace=1.0)
+
+
+@pytest.fixture
+async def client(server: geerpc.Server) -> AsyncIterator[geerpc.Client]:
+    assert server.address is not None
+    c = await geerpc.dial(server.address, connect_timeout=5)
+    yield c
+    await c.close()
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child Python processes that import geerpc from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+PYTHON = sys.executable
