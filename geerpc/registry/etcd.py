@@ -185,7 +185,7 @@ class EtcdClients:
         import grpc
 
         # What counts as "this endpoint failed": anything from gRPC or aetcd, or our deadline.
-        self._failures: tuple[type[BaseException], ...] = (
+        self.failures: tuple[type[BaseException], ...] = (
             self._aetcd.ClientError, grpc.RpcError, grpc.aio.BaseError, TimeoutError, OSError,
         )
         if not endpoints:
@@ -227,7 +227,7 @@ class EtcdClients:
             try:
                 async with asyncio.timeout(self.call_timeout if timeout is None else timeout):
                     return await op(self.client())
-            except self._failures as exc:
+            except self.failures as exc:
                 problems.append(f"{endpoint}: {_describe_error(exc)}")
                 last = exc
                 self._current = (self._current + 1) % len(self.endpoints)
@@ -436,13 +436,14 @@ class EtcdRegistration:
 async def register(
     url: str,
     address: str,
-    services: Iterable[str],
+    services: Iterable[str] | None,
     metadata: dict[str, object] | None = None,
     *,
     timeout: float = REGISTER_TIMEOUT,
 ) -> EtcdRegistration:
     """Register ``address`` (offering ``services``) in etcd and keep it alive.
 
+    ``services=None`` means not known: discoveries count the server as offering every service.
     ``url`` is ``etcd://host:port[,host:port...]/prefix?ttl=N``. ``metadata`` must be
     JSON-serialisable; discoveries read it but geerpc does not interpret it.
     Returns a running ``EtcdRegistration``: ``await reg.stop()`` deregisters.
@@ -454,10 +455,12 @@ async def register(
     parse_address(address)  # ValueError naming the problem
     if isinstance(services, str):
         raise ValueError("services must be a list of names, not one string")
-    given = list(services)
-    if not all(isinstance(name, str) and name for name in given):
-        raise ValueError(f"services must be non-empty strings, got {given!r}")
-    names = sorted(set(given))
+    names: list[str] | None = None
+    if services is not None:
+        given = list(services)
+        if not all(isinstance(name, str) and name for name in given):
+            raise ValueError(f"services must be non-empty strings, got {given!r}")
+        names = sorted(set(given))
     try:
         value = json.dumps({"address": address, "services": names, "metadata": metadata or {}},
                            sort_keys=True).encode()

@@ -1,0 +1,238 @@
+"""EtcdDiscovery: the server list read from etcd and kept current by a watch.
+
+Layer: xclient, one of the discoveries. It reads the keys ``geerpc.registry.etcd`` writes
+(``<prefix>/<address>`` -> JSON ``{"address", "services", "metadata"}``) and hands the
+list to ``ServerList``, which does the selection. It relies on nothing of the XClient,
+and imports aetcd only when constructed.
+
+Strategy: list the prefix, then watch it from the next revision, so that no change
+between the two is missed. When the watch breaks (etcd stopped, a network fault),
+list again and watch again, with back-off, trying the other endpoints. Meanwhile the
+last list stays in force: a client keeps calling the servers it knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Final
+
+from ..address import parse_address
+from ..errors import RegistryError
+from ..registry.etcd import EtcdClients, _Backoff, _Trouble, parse_etcd_url
+from .discovery import ServerList
+
+if TYPE_CHECKING:
+    import aetcd
+
+__all__ = ["EtcdDiscovery", "FIRST_LIST_TIMEOUT"]
+
+logger = logging.getLogger("geerpc.xclient.etcd_discovery")
+
+FIRST_LIST_TIMEOUT: Final = 3.0  # how long the first read waits for the first list
+_STABLE_WATCH: Final = 5.0  # a watch that lived this long starts the back-off afresh
+
+_Entry = tuple[str, frozenset[str] | None]  # address, services (None: not known)
+
+
+class EtcdDiscovery(ServerList):
+    """Servers registered in etcd under the URL's prefix, kept current by a watch.
+
+    ``url`` is ``etcd://host:port[,host:port...]/prefix`` (a ``ttl`` in it is ignored
+    here). The background task starts with the first ``get()``, ``get_all()`` or
+    ``refresh()``; the first read waits up to ``first_list_timeout`` seconds for the
+    first list, later reads never wait. Changes arrive as etcd reports them, well
+    within a second. ``close()`` stops the task and closes the connections.
+
+    Raises ``ValueError`` for a malformed URL and ``ImportError`` without aetcd.
+    """
+
+    def __init__(self, url: str, *, first_list_timeout: float = FIRST_LIST_TIMEOUT,
+                 seed: int | None = None) -> None:
+        self.url = parse_etcd_url(url)
+        super().__init__(seed=seed)
+        self._clients = EtcdClients(self.url.endpoints)
+        self._first_list_timeout = first_list_timeout
+        self._entries: dict[bytes, _Entry] = {}
+        self._skipped: dict[bytes, int] = {}  # bad keys already logged, with their revision
+        # Revision of the listing in force: watch events up to it are already in it.
+        self._listed_revision = 0
+        # Newest revision applied, so that a slower listing never undoes newer events.
+        self._applied_revision = 0
+        self._listed = asyncio.Event()
+        self._first_deadline = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._trouble = _Trouble(logger, f"etcd discovery at {self.url.describe()}")
+
+    # ------------------------------------------------------------ Discovery interface
+
+    async def refresh(self) -> None:
+        """List the prefix now and apply it (also starts the watch).
+
+        Raises ``RegistryError`` when no endpoint answers; the list is then unchanged.
+        Does nothing once closed.
+        """
+        if self._closed:
+            return
+        self._start()
+        self._apply_listing(await self._clients.call(self._list))
+
+    async def close(self) -> None:
+        """Stop the watch and close the connections to etcd; idempotent.
+
+        The last list stays readable.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        task, self._task = self._task, None
+        try:
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])  # our own cancellation still propagates
+        finally:
+            await self._clients.close()
+
+    async def __aenter__(self) -> EtcdDiscovery:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _ensure_fresh(self) -> None:
+        self._start()
+        if self._listed.is_set():
+            return
+        remaining = self._first_deadline - asyncio.get_running_loop().time()
+        if remaining > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._listed.wait()
+            except TimeoutError:
+                pass  # etcd is away: serve what we have (nothing yet) rather than hang
+
+    def _describe(self) -> str:
+        state = "listed" if self._listed.is_set() else "not listed yet"
+        return f"{len(self._servers)} server(s) in etcd at {self.url.describe()}{self.url.prefix}, {state}"
+
+    # ------------------------------------------------------------ background task
+
+    def _start(self) -> None:
+        if self._task is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._first_deadline = loop.time() + self._first_list_timeout
+            self._task = loop.create_task(self._run(), name=f"geerpc etcd discovery {self.url.prefix}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = _Backoff(cap=1.0)
+        while True:
+            started = loop.time()
+            try:
+                await self._list_and_watch()
+                problem: BaseException = RegistryError("the etcd watch ended")
+            except RegistryError as exc:  # no endpoint answered the listing
+                problem = exc
+            except Exception as exc:  # the watch broke; anything unexpected must not end the loop
+                problem = RegistryError(f"the etcd watch broke ({type(exc).__name__}: {exc})")
+                if not isinstance(exc, self._clients.failures):
+                    logger.exception("etcd discovery failed unexpectedly")
+            self._trouble.failed(problem, loop.time())
+            if loop.time() - started > _STABLE_WATCH:
+                backoff.reset()
+            await asyncio.sleep(backoff.next())
+
+    async def _list_and_watch(self) -> None:
+        listing = await self._clients.call(self._list)
+        self._trouble.recovered()
+        self._apply_listing(listing)
+        client = self._clients.client()
+        watch: aetcd.Watch | None = None
+        try:
+            try:
+                async with asyncio.timeout(self._clients.call_timeout):
+                    watch = await client.watch_prefix(
+                        self.url.key_prefix, start_revision=listing.header.revision + 1)
+            except (TimeoutError, *self._clients.failures):
+                # aetcd can leave its watch stream wedged after some failures: start afresh.
+                await self._clients.reset()
+                raise
+            async for event in watch:
+                self._apply_event(event)
+        finally:
+            if watch is not None:
+                await _cancel_watch(watch)
+
+    async def _list(self, client: aetcd.Client) -> aetcd.GetRange:
+        return await client.get_prefix(self.url.key_prefix)
+
+    # ------------------------------------------------------------ applying changes
+
+    def _apply_listing(self, listing: aetcd.GetRange) -> None:
+        revision = listing.header.revision
+        if revision < self._applied_revision:
+            return  # a listing older than events already applied
+        entries: dict[bytes, _Entry] = {}
+        for kv in listing:
+            entry = self._parse(kv.key, kv.value, kv.mod_revision)
+            if entry is not None:
+                entries[kv.key] = entry
+        self._entries = entries
+        self._listed_revision = self._applied_revision = revision
+        self._publish()
+        self._listed.set()
+
+    def _apply_event(self, event: aetcd.Event) -> None:
+        kv = event.kv
+        if kv.mod_revision <= self._listed_revision:
+            return
+        entry = None if event.kind == "DELETE" else self._parse(kv.key, kv.value, kv.mod_revision)
+        if entry is None:  # deleted, or overwritten by something we cannot use
+            self._entries.pop(kv.key, None)
+            if event.kind == "DELETE":
+                self._skipped.pop(kv.key, None)
+        else:
+            self._entries[kv.key] = entry
+        self._applied_revision = max(self._applied_revision, kv.mod_revision)
+        self._publish()
+
+    def _publish(self) -> None:
+        servers: dict[str, frozenset[str] | None] = {}
+        for address, services in self._entries.values():
+            if address in servers:  # two keys naming one address: it offers both sets
+                known = servers[address]
+                services = None if known is None or services is None else known | services
+            servers[address] = services
+        self.update(servers)
+
+    def _parse(self, key: bytes, value: bytes, revision: int) -> _Entry | None:
+        """A key's value as (address, services), or None (logged once) when unusable."""
+        try:
+            data = json.loads(value)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            address = data.get("address")
+            if not isinstance(address, str):
+                raise ValueError("no address")
+            parse_address(address)
+            services = data.get("services")
+            if services is not None and (
+                    not isinstance(services, list) or not all(isinstance(s, str) for s in services)):
+                raise ValueError("services is not a list of names")
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+            if self._skipped.get(key) != revision:
+                self._skipped[key] = revision
+                logger.warning("skipping etcd key %r: %s", key.decode(errors="replace"), exc)
+            return None
+        self._skipped.pop(key, None)
+        return address, None if services is None else frozenset(services)
+
+
+async def _cancel_watch(watch: aetcd.Watch) -> None:
+    try:
+        async with asyncio.timeout(1.0):
+            await watch.cancel()
+    except Exception as exc:  # the stream may already be gone; nothing is left to cancel
+        logger.debug("cancelling an etcd watch failed: %r", exc)
