@@ -71,11 +71,11 @@ class EtcdDiscovery(ServerList):
     async def refresh(self) -> None:
         """List the prefix now and apply it (also starts the watch).
 
-        Raises ``RegistryError`` when no endpoint answers; the list is then unchanged.
-        Does nothing once closed.
+        Raises ``RegistryError`` when no endpoint answers (the list is then unchanged)
+        or once closed.
         """
         if self._closed:
-            return
+            raise RegistryError("EtcdDiscovery is closed")
         self._start()
         self._apply_listing(await self._clients.call(self._list))
 

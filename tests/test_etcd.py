@@ -1,0 +1,373 @@
+"""The etcd backend: URL parsing, registration with a lease, discovery by watch.
+
+URL tests need nothing; the rest run against a real etcd started for the session
+(see ``etcd_server.py``), and skip without one unless ``GEERPC_REQUIRE_ETCD=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from etcd_server import EtcdProcess, etcd_binary, etcd_required, free_port
+from geerpc.errors import NoServerAvailable, RegistryError
+from geerpc.registry.etcd import EtcdClients, EtcdURL, parse_etcd_url, register
+from geerpc.xclient.etcd_discovery import EtcdDiscovery
+from geerpc.xclient.selection import SelectMode
+
+ROOT = Path(__file__).resolve().parent.parent
+A1, A2, A3 = "tcp@127.0.0.1:9001", "tcp@127.0.0.1:9002", "tcp@127.0.0.1:9003"
+
+
+# ----------------------------------------------------------------- URL parsing
+
+
+@pytest.mark.parametrize(
+    ("url", "endpoints", "prefix", "ttl"),
+    [
+        ("etcd://127.0.0.1:2379/geerpc", (("127.0.0.1", 2379),), "/geerpc", 10),
+        ("etcd://h1:2379,h2:2380/geerpc?ttl=3", (("h1", 2379), ("h2", 2380)), "/geerpc", 3),
+        ("etcd://localhost", (("localhost", 2379),), "/geerpc", 10),
+        ("etcd://h/", (("h", 2379),), "/geerpc", 10),
+        ("etcd://h/a/b/", (("h", 2379),), "/a/b", 10),
+        ("etcd://[::1]:2379,[::2]/x", (("::1", 2379), ("::2", 2379)), "/x", 10),
+        ("ETCD://h:1/x?ttl=60", (("h", 1),), "/x", 60),
+    ],
+)
+def test_parse_etcd_url(url: str, endpoints: tuple[tuple[str, int], ...], prefix: str, ttl: int) -> None:
+    assert parse_etcd_url(url) == EtcdURL(endpoints, prefix, ttl)
+
+
+def test_keys_live_under_the_prefix() -> None:
+    config = parse_etcd_url("etcd://h:2379/geerpc")
+    assert config.key("tcp@10.0.0.5:9000") == b"/geerpc/tcp@10.0.0.5:9000"
+    assert config.key_prefix == b"/geerpc/"
+    assert config.describe() == "h:2379"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://h:2379/geerpc", "want etcd://"),
+        ("h:2379/geerpc", "want etcd://"),
+        ("etcd:///geerpc", "no endpoints"),
+        ("etcd://h1:2379,,h2:2379/x", "empty endpoint"),
+        ("etcd://h:abc/x", "bad port"),
+        ("etcd://h:0/x", "bad port"),
+        ("etcd://h:65536/x", "bad port"),
+        ("etcd://h:/x", "bad port"),
+        ("etcd://bad_host!/x", "bad host"),
+        ("etcd://::1/x", "brackets"),
+        ("etcd://user:pw@h/x", "not supported"),
+        ("etcd://h/x?ttl=0", "ttl must be a positive"),
+        ("etcd://h/x?ttl=-5", "ttl must be a positive"),
+        ("etcd://h/x?ttl=1.5", "ttl must be a positive"),
+        ("etcd://h/x?ttl=", "ttl must be a positive"),
+        ("etcd://h/x?ttl=1&ttl=2", "twice"),
+        ("etcd://h/x?tll=5", "unknown parameter"),
+        ("etcd://h/x#frag", "fragment"),
+        ("etcd://h/a b", "spaces"),
+    ],
+)
+def test_parse_etcd_url_rejects(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_etcd_url(url)
+
+
+def test_missing_aetcd_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "aetcd", None)  # makes `import aetcd` fail
+    with pytest.raises(ImportError, match=r"pip install 'geerpc\[etcd\]'"):
+        EtcdClients([("127.0.0.1", 2379)])
+    with pytest.raises(ImportError, match="aetcd"):
+        EtcdDiscovery("etcd://127.0.0.1:2379/geerpc")
+
+
+async def test_register_rejects_bad_arguments_before_any_io() -> None:
+    url = "etcd://127.0.0.1:1/geerpc"
+    with pytest.raises(ValueError, match="address"):
+        await register(url, "nonsense@x", ["Arith"])
+    with pytest.raises(ValueError, match="one string"):
+        await register(url, A1, "Arith")
+    with pytest.raises(ValueError, match="JSON"):
+        await register(url, A1, ["Arith"], {"when": object()})
+
+
+# ----------------------------------------------------------------- a real etcd
+
+
+def _etcd_or_skip() -> str:
+    """The etcd binary; skips (or fails, with GEERPC_REQUIRE_ETCD=1) without etcd or aetcd."""
+    problem = None
+    binary = etcd_binary()
+    if binary is None:
+        problem = "no etcd binary on PATH (install etcd-server)"
+    else:
+        try:
+            import aetcd  # noqa: F401
+        except ImportError:
+            problem = "aetcd is not installed (pip install 'geerpc[etcd]')"
+    if problem is not None:
+        if etcd_required():
+            pytest.fail(f"{problem}, and GEERPC_REQUIRE_ETCD=1 requires the etcd tests to run")
+        pytest.skip(problem)
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[EtcdProcess]:
+    process = EtcdProcess(_etcd_or_skip())
+    process.start()
+    yield process
+    process.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A prefix of its own for each test, so tests sharing etcd never see each other."""
+    return f"geerpc-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def kv(etcd: EtcdProcess) -> AsyncIterator[object]:
+    """A plain aetcd client, to look at etcd and to meddle with it."""
+    import aetcd
+
+    client = aetcd.Client("127.0.0.1", etcd.client_port, timeout=5)
+    yield client
+    await client.close()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Poll ``check`` until it is true; return how long that took. Fails after ``timeout``."""
+    start = time.monotonic()
+    while not await check():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
+
+
+async def test_register_writes_one_leased_key(etcd: EtcdProcess, prefix: str, kv) -> None:
+    reg = await register(etcd.url(prefix, ttl=5), A1, ["Arith", "Echo"], {"zone": "a"})
+    try:
+        got = await kv.get(f"/{prefix}/{A1}".encode())
+        assert got is not None
+        assert json.loads(got.value) == {"address": A1, "services": ["Arith", "Echo"], "metadata": {"zone": "a"}}
+        assert got.lease == reg.lease_id != 0
+        info = await kv.get_lease_info(reg.lease_id)
+        assert info.grantedTTL == 5
+    finally:
+        await reg.stop()
+
+
+async def test_register_and_discover(etcd: EtcdProcess, prefix: str) -> None:
+    async with await register(etcd.url(prefix), A1, ["Arith"]), \
+            await register(etcd.url(prefix), A2, ["Echo"]), \
+            await register(etcd.url(prefix), A3, None), \
+            EtcdDiscovery(etcd.url(prefix)) as discovery:
+        assert await discovery.get_all() == [A1, A2, A3]
+        assert await discovery.get_all("Arith") == [A1, A3]  # A3 did not say: it may offer anything
+        assert await discovery.get_all("Echo") == [A2, A3]
+        assert await discovery.get(SelectMode.ROUND_ROBIN, "Arith") in (A1, A3)
+        assert discovery.services()[A1] == frozenset({"Arith"})
+        assert discovery.services()[A3] is None
+        assert discovery.version >= 1
+
+
+async def test_stop_removes_the_key_at_once(etcd: EtcdProcess, prefix: str, kv) -> None:
+    discovery = EtcdDiscovery(etcd.url(prefix))
+    try:
+        reg = await register(etcd.url(prefix, ttl=30), A1, ["Arith"])
+        await eventually(lambda: _has(discovery, A1), 2, "registration seen")
+        await reg.stop()
+        assert await kv.get(f"/{prefix}/{A1}".encode()) is None
+        assert not reg.running
+        await reg.stop()  # idempotent
+        await eventually(lambda: _lacks(discovery, A1), 1, "deregistration seen")
+    finally:
+        await discovery.close()
+
+
+_KILLABLE_SERVER = """
+import asyncio, sys
+from geerpc.registry.etcd import register
+
+async def main():
+    await register(sys.argv[1], sys.argv[2], ["Arith"])
+    print("registered", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_key_expires_after_the_server_is_killed(etcd: EtcdProcess, prefix: str, kv) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _KILLABLE_SERVER, etcd.url(prefix, ttl=1), A1,
+        stdout=asyncio.subprocess.PIPE, env=env)
+    try:
+        async with asyncio.timeout(15):
+            line = await child.stdout.readline()
+        assert line == b"registered\n"
+        key = f"/{prefix}/{A1}".encode()
+        assert await kv.get(key) is not None
+    finally:
+        child.kill()  # SIGKILL: no chance to revoke the lease
+        await child.communicate()
+    assert await kv.get(key) is not None  # only the lease's expiry removes it
+    waited = await eventually(lambda: _gone(kv, key), 4, "key expired with its lease")
+    assert waited < 3
+
+
+async def test_keep_alive_grants_a_new_lease_when_the_old_one_is_revoked(
+        etcd: EtcdProcess, prefix: str, kv) -> None:
+    async with await register(etcd.url(prefix, ttl=1), A1, ["Arith"]) as reg:
+        old = reg.lease_id
+        key = f"/{prefix}/{A1}".encode()
+        await kv.revoke_lease(old)  # as if it expired while etcd was out of reach
+        assert await kv.get(key) is None
+
+        await eventually(lambda: _leased_anew(kv, key, reg.lease_id, old), 3,
+                         "key written again under a new lease")
+        assert reg.running
+
+
+async def test_watch_delivers_a_new_server_within_a_second(etcd: EtcdProcess, prefix: str) -> None:
+    async with EtcdDiscovery(etcd.url(prefix)) as discovery:
+        assert await discovery.get_all() == []
+        async with await register(etcd.url(prefix), A1, ["Arith"]):
+            assert await eventually(lambda: _has(discovery, A1), 1, "new server seen") < 1
+
+
+async def test_bad_values_are_skipped(etcd: EtcdProcess, prefix: str, kv,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="geerpc.xclient.etcd_discovery")
+    good = json.dumps({"address": A1, "services": ["Arith"]}).encode()
+    await kv.put(f"/{prefix}/junk".encode(), b"not json {")
+    await kv.put(f"/{prefix}/list".encode(), b"[1, 2]")
+    await kv.put(f"/{prefix}/bad-address".encode(), json.dumps({"address": "nope@x"}).encode())
+    await kv.put(f"/{prefix}/{A1}".encode(), good)
+    try:
+        async with EtcdDiscovery(etcd.url(prefix)) as discovery:
+            assert await discovery.get_all() == [A1]
+            assert caplog.text.count("skipping etcd key") == 3
+            # The same through the watch, and the loop lives on.
+            await kv.put(f"/{prefix}/binary".encode(), b"\xff\xfe")
+            await kv.put(f"/{prefix}/{A2}".encode(), json.dumps({"address": A2, "services": 7}).encode())
+            await kv.put(f"/{prefix}/{A3}".encode(), json.dumps({"address": A3}).encode())
+            await eventually(lambda: _has(discovery, A3), 1, "good server after bad ones")
+            assert await discovery.get_all() == [A1, A3]
+            assert caplog.text.count("skipping etcd key") == 5
+            # A good key overwritten with junk is no longer a server.
+            await kv.put(f"/{prefix}/{A1}".encode(), b"junk")
+            await eventually(lambda: _lacks(discovery, A1), 1, "overwritten key dropped")
+    finally:
+        await kv.delete_prefix(f"/{prefix}/".encode())
+
+
+async def test_unreachable_etcd_is_a_registry_error_naming_it() -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with pytest.raises(RegistryError, match=endpoint):
+        await register(f"etcd://{endpoint}/geerpc", A1, ["Arith"])
+    assert 4 < time.monotonic() - start < 7  # retried for its 5 s, no longer
+
+
+async def test_failover_skips_a_dead_first_endpoint(etcd: EtcdProcess, prefix: str) -> None:
+    url = f"etcd://127.0.0.1:{free_port()},{etcd.endpoint}/{prefix}"
+    async with await register(url, A1, ["Arith"]), EtcdDiscovery(url) as discovery:
+        assert await discovery.get_all() == [A1]
+
+
+async def test_discovery_without_etcd_serves_nothing_after_a_bounded_wait() -> None:
+    _etcd_or_skip()  # needs aetcd
+    async with EtcdDiscovery(f"etcd://127.0.0.1:{free_port()}/geerpc", first_list_timeout=0.3) as discovery:
+        start = time.monotonic()
+        assert await discovery.get_all() == []
+        assert 0.25 < time.monotonic() - start < 2
+        with pytest.raises(NoServerAvailable, match="not listed yet"):
+            await discovery.get(SelectMode.RANDOM)  # no second wait
+        with pytest.raises(RegistryError, match="127.0.0.1"):
+            await discovery.refresh()
+
+
+async def test_refresh_and_close(etcd: EtcdProcess, prefix: str) -> None:
+    discovery = EtcdDiscovery(etcd.url(prefix))
+    async with await register(etcd.url(prefix), A1, ["Arith"]):
+        await discovery.refresh()
+        assert await discovery.get_all() == [A1]
+    await discovery.close()
+    await discovery.close()  # idempotent
+    assert await discovery.get_all() in ([A1], [])  # the last list stays readable
+    with pytest.raises(RegistryError, match="closed"):
+        await discovery.refresh()
+
+
+async def test_both_sides_recover_when_etcd_restarts(prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="geerpc")
+    own = EtcdProcess(_etcd_or_skip())  # its own etcd: restarting the shared one would disturb others
+    await asyncio.to_thread(own.start)
+    try:
+        import aetcd
+
+        discovery = EtcdDiscovery(own.url(prefix))
+        reg = await register(own.url(prefix, ttl=2), A1, ["Arith"])
+        try:
+            await eventually(lambda: _has(discovery, A1), 2, "registration seen")
+            await asyncio.to_thread(own.stop)
+            # Keep etcd away until the keep-alive has missed a renewal.
+            await eventually(lambda: _logged(caplog, f"etcd registration of {A1}: no etcd endpoint"), 3,
+                             "keep-alive noticed the outage")
+            assert await discovery.get_all() == [A1]  # the last list is served meanwhile
+            await asyncio.to_thread(own.start)
+            await eventually(lambda: _logged(caplog, f"etcd registration of {A1}: etcd answers again"), 3,
+                             "keep-alive renewed after the restart")
+
+            # The keep-alive lives on: revoke its lease and it writes the key again.
+            async with aetcd.Client("127.0.0.1", own.client_port, timeout=5) as kv:
+                old = reg.lease_id
+                await kv.revoke_lease(old)
+                await eventually(lambda: _leased_anew(kv, f"/{prefix}/{A1}".encode(), reg.lease_id, old), 5,
+                                 "keep-alive re-registered after the restart")
+            # The watch lives on: a new server shows up.
+            async with await register(own.url(prefix), A2, ["Arith"]):
+                await eventually(lambda: _has(discovery, A2), 5, "watch resumed after the restart")
+            await eventually(lambda: _lacks(discovery, A2), 2, "deregistration seen")
+            assert await discovery.get_all() == [A1]
+        finally:
+            await reg.stop()
+            await discovery.close()
+    finally:
+        await asyncio.to_thread(own.close)
+
+
+async def _leased_anew(kv, key: bytes, lease_id: int, old: int) -> bool:
+    got = await kv.get(key)
+    return got is not None and got.lease == lease_id != old
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return text in caplog.text
+
+
+async def _has(discovery: EtcdDiscovery, address: str) -> bool:
+    return address in await discovery.get_all()
+
+
+async def _lacks(discovery: EtcdDiscovery, address: str) -> bool:
+    return address not in await discovery.get_all()
+
+
+async def _gone(kv, key: bytes) -> bool:
+    return await kv.get(key) is None
