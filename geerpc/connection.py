@@ -74,8 +74,9 @@ class ServerConnection(asyncio.Protocol):
         self._take_frames()
 
     def eof_received(self) -> bool | None:
-        # The client finished sending; calls in flight still get their replies.
-        return True if self._calls else None
+        # A client that closed its side is gone as far as RPC goes: returning None
+        # closes the transport, and connection_lost cancels that connection's calls.
+        return None
 
     def pause_writing(self) -> None:
         self._writing_paused = True
