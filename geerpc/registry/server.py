@@ -89,6 +89,7 @@ class Registry:
         self._clock = clock
         self._started_at = clock()
         self._changed = asyncio.Event()
+        self._rearm = asyncio.Event()
         self._watchers = 0
         self._closing = False
         self._runner: web.AppRunner | None = None
@@ -188,12 +189,19 @@ class Registry:
         # Reads expire entries too; this sweep exists so watchers learn of an expiry
         # without anybody reading. It sleeps until the oldest entry's deadline (new
         # heartbeats never make that deadline earlier), and at most a second.
+        # A heartbeat into an empty table is the one event that makes the deadline
+        # earlier; it sets _rearm so the sweep recomputes at once.
         while True:
             now = self._expire()
             deadline = self.table.next_expiry()
             delay = 1.0 if deadline is None else min(1.0, deadline - now)
-            # asyncio may wake a hair early (clock resolution): never spin on a zero delay.
-            await asyncio.sleep(max(delay, 0.005))
+            self._rearm.clear()
+            try:
+                # asyncio may wake a hair early (clock resolution): never spin on a zero delay.
+                async with asyncio.timeout(max(delay, 0.005)):
+                    await self._rearm.wait()
+            except TimeoutError:
+                pass
 
     # -- handlers --------------------------------------------------------------------
 
@@ -201,7 +209,9 @@ class Registry:
         return {H_TIMEOUT: format_seconds(self.timeout), H_INDEX: str(self.table.index)}
 
     def _reply(self, status: int, reason: str) -> web.Response:
-        return web.Response(status=status, text=reason + "\n", headers=self._headers())
+        # backslashreplace: a reason may quote undecodable bytes the client sent.
+        body = (reason + "\n").encode("utf-8", "backslashreplace")
+        return web.Response(status=status, body=body, content_type="text/plain", headers=self._headers())
 
     async def _post(self, request: web.Request) -> web.Response:
         try:
@@ -212,6 +222,8 @@ class Registry:
         except ValueError as exc:
             return self._reply(400, f"{H_SERVICES}: {exc}")
         before = self.table.index
+        if not self.table:
+            self._rearm.set()
         try:
             self.table.heartbeat(address, services, self._clock())
         except TableFull as exc:

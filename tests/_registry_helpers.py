@@ -1,0 +1,146 @@
+"""Shared test tools for the registry: a registry in a child process, a GeeRPC-like
+registry, and polling with a deadline (tests never sleep to wait for readiness)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+REPO = Path(__file__).resolve().parents[1]
+PATH = "/_geerpc_/registry"
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` (sync or async) until it is truthy; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    """A port nobody listens on (for 'connection refused')."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RegistryProcess:
+    """``python -m geerpc.registry`` as a child process that can be killed and restarted."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.port = 0
+        self.url = ""
+        self.proc: subprocess.Popen[str] | None = None
+
+    async def start(self) -> str:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "geerpc.registry", "--port", str(self.port), "--timeout", str(self.timeout)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), 20)
+        assert line.startswith("http://"), f"registry printed {line!r}"
+        self.url = line.strip()
+        self.port = URL(self.url).port or 0
+        return self.url
+
+    async def kill(self) -> None:
+        """SIGKILL: the registry loses its state, as in a crash."""
+        await self._end(signal.SIGKILL)
+
+    async def stop(self, signum: int = signal.SIGTERM) -> int | None:
+        return await self._end(signum)
+
+    async def _end(self, signum: int) -> int | None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+            try:
+                return await asyncio.to_thread(proc.wait, 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                return await asyncio.to_thread(proc.wait, 10)
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+class GeeRPCLikeRegistry:
+    """A registry that speaks only GeeRPC's two headers: no JSON, no watch, no DELETE.
+
+    ``servers`` is the list it answers (tests edit it); POSTs add to it.
+    ``status`` (when set) is answered to every request instead. ``gets`` counts GETs.
+    """
+
+    def __init__(self) -> None:
+        self.servers: list[str] = []
+        self.status: int | None = None
+        self.gets = 0
+        self.delay = 0.0
+        self.extra_headers: dict[str, str] = {}
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, port: int = 0) -> str:
+        app = web.Application()
+        app.router.add_route("*", PATH, self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}{PATH}"
+        return self.url
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            self.gets += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.status is not None:
+            return web.Response(status=self.status)
+        if request.method == "GET":
+            headers = {"X-Geerpc-Servers": ",".join(sorted(self.servers)), **self.extra_headers}
+            return web.Response(headers=headers)
+        if request.method == "POST":
+            address = request.headers.get("X-Geerpc-Server", "")
+            if not address:
+                return web.Response(status=500)
+            if address not in self.servers:
+                self.servers.append(address)
+            return web.Response(headers=self.extra_headers)
+        return web.Response(status=405)
+
+
+Factory = Callable[..., Awaitable[Any]]
