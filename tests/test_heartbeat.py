@@ -1,0 +1,275 @@
+"""Heartbeats and announce(), against real registries on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import types
+
+import aiohttp
+import pytest
+from _registry_helpers import GeeRPCLikeRegistry, RegistryProcess, free_port, wait_until
+
+from geerpc.registry import DEFAULT_PERIOD, Heartbeat, Registry, announce, heartbeat, period_for
+
+A = "tcp@127.0.0.1:9001"
+
+
+@pytest.fixture
+async def registry():
+    async with Registry(timeout=300) as registry:
+        yield registry
+
+
+@pytest.fixture
+async def geerpc_like():
+    fake = GeeRPCLikeRegistry()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def beats():
+    started: list[Heartbeat] = []
+
+    def make(*args, **kwargs) -> Heartbeat:
+        beat = heartbeat(*args, **kwargs)
+        started.append(beat)
+        return beat
+
+    yield make
+    for beat in started:
+        await beat.stop()
+
+
+async def listed(url: str) -> list[str]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            value = response.headers["X-Geerpc-Servers"]
+    return value.split(",") if value else []
+
+
+# -- the period rule ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "timeout, period",
+    [(300, 240), (180, 120), (30, 10), (0.6, 0.2), (0, 240), (None, 240), (-5, 240), (float("nan"), 240)],
+)
+def test_period_for(timeout, period):
+    assert period_for(timeout) == pytest.approx(period)
+
+
+@pytest.mark.parametrize("header, period", [("300", 240), ("30", 10), ("0", 240), (None, 240), ("junk", 240)])
+async def test_period_follows_the_registry_timeout_header(geerpc_like, beats, header, period):
+    if header is not None:
+        geerpc_like.extra_headers = {"X-Geerpc-Timeout": header}
+    beat = beats(geerpc_like.url, A)
+    assert await beat.wait_first() is True
+    assert beat.period == pytest.approx(period)
+    assert geerpc_like.servers == [A]
+
+
+async def test_explicit_period_wins_over_the_registry(registry, beats):
+    beat = beats(registry.url, A, period=7)
+    assert await beat.wait_first()
+    assert beat.period == 7
+
+
+# -- against geerpc's registry --------------------------------------------------------
+
+
+async def test_first_beat_registers_with_services(registry, beats):
+    beat = beats(registry.url, A, services=["Calc", "Arith"])
+    assert await beat.wait_first() is True
+    assert await listed(registry.url) == [A]
+    assert await listed(registry.url + "?service=Arith") == [A]
+    assert await listed(registry.url + "?service=Other") == []
+
+
+async def test_heartbeat_keeps_a_server_alive_past_the_timeout():
+    async with Registry(timeout=0.6) as registry:
+        beat = heartbeat(registry.url, A)
+        try:
+            assert await beat.wait_first()
+            assert beat.period == pytest.approx(0.2)
+            # Watch for three timeouts: the server must be listed at every look.
+            deadline = time.monotonic() + 1.8
+            while time.monotonic() < deadline:
+                assert await listed(registry.url) == [A]
+                await asyncio.sleep(0.05)
+            assert beat.beats >= 6
+        finally:
+            await beat.stop()
+
+
+async def test_stop_deregisters_at_once(registry):
+    beat = heartbeat(registry.url, A)
+    assert await beat.wait_first()
+    await beat.stop()
+    assert await listed(registry.url) == []  # timeout is 300 s: only DELETE explains this
+    await beat.stop()  # idempotent
+
+
+async def test_async_with_heartbeat(registry):
+    async with Heartbeat(registry.url, A) as beat:
+        assert await beat.wait_first()
+        assert await listed(registry.url) == [A]
+    assert await listed(registry.url) == []
+
+
+async def test_stop_before_the_first_beat(registry):
+    beat = heartbeat(registry.url, A)
+    await beat.stop()
+    assert await beat.wait_first() is False
+
+
+# -- failures and recovery --------------------------------------------------------------
+
+
+async def test_registry_down_at_start_then_up(beats):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/_geerpc_/registry"
+    beat = beats(url, A, period=1.0)
+    assert await beat.wait_first() is False
+    await wait_until(lambda: beat.failures >= 2, timeout=5)
+    registry = Registry(timeout=300)
+    await registry.start("127.0.0.1", port)
+    async with registry:
+        await wait_until(lambda: beat.failures == 0, timeout=3)  # backoff is capped at the period
+        assert await listed(registry.url) == [A]
+
+
+async def test_http_errors_are_retried_and_logged_without_spam(geerpc_like, beats, caplog):
+    caplog.set_level(logging.DEBUG, logger="geerpc.registry")
+    geerpc_like.status = 500
+    beat = beats(geerpc_like.url, A, period=0.5)
+    assert await beat.wait_first() is False
+    await wait_until(lambda: beat.failures >= 3, timeout=5)
+    geerpc_like.status = None
+    await wait_until(lambda: beat.failures == 0 and geerpc_like.servers == [A], timeout=3)
+    records = [r for r in caplog.records if r.name == "geerpc.registry" and A in r.getMessage()]
+    warnings = [r for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "HTTP 500" in warnings[0].getMessage()
+    assert any(r.levelno == logging.DEBUG for r in records)
+    assert any(r.levelno == logging.INFO and "works again" in r.getMessage() for r in records)
+
+
+async def test_post_that_hangs_times_out_and_loop_continues(geerpc_like, beats):
+    geerpc_like.delay = 10
+    beat = beats(geerpc_like.url, A, period=0.3, timeout=0.2)
+    started = time.monotonic()
+    assert await beat.wait_first() is False
+    assert time.monotonic() - started < 2
+    geerpc_like.delay = 0
+    await wait_until(lambda: beat.beats >= 1, timeout=3)
+
+
+async def test_stop_tolerates_a_registry_that_is_down(beats):
+    process = RegistryProcess(timeout=300)
+    try:
+        url = await process.start()
+        beat = heartbeat(url, A)
+        assert await beat.wait_first()
+        await process.kill()
+        started = time.monotonic()
+        await beat.stop()
+        assert time.monotonic() - started < 3
+    finally:
+        await process.stop()
+
+
+async def test_heartbeat_survives_registry_kill_and_restart_on_the_same_port():
+    process = RegistryProcess(timeout=1.5)  # period 0.5 s
+    beat: Heartbeat | None = None
+    try:
+        url = await process.start()
+        beat = heartbeat(url, A)
+        assert await beat.wait_first()
+        assert beat.period == pytest.approx(0.5)
+        await process.kill()
+        await wait_until(lambda: beat.failures >= 2, timeout=5)
+        assert await process.start() == url  # same port
+        restarted = time.monotonic()
+        await wait_until(lambda: _is_listed(url), timeout=5)
+        # Back within one period (backoff is capped at it) plus the request itself.
+        assert time.monotonic() - restarted < beat.period + 1.0
+        assert beat.failures == 0
+    finally:
+        if beat is not None:
+            await beat.stop()
+        await process.stop()
+
+
+async def _is_listed(url: str) -> bool:
+    try:
+        return await listed(url) == [A]
+    except aiohttp.ClientError:
+        return False
+
+
+# -- arguments and announce() -------------------------------------------------------------
+
+
+def test_heartbeat_needs_a_running_loop():
+    with pytest.raises(RuntimeError):
+        heartbeat("http://127.0.0.1:1/_geerpc_/registry", A)
+
+
+@pytest.mark.parametrize(
+    "url, address, period",
+    [("ftp://x/", A, None), ("http://x/", "nonsense", None), ("http://x/", A, 0), ("http://x/", A, -1.0)],
+)
+async def test_bad_arguments(url, address, period):
+    with pytest.raises(ValueError):
+        heartbeat(url, address, period)
+
+
+async def test_announce_over_http_returns_after_the_first_beat(registry):
+    announcement = await announce(registry.url, A, ["Arith"])
+    try:
+        assert await listed(registry.url + "?service=Arith") == [A]
+    finally:
+        await announcement.stop()
+    assert await listed(registry.url) == []
+
+
+async def test_announce_with_registry_down_still_returns(caplog):
+    url = f"http://127.0.0.1:{free_port()}/_geerpc_/registry"
+    announcement = await announce(url, A, None)
+    try:
+        assert isinstance(announcement, Heartbeat)
+        assert announcement.failures >= 1
+    finally:
+        await announcement.stop()
+
+
+async def test_announce_etcd_uses_the_etcd_module(monkeypatch):
+    calls = []
+
+    class Registration:
+        async def stop(self) -> None:
+            calls.append("stop")
+
+    async def register(url, address, services):
+        calls.append((url, address, services))
+        return Registration()
+
+    fake = types.ModuleType("geerpc.registry.etcd")
+    fake.register = register
+    monkeypatch.setitem(sys.modules, "geerpc.registry.etcd", fake)
+    announcement = await announce("etcd://127.0.0.1:2379/geerpc", A, ["Arith"])
+    await announcement.stop()
+    assert calls == [("etcd://127.0.0.1:2379/geerpc", A, ["Arith"]), "stop"]
+
+
+async def test_announce_other_scheme_is_value_error():
+    with pytest.raises(ValueError):
+        await announce("zk://127.0.0.1/x", A, None)
+
+
+def test_default_period_is_geerpcs():
+    assert DEFAULT_PERIOD == 240
