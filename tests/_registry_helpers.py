@@ -105,6 +105,8 @@ class GeeRPCLikeRegistry:
         self.gets = 0
         self.delay = 0.0
         self.extra_headers: dict[str, str] = {}
+        # When set, answers every request instead (to serve garbage, huge or odd replies).
+        self.override: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -128,6 +130,8 @@ class GeeRPCLikeRegistry:
             self.gets += 1
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.override is not None:
+            return await self.override(request)
         if self.status is not None:
             return web.Response(status=self.status)
         if request.method == "GET":
@@ -142,5 +146,3 @@ class GeeRPCLikeRegistry:
             return web.Response(headers=self.extra_headers)
         return web.Response(status=405)
 
-
-Factory = Callable[..., Awaitable[Any]]

@@ -16,10 +16,13 @@ How the list stays current:
 * While the registry is unreachable, the last good list is served; failures are
   retried with backoff and logged once, then at DEBUG.
 * A restarted registry starts empty. An empty answer does not replace a non-empty
-  list while the registry has been up for less than one heartbeat period (geerpc
-  registries report their uptime and timeout), or, from a registry that does not
-  report them, for ``restart_grace`` seconds after the first answer that follows a
-  failure. A non-empty answer is always applied.
+  list while the registry has been up for less than its timeout: by then every live
+  server has sent a heartbeat (they beat at least once per timeout), so its list is
+  as complete as the old registry's would be. geerpc registries report their uptime
+  and timeout in the JSON reply; when a registry does not (GeeRPC's), or never
+  expires servers, the empty answer is held for ``restart_grace`` seconds from the
+  first answer that follows a failure (GeeRPC's 5-minute timeout by default). A
+  non-empty answer is always applied at once, and after the hold an empty one too.
 """
 
 from __future__ import annotations
@@ -37,8 +40,7 @@ import aiohttp
 
 from ..address import parse_address
 from ..errors import RegistryError
-from ..registry.heartbeat import DEFAULT_PERIOD, period_for
-from ..registry.server import H_INDEX, H_SERVERS
+from ..registry.server import DEFAULT_TIMEOUT, H_INDEX, H_SERVERS
 from .discovery import ServerList
 
 __all__ = ["RegistryDiscovery"]
@@ -84,7 +86,7 @@ class RegistryDiscovery(ServerList):
         watch: bool = True,
         wait: float = 30.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE,
-        restart_grace: float = DEFAULT_PERIOD,
+        restart_grace: float = DEFAULT_TIMEOUT,
         seed: int | None = None,
     ) -> None:
         super().__init__((), seed=seed)
@@ -291,8 +293,8 @@ class RegistryDiscovery(ServerList):
 
     def _hold(self, answer: _Answer, now: float) -> bool:
         """Whether to keep our non-empty list instead of this empty answer (a fresh registry)."""
-        if answer.uptime is not None:
-            hold = answer.uptime < period_for(answer.timeout)
+        if answer.uptime is not None and answer.timeout:
+            hold = answer.uptime < answer.timeout
         else:
             if self._failed_since_ok and self._hold_until is None:
                 self._hold_until = now + self.restart_grace
