@@ -104,21 +104,26 @@ async def test_register_rejects_bad_arguments_before_any_io() -> None:
 # ----------------------------------------------------------------- a real etcd
 
 
+def _missing(problem: str) -> None:
+    if etcd_required():
+        pytest.fail(f"{problem}, and GEERPC_REQUIRE_ETCD=1 requires the etcd tests to run")
+    pytest.skip(problem)
+
+
+def _aetcd_or_skip() -> None:
+    """Skips (or fails, with GEERPC_REQUIRE_ETCD=1) without aetcd."""
+    try:
+        import aetcd  # noqa: F401
+    except ImportError:
+        _missing("aetcd is not installed (pip install 'geerpc[etcd]')")
+
+
 def _etcd_or_skip() -> str:
     """The etcd binary; skips (or fails, with GEERPC_REQUIRE_ETCD=1) without etcd or aetcd."""
-    problem = None
+    _aetcd_or_skip()
     binary = etcd_binary()
     if binary is None:
-        problem = "no etcd binary on PATH (install etcd-server)"
-    else:
-        try:
-            import aetcd  # noqa: F401
-        except ImportError:
-            problem = "aetcd is not installed (pip install 'geerpc[etcd]')"
-    if problem is not None:
-        if etcd_required():
-            pytest.fail(f"{problem}, and GEERPC_REQUIRE_ETCD=1 requires the etcd tests to run")
-        pytest.skip(problem)
+        _missing("no etcd binary on PATH (install etcd-server)")
     assert binary is not None
     return binary
 
@@ -196,6 +201,16 @@ async def test_stop_removes_the_key_at_once(etcd: EtcdProcess, prefix: str, kv) 
         await eventually(lambda: _lacks(discovery, A1), 1, "deregistration seen")
     finally:
         await discovery.close()
+
+
+async def test_stop_after_the_lease_vanished_is_quiet(etcd: EtcdProcess, prefix: str, kv,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="geerpc.registry.etcd")
+    reg = await register(etcd.url(prefix, ttl=30), A1, ["Arith"])  # next renewal in 10 s
+    await kv.revoke_lease(reg.lease_id)
+    await reg.stop()
+    assert "deregistered" in caplog.text
+    assert "could not revoke" not in caplog.text
 
 
 _KILLABLE_SERVER = """
@@ -277,6 +292,7 @@ async def test_bad_values_are_skipped(etcd: EtcdProcess, prefix: str, kv,
 
 
 async def test_unreachable_etcd_is_a_registry_error_naming_it() -> None:
+    _aetcd_or_skip()
     endpoint = f"127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(RegistryError, match=endpoint):
@@ -291,7 +307,7 @@ async def test_failover_skips_a_dead_first_endpoint(etcd: EtcdProcess, prefix: s
 
 
 async def test_discovery_without_etcd_serves_nothing_after_a_bounded_wait() -> None:
-    _etcd_or_skip()  # needs aetcd
+    _aetcd_or_skip()
     async with EtcdDiscovery(f"etcd://127.0.0.1:{free_port()}/geerpc", first_list_timeout=0.3) as discovery:
         start = time.monotonic()
         assert await discovery.get_all() == []

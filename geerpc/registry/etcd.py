@@ -28,16 +28,8 @@ from ..errors import RegistryError
 if TYPE_CHECKING:
     import aetcd
 
-__all__ = [
-    "EtcdURL",
-    "EtcdClients",
-    "EtcdRegistration",
-    "parse_etcd_url",
-    "register",
-    "DEFAULT_PORT",
-    "DEFAULT_PREFIX",
-    "DEFAULT_TTL",
-]
+__all__ = ["EtcdURL", "EtcdClients", "EtcdRegistration", "parse_etcd_url", "register",
+           "DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_TTL"]
 
 logger = logging.getLogger("geerpc.registry.etcd")
 
@@ -71,9 +63,7 @@ def _import_aetcd() -> ModuleType:
     try:
         import aetcd
     except ImportError as exc:
-        raise ImportError(
-            "the etcd registry needs the aetcd package: pip install 'geerpc[etcd]'"
-        ) from exc
+        raise ImportError("the etcd registry needs the aetcd package: pip install 'geerpc[etcd]'") from exc
     return aetcd
 
 
@@ -181,12 +171,12 @@ class EtcdClients:
     """
 
     def __init__(self, endpoints: Sequence[tuple[str, int]], *, call_timeout: float = CALL_TIMEOUT) -> None:
-        self._aetcd = _import_aetcd()
+        self.aetcd = _import_aetcd()
         import grpc
 
         # What counts as "this endpoint failed": anything from gRPC or aetcd, or our deadline.
         self.failures: tuple[type[BaseException], ...] = (
-            self._aetcd.ClientError, grpc.RpcError, grpc.aio.BaseError, TimeoutError, OSError,
+            self.aetcd.ClientError, grpc.RpcError, grpc.aio.BaseError, TimeoutError, OSError,
         )
         if not endpoints:
             raise ValueError("no etcd endpoints given")
@@ -194,10 +184,6 @@ class EtcdClients:
         self.call_timeout = call_timeout
         self._clients: dict[int, aetcd.Client] = {}
         self._current = 0
-
-    def describe(self) -> str:
-        """``h1:2379,h2:2379``, for messages."""
-        return ",".join(_endpoint_text(host, port) for host, port in self.endpoints)
 
     @property
     def current_endpoint(self) -> str:
@@ -210,7 +196,7 @@ class EtcdClients:
         if client is None:
             host, port = self.endpoints[self._current]
             # timeout= becomes the gRPC deadline of every unary call this client makes.
-            client = self._aetcd.Client(host, port, timeout=self.call_timeout, options=_CHANNEL_OPTIONS)
+            client = self.aetcd.Client(host, port, timeout=self.call_timeout, options=_CHANNEL_OPTIONS)
             self._clients[self._current] = client
         return client
 
@@ -318,6 +304,7 @@ class EtcdRegistration:
         self._value = value
         self._clients = clients
         self._lease_id = 0
+        self._granting = 0  # a lease granted whose put has not been confirmed yet
         self._granted_ttl = url.ttl
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -335,8 +322,10 @@ class EtcdRegistration:
 
     async def _grant_and_put(self, client: aetcd.Client) -> None:
         lease = await client.lease(self.url.ttl)
+        # Remembered for stop(), should we be cancelled after the put but before the next line.
+        self._granting = lease.id
         await client.put(self.key, self._value, lease=lease.id)
-        self._lease_id, self._granted_ttl = lease.id, max(1, int(lease.ttl))
+        self._lease_id, self._granted_ttl, self._granting = lease.id, max(1, int(lease.ttl)), 0
 
     async def _renew(self, client: aetcd.Client) -> None:
         reply = await client.refresh_lease(self._lease_id)
@@ -360,11 +349,9 @@ class EtcdRegistration:
                         last = exc
                     await asyncio.sleep(backoff.next())
         except TimeoutError:
-            detail = f": {last}" if last else ""
-            raise RegistryError(
-                f"cannot register {self.address} in etcd at {self.url.describe()}: "
-                f"no endpoint answered within {timeout:g} s{detail}"
-            ) from last
+            detail = f"; last attempt: {last}" if last else ""
+            raise RegistryError(f"cannot register {self.address} in etcd at {self.url.describe()}: "
+                                f"no endpoint answered within {timeout:g} s{detail}") from last
         logger.info("registered %s in etcd at %s (lease %x, ttl %d s)",
                     self.address, self._clients.current_endpoint, self._lease_id, self._granted_ttl)
         self._task = asyncio.create_task(self._keep_alive(), name=f"geerpc etcd keep-alive {self.address}")
@@ -377,13 +364,11 @@ class EtcdRegistration:
             await asyncio.sleep(delay)
             try:
                 await self._clients.call(self._renew)
-            except RegistryError as exc:
+            except Exception as exc:  # RegistryError: no endpoint answered; anything else is a bug
+                if not isinstance(exc, RegistryError):  # ... which must not end the keep-alive
+                    logger.exception("etcd keep-alive of %s failed unexpectedly", self.address)
                 self._trouble.failed(exc, loop.time())
                 # Retry well inside the TTL, so a short outage never costs us the lease.
-                delay = min(backoff.next(), self._granted_ttl / 3)
-                continue
-            except Exception:  # a bug must not silently end the keep-alive
-                logger.exception("etcd keep-alive of %s failed unexpectedly", self.address)
                 delay = min(backoff.next(), self._granted_ttl / 3)
                 continue
             self._trouble.recovered()
@@ -403,16 +388,22 @@ class EtcdRegistration:
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])  # our own cancellation still propagates
-            if self._lease_id:
-                await self._revoke()
+            await self._revoke()
         finally:
             await self._clients.close()
 
     async def _revoke(self) -> None:
-        lease_id = self._lease_id
+        leases = [lease for lease in (self._granting, self._lease_id) if lease]
+        if not leases:
+            return
 
         async def revoke(client: aetcd.Client) -> None:
-            await client.revoke_lease(lease_id)
+            for lease_id in leases:
+                try:
+                    await client.revoke_lease(lease_id)
+                except self._clients.aetcd.ClientError as exc:
+                    if "lease not found" not in str(exc):  # already gone is as good as revoked
+                        raise
 
         try:
             async with asyncio.timeout(STOP_TIMEOUT):
