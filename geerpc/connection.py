@@ -3,9 +3,14 @@
 A thin ``asyncio.Protocol``: it feeds the sans-IO decoders in ``protocol``, starts one
 task per call, and writes replies. Design notes:
 
-- Replies are collected and written once per loop iteration, so a read that carried
-  64 requests is usually answered by one ``write``: the biggest single win on the
-  per-call path.
+- Replies are collected and written once per read (and once per loop iteration for
+  calls that finish later), so a read that carried 64 requests is usually answered
+  by one ``write``: the biggest single win on the per-call path.
+- Three ways to run a handler. An ``async def`` with no ``await`` cannot suspend, so
+  it runs inline, in a copy of the context, and is answered before the read callback
+  returns: a task and an extra loop iteration would cost more than the call (its
+  ``asyncio.current_task()`` is None). Other coroutines get a task (an eager one
+  on Python 3.12+). Plain ``def`` methods may block, so they run on worker threads.
 - Backpressure instead of rejection: at ``max_in_flight`` calls, or while the peer
   does not read our replies, we stop taking frames from the buffer and pause reading
   the socket; finishing calls resume it. Memory per connection stays at most one
@@ -17,13 +22,15 @@ task per call, and writes replies. Design notes:
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextvars
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
 from . import protocol as p
 from .errors import ProtocolError
 from .service import Method, argument_error
+from .workers import Job
 
 if TYPE_CHECKING:
     from .server import Server
@@ -33,6 +40,24 @@ __all__ = ["ServerConnection"]
 log = logging.getLogger("geerpc.server")
 _CLIENT_CANCELLED = "cancelled by the client"
 _CONNECTION_LOST = "connection lost"
+_STOPPING = "server stopping"
+_EAGER = sys.version_info >= (3, 12)
+
+
+class _SyncCall(Job):
+    """A plain ``def`` call handed to the worker threads."""
+
+    __slots__ = ("seq", "method", "timer")
+
+
+def _start_inline(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    coroutine = method.func(*args, **kwargs)
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coroutine.close()
+    raise RuntimeError(f"{method.name} suspended although it has no await")
 
 
 class ServerConnection(asyncio.Protocol):
@@ -89,8 +114,8 @@ class ServerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self._server._connections.discard(self)
-        for task in self._calls.values():
-            task.cancel(_CONNECTION_LOST)
+        for seq in list(self._calls):
+            self._cancel(seq, _CONNECTION_LOST)
         self._out.clear()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -164,7 +189,7 @@ class ServerConnection(asyncio.Protocol):
             self._reading_paused = False
             assert self._transport is not None
             self._transport.resume_reading()
-        self._schedule_flush()
+        self._flush()
         # A frame that has started must finish within frame_timeout (slow-loris).
         if frames.pending and not self._reading_paused:
             if self._timer is None:
@@ -179,9 +204,7 @@ class ServerConnection(asyncio.Protocol):
             self._out.append(p.encode_error(bad.seq, bad.code, bad.type, bad.message))
             return
         if type(message) is p.Cancel:
-            task = self._calls.get(message.seq)
-            if task is not None:
-                task.cancel(_CLIENT_CANCELLED)
+            self._cancel(message.seq, _CLIENT_CANCELLED)
             return
         assert type(message) is p.Request
         seq = message.seq
@@ -195,65 +218,123 @@ class ServerConnection(asyncio.Protocol):
         if server._stopping:
             self._out.append(p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", "server is stopping"))
             return
+        args, kwargs = message.args, message.kwargs
+        if method.inline:
+            try:
+                result = contextvars.copy_context().run(_start_inline, method, args, kwargs)
+            except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
+                self._out.append(self._failure(seq, method, args, kwargs, exc))
+            else:
+                self._out.append(self._success(seq, method, result))
+            return
         timeout = message.timeout
         if self._handle_timeout is not None and (timeout is None or self._handle_timeout < timeout):
             timeout = self._handle_timeout
-        self._calls[seq] = self._loop.create_task(self._run(seq, method, message.args, message.kwargs, timeout))
+        if method.is_async:
+            coroutine = self._run(seq, method, args, kwargs, timeout)
+            if _EAGER:
+                task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
+                if not task.done():
+                    self._calls[seq] = task
+            else:
+                self._calls[seq] = self._loop.create_task(coroutine)
+            return
+        call = _SyncCall(method.func, args, kwargs, self._sync_done)
+        call.seq, call.method, call.timer = seq, method, None
+        if timeout is not None:
+            call.timer = self._loop.call_later(timeout, self._sync_timeout, call, timeout)
+        self._calls[seq] = call
+        self._server._workers.submit(call)
 
     async def _run(self, seq: int, method: Method, args: list[Any], kwargs: dict[str, Any],
                    timeout: float | None) -> None:
         try:
             if timeout is None:
-                result = await self._invoke(method, args, kwargs)
+                result = await method.func(*args, **kwargs)
             else:
                 deadline = asyncio.timeout(timeout)
                 try:
                     async with deadline:
-                        result = await self._invoke(method, args, kwargs)
+                        result = await method.func(*args, **kwargs)
                 except TimeoutError:
                     if not deadline.expired():
                         raise  # the handler's own TimeoutError, not our deadline
-                    self._reply(p.encode_error(seq, p.ErrorCode.TIMEOUT, "Timeout",
-                                               f"{method.name} did not finish within {timeout:g} s"))
+                    self._reply(_timeout_error(seq, method, timeout))
                     return
-            try:
-                reply = p.encode_response(seq, result)
-            except (TypeError, ValueError, OverflowError) as exc:
-                reply = p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
-                                       f"result of {method.name} cannot be encoded: {_describe(exc)}")
-            if len(reply) - 4 > self._server.max_frame_size:
-                reply = p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
-                                       f"result of {method.name} is {len(reply) - 4} bytes, over the "
-                                       f"{self._server.max_frame_size}-byte frame limit")
-            self._reply(reply)
+            self._reply(self._success(seq, method, result))
         except asyncio.CancelledError:
-            if self._server._stopping and self._transport is not None and not self._transport.is_closing():
-                self._reply(p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable",
-                                           f"server stopped before {method.name} finished"))
+            if self._server._stopping:
+                self._reply(_stopped_error(seq, method))
             raise
-        except TypeError as exc:
+        except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
+            self._reply(self._failure(seq, method, args, kwargs, exc))
+        finally:
+            self._calls.pop(seq, None)
+            self._call_ended()
+
+    def _sync_done(self, job: Job, ok: bool, value: Any) -> None:
+        call = job
+        assert isinstance(call, _SyncCall)
+        if call.timer is not None:
+            call.timer.cancel()
+        del self._calls[call.seq]
+        if ok:
+            self._reply(self._success(call.seq, call.method, value))
+        else:
+            self._reply(self._failure(call.seq, call.method, call.args, call.kwargs, value))
+        self._call_ended()
+
+    def _sync_timeout(self, call: _SyncCall, timeout: float) -> None:
+        # A thread cannot be stopped: the handler runs on, and its result is dropped.
+        call.abandoned = True
+        del self._calls[call.seq]
+        self._reply(_timeout_error(call.seq, call.method, timeout))
+        self._call_ended()
+
+    def _cancel(self, seq: int, reason: str) -> None:
+        call = self._calls.get(seq)
+        if call is None:
+            return
+        if isinstance(call, asyncio.Task):
+            call.cancel(reason)  # _run replies (when the server is stopping) and cleans up
+            return
+        call.abandoned = True
+        if call.timer is not None:
+            call.timer.cancel()
+        del self._calls[seq]
+        if reason == _STOPPING:
+            self._reply(_stopped_error(seq, call.method))
+        self._call_ended()
+
+    def _call_ended(self) -> None:
+        if self._reading_paused:
+            self._take_frames()
+        if not self._calls and self._server._stopping:
+            self._server._check_drained()
+
+    def _success(self, seq: int, method: Method, result: Any) -> bytes:
+        try:
+            reply = p.encode_response(seq, result)
+        except (TypeError, ValueError, OverflowError) as exc:
+            return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
+                                  f"result of {method.name} cannot be encoded: {_describe(exc)}")
+        limit = self._server.max_frame_size
+        if len(reply) - 4 > limit:
+            return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
+                                  f"result of {method.name} is {len(reply) - 4} bytes, over the {limit}-byte frame limit")
+        return reply
+
+    def _failure(self, seq: int, method: Method, args: list[Any], kwargs: dict[str, Any],
+                 exc: BaseException) -> bytes:
+        if isinstance(exc, TypeError):
+            # Binding happens before the body runs; re-check the signature only now
+            # to tell the caller's mistake from a TypeError raised inside the handler.
             problem = argument_error(method, args, kwargs)
             if problem is not None:
-                self._reply(p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments", problem))
-            else:
-                self._reply(_application_error(seq, method, exc))
-        except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
-            self._reply(_application_error(seq, method, exc))
-        finally:
-            del self._calls[seq]
-            if self._reading_paused:
-                self._take_frames()
-            if not self._calls and self._server._stopping:
-                self._server._check_drained()
-
-    async def _invoke(self, method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        if method.is_async:
-            return await method.func(*args, **kwargs)
-        # Plain functions may block (time.sleep, CPU work): run them on the server's
-        # thread pool so other calls keep flowing. A thread cannot be cancelled; past
-        # its deadline its result is simply dropped.
-        call = functools.partial(method.func, *args, **kwargs)
-        return await self._loop.run_in_executor(self._server._executor, call)
+                return p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments", problem)
+        # Tracebacks stay on the server (at debug level): they leak paths and code.
+        log.debug("%s raised %s", method.name, type(exc).__name__, exc_info=exc)
+        return p.encode_error(seq, p.ErrorCode.APPLICATION, type(exc).__name__, _describe(exc))
 
     # ------------------------------------------------------------- replies
 
@@ -293,8 +374,8 @@ class ServerConnection(asyncio.Protocol):
         return len(self._calls)
 
     def cancel_calls(self) -> None:
-        for task in self._calls.values():
-            task.cancel("server stopping")
+        for seq in list(self._calls):
+            self._cancel(seq, _STOPPING)
 
     def close(self) -> None:
         self._flush()
@@ -313,7 +394,9 @@ def _describe(exc: BaseException) -> str:
         return f"<unprintable {type(exc).__name__}>"
 
 
-def _application_error(seq: int, method: Method, exc: BaseException) -> bytes:
-    # Tracebacks stay on the server (at debug level): they leak paths and code.
-    log.debug("%s raised %s", method.name, type(exc).__name__, exc_info=exc)
-    return p.encode_error(seq, p.ErrorCode.APPLICATION, type(exc).__name__, _describe(exc))
+def _timeout_error(seq: int, method: Method, timeout: float) -> bytes:
+    return p.encode_error(seq, p.ErrorCode.TIMEOUT, "Timeout", f"{method.name} did not finish within {timeout:g} s")
+
+
+def _stopped_error(seq: int, method: Method) -> bytes:
+    return p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", f"server stopped before {method.name} finished")

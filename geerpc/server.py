@@ -8,7 +8,6 @@ and the life cycle (start, serve_forever, stop).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import socket
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 from . import protocol as p
 from .connection import ServerConnection
 from .service import Method, Service, build_service
+from .workers import WorkerPool
 
 __all__ = ["Server"]
 
@@ -71,7 +71,7 @@ class Server:
         self.protocol_errors = 0  # connections closed because the peer broke the protocol
         self._services: dict[str, Service] = {}
         self._methods: dict[str, Method] = {}
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="geerpc-handler")
+        self._workers = WorkerPool(max_workers)
         self._connections: set[ServerConnection] = set()
         self._listener: asyncio.Server | None = None
         self._unix_path: str | None = None
@@ -218,7 +218,7 @@ class Server:
                 os.unlink(self._unix_path)
             except OSError:
                 pass
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._workers.shutdown()
         if self._stopped is not None:
             self._stopped.set()
         log.info("stopped %s", self.address)

@@ -8,6 +8,7 @@ attribute-traversal bugs). No asyncio here beyond telling coroutine functions ap
 
 from __future__ import annotations
 
+import dis
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ class Method:
     name: str
     func: Callable[..., Any]
     is_async: bool
+    inline: bool = False  # a coroutine with no await: it cannot suspend, so needs no task
     _signature: inspect.Signature | None = field(default=None, repr=False)
 
     @property
@@ -68,7 +70,8 @@ def build_service(instance: Any, name: str | None = None) -> Service:
         if not callable(static) or isinstance(static, type) or isinstance(static, property):
             continue
         bound = getattr(instance, attr)
-        methods[attr] = Method(f"{name}.{attr}", bound, _is_async(bound))
+        is_async = _is_async(bound)
+        methods[attr] = Method(f"{name}.{attr}", bound, is_async, is_async and _cannot_suspend(bound))
     if not methods:
         raise ValueError(f"{type(instance).__name__} has no public methods to register")
     return Service(name, instance, methods)
@@ -79,6 +82,19 @@ def _is_async(func: Callable[..., Any]) -> bool:
         return True
     call = getattr(func, "__call__", None)  # a callable object with an async __call__
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _cannot_suspend(func: Callable[..., Any]) -> bool:
+    """True for an ``async def`` whose body has no await point at all.
+
+    Such a coroutine runs to completion on its first step, so the server runs it
+    inline and answers in the same write as the read that carried the request.
+    Anything wrapped or unusual gets a task, to be safe.
+    """
+    code = getattr(getattr(func, "__func__", func), "__code__", None)
+    if code is None or not inspect.iscoroutinefunction(func):
+        return False
+    return not any(ins.opname in ("YIELD_VALUE", "SEND", "GET_AWAITABLE") for ins in dis.get_instructions(code))
 
 
 def argument_error(method: Method, args: list[Any], kwargs: dict[str, Any]) -> str | None:
