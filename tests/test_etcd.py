@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from etcd_server import EtcdProcess, etcd_binary, etcd_required, free_port
+
 from geerpc.errors import NoServerAvailable, RegistryError
 from geerpc.registry.etcd import EtcdClients, EtcdURL, parse_etcd_url, register
 from geerpc.xclient.etcd_discovery import EtcdDiscovery

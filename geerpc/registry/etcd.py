@@ -19,17 +19,17 @@ import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, Self, TypeVar
 from urllib.parse import parse_qsl
 
 from ..address import parse_address
 from ..errors import RegistryError
 
 if TYPE_CHECKING:
-    import aetcd
+    import aetcd  # type: ignore[import-untyped]
 
-__all__ = ["EtcdURL", "EtcdClients", "EtcdRegistration", "parse_etcd_url", "register",
-           "DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_TTL"]
+__all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_TTL", "EtcdClients", "EtcdRegistration", "EtcdURL",
+           "parse_etcd_url", "register"]
 
 logger = logging.getLogger("geerpc.registry.etcd")
 
@@ -64,7 +64,8 @@ def _import_aetcd() -> ModuleType:
         import aetcd
     except ImportError as exc:
         raise ImportError("the etcd registry needs the aetcd package: pip install 'geerpc[etcd]'") from exc
-    return aetcd
+    module: ModuleType = aetcd
+    return module
 
 
 # --------------------------------------------------------------------------- URLs
@@ -172,7 +173,7 @@ class EtcdClients:
 
     def __init__(self, endpoints: Sequence[tuple[str, int]], *, call_timeout: float = CALL_TIMEOUT) -> None:
         self.aetcd = _import_aetcd()
-        import grpc
+        import grpc  # type: ignore[import-untyped]
 
         # What counts as "this endpoint failed": anything from gRPC or aetcd, or our deadline.
         self.failures: tuple[type[BaseException], ...] = (
@@ -414,7 +415,7 @@ class EtcdRegistration:
         else:
             logger.info("deregistered %s from etcd", self.address)
 
-    async def __aenter__(self) -> EtcdRegistration:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Self
 
 from ..address import parse_address
 from ..errors import RegistryError
@@ -24,9 +24,9 @@ from ..registry.etcd import EtcdClients, _Backoff, _Trouble, parse_etcd_url
 from .discovery import ServerList
 
 if TYPE_CHECKING:
-    import aetcd
+    import aetcd  # type: ignore[import-untyped]
 
-__all__ = ["EtcdDiscovery", "FIRST_LIST_TIMEOUT"]
+__all__ = ["FIRST_LIST_TIMEOUT", "EtcdDiscovery"]
 
 logger = logging.getLogger("geerpc.xclient.etcd_discovery")
 
@@ -95,7 +95,7 @@ class EtcdDiscovery(ServerList):
         finally:
             await self._clients.close()
 
-    async def __aenter__(self) -> EtcdDiscovery:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -146,7 +146,6 @@ class EtcdDiscovery(ServerList):
 
     async def _list_and_watch(self) -> None:
         listing = await self._clients.call(self._list)
-        self._trouble.recovered()
         self._apply_listing(listing)
         client = self._clients.client()
         watch: aetcd.Watch | None = None
@@ -155,10 +154,11 @@ class EtcdDiscovery(ServerList):
                 async with asyncio.timeout(self._clients.call_timeout):
                     watch = await client.watch_prefix(
                         self.url.key_prefix, start_revision=listing.header.revision + 1)
-            except (TimeoutError, *self._clients.failures):
+            except self._clients.failures:  # our deadline (TimeoutError) included
                 # aetcd can leave its watch stream wedged after some failures: start afresh.
                 await self._clients.reset()
                 raise
+            self._trouble.recovered()  # only now: a listing alone does not keep us current
             async for event in watch:
                 self._apply_event(event)
         finally:
