@@ -128,7 +128,7 @@ def _parse_endpoint(url: str, item: str) -> tuple[str, int]:
     host, port_text = item.rsplit(":", 1) if has_port else (item, str(DEFAULT_PORT))
     if ":" in host and not host.startswith("["):
         raise ValueError(f"etcd URL {url!r}: write IPv6 hosts in brackets, as in [::1]:2379")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ValueError(f"etcd URL {url!r}: bad port {port_text!r} in {item!r} (want 1 to 65535)")
     try:
         address = parse_address(f"{host}:{port_text}")
@@ -149,7 +149,7 @@ def _parse_ttl(url: str, query: str) -> int:
     for name, value in pairs:
         if name != "ttl":
             raise ValueError(f"etcd URL {url!r}: unknown parameter {name!r} (only ttl is known)")
-        if not value.isdigit() or int(value) <= 0:
+        if not (value.isascii() and value.isdigit()) or int(value) <= 0:
             raise ValueError(f"etcd URL {url!r}: ttl must be a positive whole number of seconds")
         ttl = int(value)
     return ttl
