@@ -1,0 +1,317 @@
+"""Service reflection: which attributes become methods, names, async detection, argument checks.
+
+No sockets and no event loop: build_service only looks at the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+import pytest
+
+from geerpc.service import Method, argument_error, build_service
+
+
+class Calc:
+    """Public methods of every kind, plus things that must never be exposed."""
+
+    limit = 3  # a plain class attribute
+    tags = ["a", "b"]
+    _hidden = staticmethod(lambda: "hidden")
+
+    class Inner:  # a nested class is callable, but not a method
+        pass
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.instance_callable = lambda: "instance"  # not on the class: not a method
+
+    def add(self, a, b):
+        return a + b
+
+    async def sub(self, a, b):
+        return a - b
+
+    async def slow(self, seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+    @staticmethod
+    def static_twice(x):
+        return 2 * x
+
+    @staticmethod
+    async def static_async(x):
+        return x
+
+    @classmethod
+    def class_name(cls):
+        return cls.__name__
+
+    @classmethod
+    async def class_async(cls):
+        return cls.__name__
+
+    @property
+    def counted(self):
+        self.reads += 1
+        return self.reads
+
+    @property
+    def explodes(self):
+        raise RuntimeError("a property ran during registration")
+
+    def _private(self):
+        return "private"
+
+    def __secret(self):
+        return "mangled"
+
+    def __call__(self):
+        return "dunder"
+
+    def __len__(self):
+        return 0
+
+
+def test_public_methods_only():
+    service = build_service(Calc())
+    assert sorted(service.methods) == ["add", "class_async", "class_name", "slow", "static_async",
+                                       "static_twice", "sub"]
+
+
+def test_method_names_are_service_dot_method():
+    service = build_service(Calc())
+    assert service.name == "Calc"
+    assert {m.name for m in service.methods.values()} == {f"Calc.{n}" for n in service.methods}
+
+
+def test_private_mangled_and_dunder_names_are_not_methods():
+    methods = build_service(Calc()).methods
+    for name in ["_private", "_Calc__secret", "__secret", "__call__", "__len__", "__init__", "__class__",
+                 "__getattribute__", "__reduce__", "_hidden"]:
+        assert name not in methods
+
+
+def test_properties_are_not_run_during_registration():
+    calc = Calc()
+    service = build_service(calc)  # `explodes` would raise if it ran
+    assert calc.reads == 0
+    assert "counted" not in service.methods and "explodes" not in service.methods
+
+
+def test_non_callable_class_attributes_are_skipped():
+    methods = build_service(Calc()).methods
+    assert "limit" not in methods and "tags" not in methods
+
+
+def test_nested_classes_are_skipped():
+    assert "Inner" not in build_service(Calc()).methods
+
+
+def test_callables_set_on_the_instance_are_not_methods():
+    assert "instance_callable" not in build_service(Calc()).methods
+
+
+def test_methods_are_bound_to_the_instance():
+    calc = Calc()
+    methods = build_service(calc).methods
+    assert methods["add"].func(2, 3) == 5
+    assert methods["add"].func.__self__ is calc
+
+
+def test_staticmethod_and_classmethod_are_callable():
+    methods = build_service(Calc()).methods
+    assert methods["static_twice"].func(4) == 8
+    assert methods["class_name"].func() == "Calc"
+
+
+def test_service_keeps_the_instance():
+    calc = Calc()
+    assert build_service(calc).instance is calc
+
+
+def test_explicit_name():
+    service = build_service(Calc(), "Arithmetic")
+    assert service.name == "Arithmetic"
+    assert service.methods["add"].name == "Arithmetic.add"
+
+
+@pytest.mark.parametrize("name", ["a.b", "_x", "__init__", "", "1x", "a b", "a-b", "Calc.", ".Calc", "a\n"])
+def test_invalid_service_names_are_rejected(name):
+    with pytest.raises(ValueError):
+        build_service(Calc(), name)
+
+
+@pytest.mark.parametrize("name", [1, b"Calc", ["Calc"]])
+def test_non_str_service_names_are_rejected(name):
+    with pytest.raises(ValueError):
+        build_service(Calc(), name)
+
+
+def test_class_name_starting_with_underscore_needs_an_explicit_name():
+    class _Private:
+        def run(self):
+            return 1
+
+    with pytest.raises(ValueError):
+        build_service(_Private())
+    assert build_service(_Private(), "Public").name == "Public"
+
+
+def test_object_without_public_methods_is_rejected():
+    class Empty:
+        value = 1
+
+        def _helper(self):
+            pass
+
+        @property
+        def prop(self):
+            raise RuntimeError("ran")
+
+    with pytest.raises(ValueError):
+        build_service(Empty())
+    with pytest.raises(ValueError):
+        build_service(object())
+
+
+def test_getattr_hook_is_not_consulted():
+    class Dynamic:
+        def __getattr__(self, name):
+            raise AssertionError(f"__getattr__({name!r}) ran during registration")
+
+        def real(self):
+            return 1
+
+    assert list(build_service(Dynamic()).methods) == ["real"]
+
+
+# --------------------------------------------------------------------------- async detection
+
+
+def test_async_detection():
+    methods = build_service(Calc()).methods
+    assert methods["sub"].is_async is True
+    assert methods["slow"].is_async is True
+    assert methods["static_async"].is_async is True
+    assert methods["class_async"].is_async is True
+    assert methods["add"].is_async is False
+    assert methods["static_twice"].is_async is False
+    assert methods["class_name"].is_async is False
+
+
+def test_async_detection_of_callable_objects_and_partials():
+    class AsyncCallable:
+        async def __call__(self, x):
+            return x
+
+    class SyncCallable:
+        def __call__(self, x):
+            return x
+
+    async def coro(a, b):
+        return a + b
+
+    class Holder:
+        run_async = AsyncCallable()
+        run_sync = SyncCallable()
+        partial_async = staticmethod(functools.partial(coro, 1))
+
+    methods = build_service(Holder()).methods
+    assert methods["run_async"].is_async is True
+    assert methods["run_sync"].is_async is False
+    assert methods["partial_async"].is_async is True
+
+
+def test_coroutine_without_await_is_inline_and_others_are_not():
+    methods = build_service(Calc()).methods
+    assert methods["sub"].inline is True
+    assert methods["slow"].inline is False
+    assert methods["add"].inline is False  # plain def: never inline, it may block
+
+
+# --------------------------------------------------------------------------- argument_error
+
+
+class Shapes:
+    def two(self, a, b):
+        return a + b
+
+    def defaults(self, a, b=2, *, c=3):
+        return a + b + c
+
+    def positional_only(self, a, /, b):
+        return a + b
+
+    def keyword_only(self, *, key):
+        return key
+
+    def anything(self, *args, **kwargs):
+        return args, kwargs
+
+
+@pytest.fixture
+def shapes() -> dict[str, Method]:
+    return build_service(Shapes()).methods
+
+
+def test_argument_error_none_when_arguments_fit(shapes):
+    assert argument_error(shapes["two"], [1, 2], {}) is None
+    assert argument_error(shapes["two"], [1], {"b": 2}) is None
+    assert argument_error(shapes["defaults"], [1], {"c": 4}) is None
+    assert argument_error(shapes["keyword_only"], [], {"key": 1}) is None
+    assert argument_error(shapes["anything"], [1, 2, 3], {"x": 1}) is None
+
+
+def test_argument_error_missing_argument(shapes):
+    message = argument_error(shapes["two"], [1], {})
+    assert message is not None
+    assert message.startswith("Shapes.two(a, b): ")
+    assert "missing a required argument: 'b'" in message
+
+
+def test_argument_error_too_many_arguments(shapes):
+    message = argument_error(shapes["two"], [1, 2, 3], {})
+    assert message is not None and "Shapes.two" in message and "too many positional arguments" in message
+
+
+def test_argument_error_unexpected_keyword(shapes):
+    message = argument_error(shapes["defaults"], [1], {"d": 4})
+    assert message is not None and "unexpected keyword argument 'd'" in message
+
+
+def test_argument_error_duplicate_argument(shapes):
+    message = argument_error(shapes["two"], [1, 2], {"a": 1})
+    assert message is not None and "multiple values for argument 'a'" in message
+
+
+def test_argument_error_positional_only_passed_by_keyword(shapes):
+    assert argument_error(shapes["positional_only"], [], {"a": 1, "b": 2}) is not None
+
+
+def test_argument_error_keyword_only_passed_positionally(shapes):
+    assert argument_error(shapes["keyword_only"], [1], {}) is not None
+
+
+def test_argument_error_self_is_not_an_argument(shapes):
+    assert argument_error(shapes["two"], [1, 2], {"self": 0}) is not None
+
+
+@pytest.mark.parametrize("key", [b"a", 1, None])
+def test_argument_error_non_str_keyword_names(shapes, key):
+    message = argument_error(shapes["anything"], [], {key: 1})
+    assert message == "Shapes.anything: keyword argument names must be strings"
+
+
+def test_argument_error_none_when_the_signature_is_unknown():
+    method = Method("Builtins.min", min, False)  # min has no introspectable signature
+    assert method.signature is None
+    assert argument_error(method, [], {}) is None
+
+
+def test_signature_excludes_self_and_is_cached(shapes):
+    method = shapes["defaults"]
+    assert str(method.signature) == "(a, b=2, *, c=3)"
+    assert method.signature is method.signature
