@@ -1,0 +1,262 @@
+"""XClient: one call over many servers, with selection, failover and broadcast.
+
+It keeps one Client per server address. Dials are shared: concurrent callers that
+need the same server await one dial task, and no lock is ever held across a dial
+or a call (GeeRPC's XClient dials while holding its mutex).
+
+Failover (rpcx's Failover mode): when a server cannot be reached (dial refused or
+timed out), or its connection is found closed before any reply, or it answers
+Unavailable because it is stopping, the call moves on to another server, each
+server at most once, all within the caller's timeout. A call whose connection
+dropped *after* it was sent may have run on the lost server: failover can run it
+twice, so use ``failover=False`` for calls that must not repeat. A RemoteError (the
+method ran and raised) and a timeout are never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from types import TracebackType
+from typing import Any
+
+from ..client import Client, dial
+from ..errors import CallTimeout, ConnectError, ConnectionClosed, ConnectTimeout, NoServerAvailable, Unavailable
+from .discovery import Discovery, MultiServerDiscovery
+from .selection import SelectMode
+
+__all__ = ["XClient"]
+
+log = logging.getLogger("geerpc.xclient")
+
+# Errors after which the method did not run, or the connection failed before any reply.
+_FAILOVER_ERRORS = (ConnectError, ConnectTimeout, ConnectionClosed, Unavailable)
+
+
+class XClient:
+    """Calls services offered by the servers that ``discovery`` knows.
+
+    Args:
+        discovery: a Discovery, a list of addresses, or a registry URL
+            (``http://...`` for the built-in registry, ``etcd://...`` for etcd).
+        mode: SelectMode.RANDOM or SelectMode.ROUND_ROBIN.
+        failover: try another server when one cannot be reached (see module doc).
+        connect_timeout: seconds for each dial (also bounded by the call's timeout).
+        close_discovery: close the discovery when the XClient closes.
+    """
+
+    def __init__(
+        self,
+        discovery: Discovery | str | list[str],
+        mode: SelectMode = SelectMode.RANDOM,
+        *,
+        failover: bool = True,
+        connect_timeout: float = 10.0,
+        close_discovery: bool = True,
+    ) -> None:
+        if not isinstance(mode, SelectMode):
+            raise ValueError(f"mode must be a SelectMode, not {mode!r}")
+        self.discovery = _as_discovery(discovery)
+        self.mode = mode
+        self.failover = failover
+        self.connect_timeout = connect_timeout
+        self._close_discovery = close_discovery
+        self._clients: dict[str, Client] = {}
+        self._dials: dict[str, asyncio.Task[Client]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._seen_version = -1
+        self._closed = False
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------- connections
+
+    async def _client(self, address: str) -> Client:
+        client = self._clients.get(address)
+        if client is not None:
+            if not client.closed:
+                return client
+            del self._clients[address]
+        task = self._dials.get(address)
+        if task is None:
+            task = asyncio.ensure_future(self._dial(address))
+            self._dials[address] = task
+        # shield: one caller giving up must not cancel a dial others are waiting for
+        return await asyncio.shield(task)
+
+    async def _dial(self, address: str) -> Client:
+        try:
+            client = await dial(address, connect_timeout=self.connect_timeout)
+        finally:
+            self._dials.pop(address, None)
+        if self._closed:
+            await client.close()
+            raise ConnectionClosed("XClient closed while dialing")
+        self._clients[address] = client
+        return client
+
+    def _forget(self, address: str, client: Client | None) -> None:
+        if client is not None and self._clients.get(address) is client:
+            del self._clients[address]
+            self._close_later(client)
+
+    def _close_later(self, client: Client) -> None:
+        task = asyncio.ensure_future(client.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _prune(self) -> None:
+        """Close idle connections to servers that left the list."""
+        version = self.discovery.version
+        if version == self._seen_version:
+            return
+        self._seen_version = version
+        current = set(await self.discovery.get_all())
+        for address, client in list(self._clients.items()):
+            if address not in current and not client._conn.pending:
+                self._forget(address, client)
+
+    # ------------------------------------------------------------- calls
+
+    async def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call one server chosen by the select mode; fail over as the module says.
+
+        Raises NoServerAvailable when discovery offers no server for the service,
+        CallTimeout when ``timeout`` passes (dials and failover included), and
+        otherwise what ``Client.call`` raises.
+        """
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        service = service_method.rpartition(".")[0] or None
+        tried: set[str] = set()
+        last_error: BaseException | None = None
+        while True:
+            address = await self._pick(service, tried, last_error)
+            tried.add(address)
+            client: Client | None = None
+            try:
+                remaining = _remaining(deadline, loop)
+                async with asyncio.timeout(remaining):
+                    client = await self._client(address)
+                return await client.call(service_method, *args, timeout=_remaining(deadline, loop), **kwargs)
+            except _FAILOVER_ERRORS as exc:
+                self._forget(address, client)
+                if not self.failover:
+                    raise
+                log.info("%s failed on %s (%s); failing over", service_method, address, exc)
+                last_error = exc
+            except TimeoutError as exc:
+                if isinstance(exc, CallTimeout):
+                    raise
+                raise CallTimeout(f"{service_method} timed out after {timeout:g} s (dialing {address})") from None
+            await self._prune()
+
+    async def _pick(self, service: str | None, tried: set[str], last_error: BaseException | None) -> str:
+        if not tried:
+            address = await self.discovery.get(self.mode, service)
+            await self._prune()
+            return address
+        untried = [a for a in await self.discovery.get_all(service) if a not in tried]
+        if not untried:
+            assert last_error is not None
+            raise last_error
+        return untried[self._rng.randrange(len(untried))]
+
+    async def broadcast(self, service_method: str, /, *args: Any, timeout: float | None = None,
+                        **kwargs: Any) -> Any:
+        """Call every server offering the service at once; return one successful reply.
+
+        The first error cancels the other calls (the cancellation reaches their
+        servers) and is raised. ``timeout`` bounds the whole broadcast. Raises
+        NoServerAvailable when there is no server (GeeRPC silently succeeds).
+        """
+        self._check_open()
+        service = service_method.rpartition(".")[0] or None
+        servers = await self.discovery.get_all(service)
+        await self._prune()
+        if not servers:
+            what = f" offering {service!r}" if service else ""
+            raise NoServerAvailable(f"no server{what} to broadcast {service_method} to")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+
+        async def one(address: str) -> Any:
+            client = await self._client(address)
+            try:
+                return await client.call(service_method, *args, timeout=_remaining(deadline, loop), **kwargs)
+            except (ConnectionClosed, Unavailable):
+                self._forget(address, client)
+                raise
+
+        tasks = [asyncio.ensure_future(one(address)) for address in servers]
+        try:
+            pending: set[asyncio.Future[Any]] = set(tasks)
+            result: Any = None
+            while pending:
+                done, pending = await asyncio.wait(pending, timeout=_remaining(deadline, loop),
+                                                   return_when=asyncio.FIRST_EXCEPTION)
+                if not done:
+                    raise CallTimeout(f"broadcast of {service_method} to {len(servers)} servers "
+                                      f"timed out after {timeout:g} s")
+                for task in done:
+                    if task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                    result = task.result()
+            return result
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionClosed("XClient is closed")
+
+    # ------------------------------------------------------------- life cycle
+
+    async def close(self) -> None:
+        """Close every connection (and the discovery, unless told not to). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        dials = list(self._dials.values())
+        for task in dials:
+            task.cancel()
+        await asyncio.gather(*dials, return_exceptions=True)
+        clients, self._clients = list(self._clients.values()), {}
+        await asyncio.gather(*(c.close() for c in clients), *self._closing, return_exceptions=True)
+        if self._close_discovery:
+            await self.discovery.close()
+
+    async def __aenter__(self) -> XClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+
+def _remaining(deadline: float | None, loop: asyncio.AbstractEventLoop) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - loop.time()
+    if left <= 0:
+        raise CallTimeout("the call's deadline passed")
+    return left
+
+
+def _as_discovery(discovery: Discovery | str | list[str]) -> Discovery:
+    if isinstance(discovery, str):
+        if discovery.startswith("etcd://"):
+            from .etcd_discovery import EtcdDiscovery
+
+            return EtcdDiscovery(discovery)
+        if discovery.startswith(("http://", "https://")):
+            from .registry_discovery import RegistryDiscovery
+
+            return RegistryDiscovery(discovery)
+        raise ValueError(f"not a registry URL: {discovery!r} (want http://... or etcd://...)")
+    if isinstance(discovery, list):
+        return MultiServerDiscovery(discovery)
+    return discovery
