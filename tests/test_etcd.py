@@ -191,6 +191,26 @@ async def test_register_and_discover(etcd: EtcdProcess, prefix: str) -> None:
         assert discovery.version >= 1
 
 
+class EtcdArith:
+    async def add(self, a: int, b: int) -> int:
+        return a + b
+
+
+async def test_server_announces_itself_in_etcd(etcd: EtcdProcess, prefix: str) -> None:
+    import geerpc
+
+    async with EtcdDiscovery(etcd.url(prefix)) as discovery:
+        server = geerpc.Server()
+        server.register(EtcdArith())
+        address = await server.start("127.0.0.1", 0, registry=etcd.url(prefix, ttl=5))
+        try:
+            await eventually(lambda: _has(discovery, address), 1, "server listed")
+            assert discovery.services()[address] == frozenset({"EtcdArith"})
+        finally:
+            await server.stop()
+        await eventually(lambda: _lacks(discovery, address), 1, "server gone once stopped")
+
+
 async def test_stop_removes_the_key_at_once(etcd: EtcdProcess, prefix: str, kv) -> None:
     discovery = EtcdDiscovery(etcd.url(prefix))
     try:
