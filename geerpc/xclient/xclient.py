@@ -196,13 +196,18 @@ class XClient:
             while pending:
                 done, pending = await asyncio.wait(pending, timeout=_remaining(deadline, loop),
                                                    return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    error = task.exception()
+                    if isinstance(error, CallTimeout) and deadline is not None and loop.time() >= deadline:
+                        error = None  # the broadcast's own deadline: reported below
+                        done = set()
+                    elif error is not None:
+                        raise error
+                    else:
+                        result = task.result()
                 if not done:
                     raise CallTimeout(f"broadcast of {service_method} to {len(servers)} servers "
                                       f"timed out after {timeout:g} s")
-                for task in done:
-                    if task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
-                    result = task.result()
             return result
         finally:
             for task in tasks:
