@@ -45,6 +45,7 @@ H_TIMEOUT: Final = "X-Geerpc-Timeout"
 H_INDEX: Final = "X-Geerpc-Index"
 
 _MAX_INDEX_DIGITS: Final = 16  # indexes are below 2**53
+_JSON_REUSE: Final = 0.1  # seconds a rendered JSON list may be served again
 
 
 def format_seconds(seconds: float) -> str:
@@ -97,6 +98,8 @@ class Registry:
         # Rendering 10,000 addresses per GET adds up; the list only changes with the index.
         self._header_cache: dict[str | None, str] = {}
         self._header_cache_index = -1
+        self._fragments: dict[str, tuple[frozenset[str] | None, str]] = {}
+        self._json_cache: dict[tuple[int, str | None], tuple[float, bytes]] = {}
         self.url: str | None = None
 
     @property
@@ -281,22 +284,38 @@ class Registry:
         headers[H_SERVERS] = joined
         if "application/json" not in request.headers.get("Accept", ""):
             return web.Response(status=200, headers=headers)
-        body = {
-            "index": self.table.index,
-            "timeout": self.timeout,
-            "uptime": round(now - self._started_at, 3),
-            "servers": [
-                {
-                    "address": info.address,
-                    "services": None if info.services is None else sorted(info.services),
-                    "age": round(info.age, 3),
-                }
-                for info in self.table.snapshot(now, service)
-            ],
-        }
-        return web.Response(
-            status=200, headers=headers, body=json.dumps(body).encode(), content_type="application/json"
-        )
+        return web.Response(status=200, headers=headers, body=self._json(now, service),
+                            content_type="application/json")
+
+    def _json(self, now: float, service: str | None) -> bytes:
+        # Strategy: a change wakes every watcher at once, and with 10,000 servers listed
+        # a render costs milliseconds. So (1) replies for the same index and service
+        # within _JSON_REUSE seconds share one body (ages then lag by at most that), and
+        # (2) each server's address and services are encoded once and kept until they
+        # change, so a render only formats the ages.
+        key = (self.table.index, service)
+        reused = self._json_cache.get(key)
+        if reused is not None and now - reused[0] < _JSON_REUSE:
+            return reused[1]
+        body = self._render_json(now, service)
+        self._json_cache = {key: (now, body)}  # one entry: the herd asks for one list
+        return body
+
+    def _render_json(self, now: float, service: str | None) -> bytes:
+        fragments = self._fragments
+        if len(fragments) > 2 * len(self.table) + 1024:
+            fragments.clear()  # forget servers long gone
+        parts = []
+        for address, services, last_seen in self.table.entries(now, service):
+            cached = fragments.get(address)
+            if cached is None or cached[0] is not services:
+                listed = None if services is None else sorted(services)
+                text = f'{{"address": {json.dumps(address)}, "services": {json.dumps(listed)}, "age": '
+                cached = fragments[address] = (services, text)
+            parts.append(f"{cached[1]}{max(0.0, now - last_seen):.3f}}}")
+        head = (f'{{"index": {self.table.index}, "timeout": {json.dumps(self.timeout)}, '
+                f'"uptime": {now - self._started_at:.3f}, "servers": [')
+        return (head + ", ".join(parts) + "]}").encode()
 
 
 # -- reading requests (every problem becomes a 400 naming it) ----------------------

@@ -1,0 +1,147 @@
+"""How much load one registry process sustains, with 10,000 servers listed.
+
+    python3 bench/bench_registry.py [--servers 10000] [--seconds 3] [--concurrency 32]
+
+Runs ``python -m geerpc.registry`` as a child process on 127.0.0.1 (loopback only) and
+drives it from this process with aiohttp: it registers the servers, then for a fixed
+time each sends heartbeats (POST), plain GETs (the X-Geerpc-Servers header) and JSON
+GETs, and prints requests per second and GET latency. Every phase is bounded in time;
+the whole run takes well under a minute.
+
+Measured on a 2-core container, Python 3.11, aiohttp 3.14, default options:
+
+    registered 10000 servers in 4.4 s (2279/s)
+    heartbeats         2346/s
+    GET header, 32 concurrent   376/s   p50  84.1 ms   p99 123.8 ms
+    GET JSON, 32 concurrent      36/s   p50 862.1 ms   p99 1029.3 ms
+    GET header, sequential      436/s   p50   2.2 ms   p99   3.2 ms
+    GET JSON, sequential         48/s   p50  20.7 ms   p99  23.3 ms
+
+Both processes share the same two cores, so the registry alone does better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def start_registry() -> tuple[subprocess.Popen[str], str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geerpc.registry", "--host", "127.0.0.1", "--port", "0", "--timeout", "300"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        proc.kill()
+        raise SystemExit(f"registry did not start (printed {url!r})")
+    return proc, url
+
+
+def stop_registry(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+async def run_for(seconds: float, concurrency: int, one: object) -> list[float]:
+    """Run ``one()`` from ``concurrency`` workers for ``seconds``; return each latency."""
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            await one()  # type: ignore[operator]
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def report(name: str, latencies: list[float], seconds: float) -> None:
+    rate = len(latencies) / seconds
+    if len(latencies) < 2:
+        print(f"{name:28} {rate:6.0f}/s")
+        return
+    cuts = statistics.quantiles(latencies, n=100)
+    print(f"{name:28} {rate:6.0f}/s   p50 {cuts[49] * 1e3:6.1f} ms   p99 {cuts[98] * 1e3:6.1f} ms")
+
+
+async def bench(url: str, servers: int, seconds: float, concurrency: int) -> None:
+    addresses = [f"tcp@10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:9000" for i in range(1, servers + 1)]
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    # The list header of 10,000 servers is far past aiohttp's default 8 KiB field limit.
+    async with aiohttp.ClientSession(connector=connector, max_field_size=16 << 20) as session:
+
+        async def post(address: str) -> None:
+            async with session.post(url, headers={"X-Geerpc-Server": address}) as response:
+                assert response.status == 200, response.status
+
+        queue = iter(addresses)
+
+        async def register() -> None:
+            for address in queue:
+                await post(address)
+
+        started = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(register() for _ in range(concurrency))), 120)
+        took = time.perf_counter() - started
+        print(f"registered {servers} servers in {took:.1f} s ({servers / took:.0f}/s)")
+
+        async def beat() -> None:
+            await post(random.choice(addresses))
+
+        report("heartbeats", await run_for(seconds, concurrency, beat), seconds)
+
+        async def get_header() -> None:
+            async with session.get(url) as response:
+                assert response.headers["X-Geerpc-Servers"].count(",") == servers - 1
+                await response.read()
+
+        async def get_json() -> None:
+            async with session.get(url, headers={"Accept": "application/json"}) as response:
+                assert len((await response.json())["servers"]) == servers
+
+        for name, one in (("GET header", get_header), ("GET JSON", get_json)):
+            report(f"{name}, {concurrency} concurrent", await run_for(seconds, concurrency, one), seconds)
+        for name, one in (("GET header", get_header), ("GET JSON", get_json)):
+            report(f"{name}, sequential", await run_for(seconds, 1, one), seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--servers", type=int, default=10_000)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each timed phase")
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    proc, url = start_registry()
+    try:
+        asyncio.run(bench(url, args.servers, args.seconds, args.concurrency))
+    finally:
+        stop_registry(proc)
+
+
+if __name__ == "__main__":
+    main()
