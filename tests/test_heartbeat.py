@@ -46,9 +46,8 @@ async def beats():
 
 
 async def listed(url: str) -> list[str]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url) as response:
-            value = response.headers["X-Geerpc-Servers"]
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        value = response.headers["X-Geerpc-Servers"]
     return value.split(",") if value else []
 
 

@@ -206,7 +206,7 @@ async def test_watch_wakes_on_expiry(make_registry, http):
     await post(http, registry.url)
     index = await _index(http, registry.url)
     started = time.monotonic()
-    status, headers, _ = await asyncio.wait_for(get(http, registry.url, {"index": str(index), "wait": "20"}), 2)
+    _, headers, _ = await asyncio.wait_for(get(http, registry.url, {"index": str(index), "wait": "20"}), 2)
     assert headers[SERVERS] == ""
     assert time.monotonic() - started < 1.5  # expiry at 0.5 s, well within a second after it
 

@@ -55,9 +55,8 @@ async def post(url: str, address: str, services: str | None = None) -> None:
     headers = {"X-Geerpc-Server": address}
     if services is not None:
         headers["X-Geerpc-Services"] = services
-    async with aiohttp.ClientSession() as session:
-        async with session.post(url, headers=headers) as response:
-            assert response.status == 200
+    async with aiohttp.ClientSession() as session, session.post(url, headers=headers) as response:
+        assert response.status == 200
 
 
 def test_is_a_server_list():

@@ -165,7 +165,7 @@ def test_parse_services(header, expected):
 
 @pytest.mark.parametrize(
     "header",
-    ["Arith,", ",Arith", "Ar ith", "Arith;Calc", "Ärith", "-x", "x" * (MAX_SERVICE_NAME + 1), ",".join("s%d" % i for i in range(65))],
+    ["Arith,", ",Arith", "Ar ith", "Arith;Calc", "Ärith", "-x", "x" * (MAX_SERVICE_NAME + 1), ",".join(f"s{i}" for i in range(65))],
 )
 def test_parse_services_rejects(header):
     with pytest.raises(ValueError):

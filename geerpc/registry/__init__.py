@@ -13,10 +13,10 @@ from .server import DEFAULT_PATH, DEFAULT_TIMEOUT, Registry
 from .table import LivenessTable, ServerInfo, TableFull
 
 __all__ = [
-    "Announcement",
     "DEFAULT_PATH",
     "DEFAULT_PERIOD",
     "DEFAULT_TIMEOUT",
+    "Announcement",
     "Heartbeat",
     "LivenessTable",
     "Registry",

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import random
-from typing import Final, Protocol
+from typing import Final, Protocol, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -23,12 +23,12 @@ from ..address import parse_address
 from .server import H_SERVER, H_SERVICES, H_TIMEOUT
 
 __all__ = [
+    "DEFAULT_PERIOD",
     "Announcement",
     "Heartbeat",
-    "heartbeat",
     "announce",
+    "heartbeat",
     "period_for",
-    "DEFAULT_PERIOD",
 ]
 
 log = logging.getLogger("geerpc.registry")
@@ -146,7 +146,7 @@ class Heartbeat:
                 await self._session.close()
                 self._session = None
 
-    async def __aenter__(self) -> Heartbeat:
+    async def __aenter__(self) -> Self:
         self.start()
         return self
 

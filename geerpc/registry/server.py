@@ -14,19 +14,19 @@ import math
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Final
+from typing import Final, Self
 
 from aiohttp import web
 
 from .table import MAX_SERVERS, MAX_SERVICES, LivenessTable, TableFull, canonical_address, parse_services
 
 __all__ = [
-    "Registry",
     "DEFAULT_PATH",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WAIT",
     "MAX_WAIT",
     "MAX_WATCHERS",
+    "Registry",
     "format_seconds",
 ]
 
@@ -160,7 +160,7 @@ class Registry:
         await runner.cleanup()
         log.info("registry at %s stopped", self.url)
 
-    async def __aenter__(self) -> Registry:
+    async def __aenter__(self) -> Self:
         if self._runner is None:
             await self.start()
         return self
@@ -371,7 +371,7 @@ def _query_wait(request: web.Request, max_wait: float) -> float | None:
     raw = _one_param(request, "wait")
     if raw is None:
         return None
-    text = raw[:-1] if raw.endswith("s") else raw  # Consul writes waits as "30s"
+    text = raw.removesuffix("s")  # Consul writes waits as "30s"
     try:
         wait = float(text) if len(text) <= 32 else math.nan
     except ValueError:

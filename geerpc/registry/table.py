@@ -22,14 +22,14 @@ from typing import Final, NamedTuple
 from ..address import parse_address
 
 __all__ = [
+    "MAX_SERVERS",
+    "MAX_SERVICES",
+    "MAX_SERVICE_NAME",
     "LivenessTable",
     "ServerInfo",
     "TableFull",
     "canonical_address",
     "parse_services",
-    "MAX_SERVERS",
-    "MAX_SERVICES",
-    "MAX_SERVICE_NAME",
 ]
 
 MAX_SERVERS: Final = 100_000

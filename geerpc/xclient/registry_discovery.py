@@ -34,7 +34,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import aiohttp
 
@@ -138,7 +138,7 @@ class RegistryDiscovery(ServerList):
             await self._session.close()
             self._session = None
 
-    async def __aenter__(self) -> RegistryDiscovery:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -195,7 +195,7 @@ class RegistryDiscovery(ServerList):
             answer = await self._fetch(index)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # every failure keeps the last good list
+        except Exception as exc:  # noqa: BLE001 - a hostile registry can make anything fail; keep the list
             if index is not None:
                 self._watch_live = False
             return self._failed(exc)
