@@ -431,3 +431,15 @@ async def test_registry_process_prints_url_and_exits_0_on_signal(signum):
                 assert response.status == 200
     finally:
         assert await process.stop(signum) == 0
+
+
+async def test_expiry_follows_the_registry_clock_not_the_wall_clock(http):
+    # The registry reads a monotonic clock; here a fake one shows expiry happens at
+    # exactly `timeout` on that clock, whatever the wall clock does meanwhile.
+    now = [1000.0]
+    async with Registry(timeout=300, clock=lambda: now[0]) as registry:
+        await post(http, registry.url)
+        now[0] += 299.9
+        assert await listed(http, registry.url) == [A]
+        now[0] += 0.1
+        assert await listed(http, registry.url) == []

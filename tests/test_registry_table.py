@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geerpc.registry.table import (
     MAX_SERVICE_NAME,
@@ -179,3 +181,46 @@ def test_canonical_address():
     for bad in ("", "tcp@", "tcp@host", "tcp@host:0", "ftp@h:1", "a,b:1", "x" * 300):
         with pytest.raises(ValueError):
             canonical_address(bad)
+
+
+# -- a model check: the index moves exactly when what readers see moves ---------------------
+
+_ADDRESSES = [A, B, C]
+_SERVICE_SETS = [None, frozenset(), frozenset({"Arith"}), frozenset({"Arith", "Calc"})]
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("beat"), st.sampled_from(_ADDRESSES), st.sampled_from(_SERVICE_SETS)),
+        st.tuples(st.just("remove"), st.sampled_from(_ADDRESSES), st.none()),
+        st.tuples(st.just("tick"), st.floats(0, 6), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ops)
+def test_index_moves_iff_the_listed_mapping_moves(ops):
+    timeout = 10.0
+    table = LivenessTable(timeout, first_index=1)
+    model: dict[str, tuple[frozenset[str] | None, float]] = {}
+    now = 0.0
+
+    def visible(at: float) -> dict[str, frozenset[str] | None]:
+        return {a: s for a, (s, seen) in model.items() if at < seen + timeout}
+
+    for op, arg, services in ops:
+        before_view, before_index = visible(now), table.index
+        if op == "tick":
+            now += arg
+            table.expire(now)
+        elif op == "beat":
+            table.heartbeat(arg, services, now)
+            model[arg] = (services, now)
+        else:
+            table.remove(arg, now)
+            model.pop(arg, None)
+        model = {a: v for a, v in model.items() if now < v[1] + timeout}
+        after_view = visible(now)
+        assert table.alive(now) == sorted(after_view)
+        assert {i.address: i.services for i in table.snapshot(now)} == after_view
+        assert (table.index != before_index) == (after_view != before_view)
