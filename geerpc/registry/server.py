@@ -135,6 +135,8 @@ class Registry:
             raise
         self._runner = runner
         self._closing = False
+        # Uptime tells discoveries whether an empty list may just mean "restarted".
+        self._started_at = self._clock()
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}{self.path}"
