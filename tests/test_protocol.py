@@ -720,7 +720,7 @@ def test_property_any_option_bytes_give_option_or_protocol_error(data, cuts):
     reader = p.OptionReader()
     try:
         for chunk in _split(data + b"\n", cuts):
-            line, rest = reader.feed(chunk)
+            line, _rest = reader.feed(chunk)
             if line is not None:
                 option = p.decode_option(line)
                 assert type(option) is p.Option

@@ -17,7 +17,7 @@ class Calc:
     """Public methods of every kind, plus things that must never be exposed."""
 
     limit = 3  # a plain class attribute
-    tags = ["a", "b"]
+    tags = ("a", "b")
     _hidden = staticmethod(lambda: "hidden")
 
     class Inner:  # a nested class is callable, but not a method
