@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 
 import pytest
 from _raw import (
     ACK,
+    Raw,
     assert_serving,
     dial_when_possible,
     eventually,
@@ -724,6 +727,33 @@ async def test_client_disconnect_mid_call_cancels_the_handler(server, client, ar
             await arith.started.wait()
     async with asyncio.timeout(2):
         await arith.cancelled.wait()
+    await unaffected(client)
+    await assert_serving(server)
+
+
+async def test_client_reset_mid_call_cancels_the_handler(server, client, arith):
+    raw = await Raw.handshake(server.address)
+    await raw.send(request(1, "Arith.sleep", 30))
+    async with asyncio.timeout(2):
+        await arith.started.wait()
+    sock = raw.writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+    await raw.close()
+    async with asyncio.timeout(2):
+        await arith.cancelled.wait()
+    await unaffected(client)
+    await assert_serving(server)
+
+
+async def test_eof_from_client_cancels_its_calls_in_flight(server, client, arith):
+    async with raw_connection(server.address) as raw:
+        await raw.send(request(1, "Arith.sleep", 30))
+        async with asyncio.timeout(2):
+            await arith.started.wait()
+        raw.writer.write_eof()
+        async with asyncio.timeout(2):
+            await arith.cancelled.wait()
+        assert await raw.read_until_closed() == b""
     await unaffected(client)
     await assert_serving(server)
 
