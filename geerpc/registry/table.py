@@ -166,9 +166,11 @@ class LivenessTable:
         if self.timeout == 0 or not self._entries:
             return []
         dropped: list[str] = []
-        deadline = now - self.timeout
+        timeout = self.timeout
         for address, entry in self._entries.items():
-            if entry.last_seen > deadline:
+            # Written as GeeRPC writes it (alive while last + timeout > now), not as
+            # last > now - timeout, which rounds differently at the boundary.
+            if entry.last_seen + timeout > now:
                 break  # sorted by last_seen: everything after this one is alive too
             dropped.append(address)
         for address in dropped:
