@@ -218,7 +218,8 @@ async def test_unknown_codec_refused_with_error_line_naming_the_codec(server, ar
 
 async def test_overlong_option_without_newline_closes_at_the_limit(arith):
     # Handshake timeout far away: the close must come from the size limit, not a timer.
-    async with serving(arith, handshake_timeout=30) as srv, raw_connection(srv.address, handshake=False) as raw:
+    async with serving(arith, handshake_timeout=30) as srv, \
+            raw_connection(srv.address, handshake=False) as raw:
         await raw.send(b'{"MagicNumber":3927900,"CodecType":"' + b"a" * (p.MAX_OPTION_SIZE - 40))
         start = now()
         await raw.send(b"a" * 100)  # now past the limit, and still no newline
@@ -248,7 +249,8 @@ async def test_option_sent_byte_by_byte_then_frames(server):
 
 
 async def test_option_that_never_arrives_closed_after_handshake_timeout(arith):
-    async with serving(arith, handshake_timeout=0.3) as srv, raw_connection(srv.address, handshake=False) as raw:
+    async with serving(arith, handshake_timeout=0.3) as srv, \
+            raw_connection(srv.address, handshake=False) as raw:
         start = now()
         assert await raw.read_until_closed(timeout=3) == b""
         assert 0.25 <= elapsed_since(start) < 2.5
@@ -257,7 +259,8 @@ async def test_option_that_never_arrives_closed_after_handshake_timeout(arith):
 
 
 async def test_half_an_option_then_silence_closed_after_handshake_timeout(arith):
-    async with serving(arith, handshake_timeout=0.3) as srv, raw_connection(srv.address, handshake=False) as raw:
+    async with serving(arith, handshake_timeout=0.3) as srv, \
+            raw_connection(srv.address, handshake=False) as raw:
         start = now()
         await raw.send(option()[:10])
         assert await raw.read_until_closed(timeout=3) == b""
@@ -829,6 +832,28 @@ async def test_client_ignores_duplicate_reply():
                 assert await client.call("S.m") == "first"
                 assert await client.call("S.m") == "second"
             assert not client.closed
+        finally:
+            await client.close()
+
+
+async def test_undecodable_result_from_server_fails_only_that_call():
+    async def behaviour(reader, writer):
+        await _ack(reader, writer)
+        first = await read_request(reader)
+        writer.write(frame(pack([1, first.seq, None, {1: "int keys are not allowed"}])))
+        second = await read_request(reader)
+        writer.write(p.encode_response(second.seq, "fine"))
+        await _until_closed(reader)
+
+    async with fake_server(behaviour) as address:
+        client = await geerpc.dial(address, connect_timeout=2)
+        try:
+            async with asyncio.timeout(2):
+                with pytest.raises(geerpc.RemoteError) as info:
+                    await client.call("S.m")
+                assert info.value.type == "SerializationError"
+                assert not client.closed
+                assert await client.call("S.m") == "fine"
         finally:
             await client.close()
 
