@@ -15,6 +15,7 @@ import socket
 from types import TracebackType
 from typing import Any
 
+from . import http
 from . import protocol as p
 from .address import parse_address
 from .errors import (
@@ -41,8 +42,12 @@ def _remote_error(code: int, type_name: str, message: str) -> GeeRPCError:
 
 
 class _ClientConnection(asyncio.Protocol):
-    def __init__(self, address: str, max_frame_size: int) -> None:
+    def __init__(self, address: str, max_frame_size: int, option: bytes, via_http: bool) -> None:
         self.address = address
+        self._option_line = option
+        # http@ addresses: CONNECT first, and the Option only once the switch is
+        # confirmed (GeeRPC's Go server drops bytes sent behind the CONNECT).
+        self._http = http.HeadReader(check_request=False) if via_http else None
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
@@ -58,8 +63,26 @@ class _ClientConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         _enable_keepalive(transport)
+        transport.write(http.connect_request() if self._http is not None else self._option_line)
 
     def data_received(self, data: bytes) -> None:
+        if self._http is not None:
+            try:
+                head, data = self._http.feed(data)
+                if head is None:
+                    return
+                status, reason = http.parse_response_status(head)
+            except ProtocolError as exc:
+                self._fail_handshake(ConnectError(f"{self.address}: bad answer to CONNECT ({exc})"))
+                return
+            if status != 200:
+                self._fail_handshake(ConnectError(f"{self.address} answered CONNECT with {status} {reason}"))
+                return
+            self._http = None
+            assert self.transport is not None
+            self.transport.write(self._option_line)
+            if not data:
+                return
         if self._option is not None:
             try:
                 line, data = self._option.feed(data)
@@ -82,7 +105,10 @@ class _ClientConnection(asyncio.Protocol):
         pending = self.pending
         try:
             while (payload := frames.next_frame()) is not None:
-                seq, error, result = p.decode_response(payload)
+                try:
+                    seq, error, result = p.decode_response(payload)
+                except p.BadResponse as bad:  # framed and numbered, but its value won't decode
+                    seq, error, result = bad.seq, (p.ErrorCode.INTERNAL, "SerializationError", str(bad)), None
                 future = pending.pop(seq, None)
                 if future is None or future.done():
                     continue  # a late reply to a call that timed out or was cancelled
@@ -233,7 +259,10 @@ async def dial(
     handle_timeout: float | None = None,
     max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
 ) -> Client:
-    """Connect to a server at ``tcp@host:port`` or ``unix@/path`` and shake hands.
+    """Connect to a server at ``tcp@host:port``, ``unix@/path`` or ``http@host:port``.
+
+    ``http@`` dials the server's port and switches with ``CONNECT /_geerpc_`` first,
+    as GeeRPC does (a geerpc server answers both on one port).
 
     ``connect_timeout`` covers the dial and the handshake. ``handle_timeout`` asks
     the server to limit every handler to that many seconds (the smaller of it and
@@ -246,12 +275,12 @@ async def dial(
         parsed = parse_address(address)
     except ValueError as exc:
         raise ConnectError(f"cannot dial {address!r}: {exc}") from None
-    if parsed.scheme == "http":
-        raise ConnectError(f"cannot dial {address!r}: the http transport is not supported by this client")
     loop = asyncio.get_running_loop()
     option = p.Option(connect_timeout=int(connect_timeout * 1e9),
-                      handle_timeout=0 if handle_timeout is None else int(handle_timeout * 1e9))
-    factory = lambda: _ClientConnection(address, max_frame_size)  # noqa: E731
+                      handle_timeout=0 if handle_timeout is None else int(handle_timeout * 1e9),
+                      max_frame_size=max_frame_size)
+    line = p.encode_option(option)
+    factory = lambda: _ClientConnection(address, max_frame_size, line, parsed.scheme == "http")  # noqa: E731
     conn: _ClientConnection | None = None
     try:
         async with asyncio.timeout(connect_timeout):
@@ -259,8 +288,6 @@ async def dial(
                 _, conn = await loop.create_unix_connection(factory, parsed.path)
             else:
                 _, conn = await loop.create_connection(factory, parsed.host, parsed.port)
-            assert conn.transport is not None
-            conn.transport.write(p.encode_option(option))
             ack = await conn.handshake
     except TimeoutError:
         _abort(conn)

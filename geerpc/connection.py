@@ -11,6 +11,9 @@ task per call, and writes replies. Design notes:
   returns: a task and an extra loop iteration would cost more than the call (its
   ``asyncio.current_task()`` is None). Other coroutines get a task (an eager one
   on Python 3.12+). Plain ``def`` methods may block, so they run on worker threads.
+- The first byte decides what the peer speaks: ``{`` opens the Option, an upper-case
+  letter an HTTP request (GeeRPC's CONNECT switch, or the debug page), anything else
+  is closed at once.
 - Backpressure instead of rejection: at ``max_in_flight`` calls, or while the peer
   does not read our replies, we stop taking frames from the buffer and pause reading
   the socket; finishing calls resume it. Memory per connection stays at most one
@@ -25,8 +28,10 @@ import asyncio
 import contextvars
 import logging
 import sys
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from . import http
 from . import protocol as p
 from .errors import ProtocolError
 from .service import Method, argument_error
@@ -42,12 +47,14 @@ _CLIENT_CANCELLED = "cancelled by the client"
 _CONNECTION_LOST = "connection lost"
 _STOPPING = "server stopping"
 _EAGER = sys.version_info >= (3, 12)
+_FLUSH_AT = 256 * 1024  # queued reply bytes that are written without waiting for the read's end
+_MAX_ERROR_MESSAGE = 64 * 1024  # characters of an exception's message sent to the caller
 
 
 class _SyncCall(Job):
     """A plain ``def`` call handed to the worker threads."""
 
-    __slots__ = ("seq", "method", "timer")
+    __slots__ = ("seq", "method", "timer", "start")
 
 
 def _start_inline(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -66,9 +73,13 @@ class ServerConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._option: p.OptionReader | None = p.OptionReader()
+        self._http: http.HeadReader | None = None
+        self._http_allowed = True
         self._frames = p.FrameDecoder(server.max_frame_size)
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._out: list[bytes] = []
+        self._out_size = 0
+        self._frame_limit = server.max_frame_size  # lowered to the client's own limit if smaller
         self._flush_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
@@ -91,6 +102,10 @@ class ServerConnection(asyncio.Protocol):
         self._timer = self._loop.call_later(server.handshake_timeout, self._abort, "no Option in time")
 
     def data_received(self, data: bytes) -> None:
+        if self._http is not None:
+            data = self._http_request(data)
+            if not data:
+                return
         if self._option is not None:
             data = self._handshake(data)
             if not data:
@@ -117,6 +132,7 @@ class ServerConnection(asyncio.Protocol):
         for seq in list(self._calls):
             self._cancel(seq, _CONNECTION_LOST)
         self._out.clear()
+        self._out_size = 0
         if not self.closed.done():
             self.closed.set_result(None)
         self._server._check_drained()
@@ -127,6 +143,9 @@ class ServerConnection(asyncio.Protocol):
         """Consume the Option line; return what followed it (the first frames)."""
         assert self._option is not None and self._transport is not None
         if not self._option._buffer and data[:1] != b"{":
+            if self._http_allowed and b"A" <= data[:1] <= b"Z":
+                self._http = http.HeadReader(check_request=True)
+                return self._http_request(data)
             self._abort(f"expected the Option, got {bytes(data[:16])!r}")
             return b""
         try:
@@ -142,6 +161,8 @@ class ServerConnection(asyncio.Protocol):
         if option.codec_type != p.CODEC_TYPE:
             self._refuse(f"unsupported codec {option.codec_type[:64]!r}, this server speaks {p.CODEC_TYPE}")
             return b""
+        if option.max_frame_size:
+            self._frame_limit = min(self._frame_limit, max(option.max_frame_size, 1024))
         if option.handle_timeout:
             # The smaller of the client's and the server's handle timeout applies.
             client = option.handle_timeout / 1e9
@@ -153,6 +174,28 @@ class ServerConnection(asyncio.Protocol):
         ack = p.Option(handle_timeout=option.handle_timeout, max_frame_size=self._server.max_frame_size)
         self._transport.write(p.encode_option(ack))
         return rest
+
+    def _http_request(self, data: bytes) -> bytes:
+        """Serve an HTTP request; return what follows a CONNECT switch (else b"")."""
+        assert self._http is not None and self._transport is not None
+        try:
+            head, tail = self._http.feed(data)
+            if head is None:
+                return b""
+            answer = http.route(http.parse_request(head), self._server)
+        except ProtocolError as exc:
+            self._server.protocol_errors += 1
+            answer = http.response(400, "Bad Request", f"{exc}\n")
+        self._http = None
+        self._http_allowed = False
+        if answer is None:  # CONNECT /_geerpc_: the rest of the stream is RPC
+            self._transport.write(http.CONNECTED)
+            return tail
+        self._cancel_timer()
+        self._option = None
+        self._transport.write(answer)
+        self._transport.close()
+        return b""
 
     def _refuse(self, reason: str) -> None:
         assert self._transport is not None
@@ -174,12 +217,16 @@ class ServerConnection(asyncio.Protocol):
         frames = self._frames
         calls = self._calls
         limit = server.max_in_flight
+        taken = 0
         try:
             while len(calls) < limit and not self._writing_paused:
                 payload = frames.next_frame()
                 if payload is None:
                     break
+                taken += 1
                 self._handle(payload)
+                if self._out_size > _FLUSH_AT:
+                    self._flush()  # may call pause_writing(), which ends this loop
             else:
                 self._pause_reading()
         except ProtocolError as exc:
@@ -190,9 +237,11 @@ class ServerConnection(asyncio.Protocol):
             assert self._transport is not None
             self._transport.resume_reading()
         self._flush()
-        # A frame that has started must finish within frame_timeout (slow-loris).
+        # Each frame must arrive whole within frame_timeout of its first byte
+        # (slow-loris): the clock restarts whenever a frame completes.
         if frames.pending and not self._reading_paused:
-            if self._timer is None:
+            if self._timer is None or taken:
+                self._cancel_timer()
                 self._timer = self._loop.call_later(server.frame_timeout, self._abort, "frame stalled")
         else:
             self._cancel_timer()
@@ -201,7 +250,7 @@ class ServerConnection(asyncio.Protocol):
         try:
             message = p.decode_request(payload)
         except p.BadRequest as bad:
-            self._out.append(p.encode_error(bad.seq, bad.code, bad.type, bad.message))
+            self._queue(p.encode_error(bad.seq, bad.code, bad.type, bad.message))
             return
         if type(message) is p.Cancel:
             self._cancel(message.seq, _CLIENT_CANCELLED)
@@ -213,25 +262,28 @@ class ServerConnection(asyncio.Protocol):
         server = self._server
         method = server._methods.get(message.service_method)
         if method is None:
-            self._out.append(server._not_found(seq, message.service_method))
+            self._queue(server._not_found(seq, message.service_method))
             return
         if server._stopping:
-            self._out.append(p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", "server is stopping"))
+            self._queue(p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", "server is stopping"))
             return
         args, kwargs = message.args, message.kwargs
+        start = perf_counter()
         if method.inline:
             try:
                 result = contextvars.copy_context().run(_start_inline, method, args, kwargs)
             except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
-                self._out.append(self._failure(seq, method, args, kwargs, exc))
+                self._queue(self._failure(seq, method, args, kwargs, exc))
+                method.record(perf_counter() - start, False)
             else:
-                self._out.append(self._success(seq, method, result))
+                self._queue(self._success(seq, method, result))
+                method.record(perf_counter() - start, True)
             return
         timeout = message.timeout
         if self._handle_timeout is not None and (timeout is None or self._handle_timeout < timeout):
             timeout = self._handle_timeout
         if method.is_async:
-            coroutine = self._run(seq, method, args, kwargs, timeout)
+            coroutine = self._run(seq, method, args, kwargs, timeout, start)
             if _EAGER:
                 task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
                 if not task.done():
@@ -240,14 +292,15 @@ class ServerConnection(asyncio.Protocol):
                 self._calls[seq] = self._loop.create_task(coroutine)
             return
         call = _SyncCall(method.func, args, kwargs, self._sync_done)
-        call.seq, call.method, call.timer = seq, method, None
+        call.seq, call.method, call.timer, call.start = seq, method, None, start
         if timeout is not None:
             call.timer = self._loop.call_later(timeout, self._sync_timeout, call, timeout)
         self._calls[seq] = call
         self._server._workers.submit(call)
 
     async def _run(self, seq: int, method: Method, args: list[Any], kwargs: dict[str, Any],
-                   timeout: float | None) -> None:
+                   timeout: float | None, start: float) -> None:
+        ok = False
         try:
             if timeout is None:
                 result = await method.func(*args, **kwargs)
@@ -262,13 +315,21 @@ class ServerConnection(asyncio.Protocol):
                     self._reply(_timeout_error(seq, method, timeout))
                     return
             self._reply(self._success(seq, method, result))
-        except asyncio.CancelledError:
+            ok = True
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():
+                # Nobody cancelled this call: the handler raised CancelledError itself
+                # (say, it awaited a future someone else cancelled). Answer it.
+                self._reply(self._failure(seq, method, args, kwargs, exc))
+                return
             if self._server._stopping:
                 self._reply(_stopped_error(seq, method))
             raise
         except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
             self._reply(self._failure(seq, method, args, kwargs, exc))
         finally:
+            method.record(perf_counter() - start, ok)
             self._calls.pop(seq, None)
             self._call_ended()
 
@@ -282,6 +343,7 @@ class ServerConnection(asyncio.Protocol):
             self._reply(self._success(call.seq, call.method, value))
         else:
             self._reply(self._failure(call.seq, call.method, call.args, call.kwargs, value))
+        call.method.record(perf_counter() - call.start, ok)
         self._call_ended()
 
     def _sync_timeout(self, call: _SyncCall, timeout: float) -> None:
@@ -289,6 +351,7 @@ class ServerConnection(asyncio.Protocol):
         call.abandoned = True
         del self._calls[call.seq]
         self._reply(_timeout_error(call.seq, call.method, timeout))
+        call.method.record(perf_counter() - call.start, False)
         self._call_ended()
 
     def _cancel(self, seq: int, reason: str) -> None:
@@ -318,7 +381,7 @@ class ServerConnection(asyncio.Protocol):
         except (TypeError, ValueError, OverflowError) as exc:
             return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
                                   f"result of {method.name} cannot be encoded: {_describe(exc)}")
-        limit = self._server.max_frame_size
+        limit = self._frame_limit
         if len(reply) - 4 > limit:
             return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
                                   f"result of {method.name} is {len(reply) - 4} bytes, over the {limit}-byte frame limit")
@@ -334,12 +397,24 @@ class ServerConnection(asyncio.Protocol):
                 return p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments", problem)
         # Tracebacks stay on the server (at debug level): they leak paths and code.
         log.debug("%s raised %s", method.name, type(exc).__name__, exc_info=exc)
-        return p.encode_error(seq, p.ErrorCode.APPLICATION, type(exc).__name__, _describe(exc))
+        name = type(exc).__name__[:200]
+        message = _describe(exc)[:_MAX_ERROR_MESSAGE]
+        reply = p.encode_error(seq, p.ErrorCode.APPLICATION, name, message)
+        excess = len(reply) - 4 - self._frame_limit
+        if excess > 0:  # cut the message (by bytes, at a character boundary) to fit
+            keep = max(0, len(message.encode()) - excess - 8)
+            message = message.encode()[:keep].decode(errors="ignore") + "..."
+            reply = p.encode_error(seq, p.ErrorCode.APPLICATION, name, message)
+        return reply
 
     # ------------------------------------------------------------- replies
 
-    def _reply(self, frame: bytes) -> None:
+    def _queue(self, frame: bytes) -> None:
         self._out.append(frame)
+        self._out_size += len(frame)
+
+    def _reply(self, frame: bytes) -> None:
+        self._queue(frame)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -353,6 +428,7 @@ class ServerConnection(asyncio.Protocol):
         if not out:
             return
         self._out = []
+        self._out_size = 0
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(out[0] if len(out) == 1 else b"".join(out))

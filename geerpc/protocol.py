@@ -24,7 +24,7 @@ from .errors import ProtocolError
 __all__ = [
     "MAGIC_NUMBER", "CODEC_TYPE", "MAX_OPTION_SIZE", "DEFAULT_MAX_FRAME_SIZE", "MAX_METHOD_LENGTH",
     "MsgType", "ErrorCode", "Option", "OptionReader", "FrameDecoder",
-    "Request", "Cancel", "Response", "BadRequest",
+    "Request", "Cancel", "Response", "BadRequest", "BadResponse",
     "encode_option", "decode_option", "encode_request", "encode_cancel",
     "encode_response", "encode_error", "decode_request", "decode_response", "frame",
 ]
@@ -275,7 +275,7 @@ def decode_request(payload: bytes) -> Request | Cancel:
     try:
         message = _unpackb(payload, **_UNPACK_OPTIONS)
     except _DECODE_ERRORS as exc:
-        seq = _salvage_seq(payload)
+        seq = _salvage_seq(payload, MsgType.REQUEST, 6)
         if seq is None:
             raise ProtocolError(f"undecodable message: {exc}") from None
         raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"undecodable request: {exc}") from None
@@ -305,12 +305,12 @@ def decode_request(payload: bytes) -> Request | Cancel:
     raise ProtocolError(f"not a request or cancel message (type {str(kind)[:16]}, {len(message)} elements)")
 
 
-def _salvage_seq(payload: bytes) -> int | None:
-    """Read just the type and seq of a request whose body would not decode."""
+def _salvage_seq(payload: bytes, kind: int, length: int) -> int | None:
+    """Read just the type and seq of a message whose body would not decode."""
     unpacker = msgpack.Unpacker(**_UNPACK_OPTIONS, max_buffer_size=len(payload) + 1)
     unpacker.feed(payload)
     try:
-        if unpacker.read_array_header() != 6 or unpacker.unpack() != 0:
+        if unpacker.read_array_header() != length or unpacker.unpack() != kind:
             return None
         seq = unpacker.unpack()
     except _DECODE_ERRORS:
@@ -318,12 +318,27 @@ def _salvage_seq(payload: bytes) -> int | None:
     return seq if _valid_seq(seq) else None
 
 
+class BadResponse(Exception):
+    """A response whose seq is known but whose value cannot be decoded: fail that call."""
+
+    def __init__(self, seq: int, message: str) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
 def decode_response(payload: bytes) -> Response:
-    """Decode and validate what a server sent; ProtocolError for anything malformed."""
+    """Decode and validate what a server sent.
+
+    Raises BadResponse when only the seq can be read (e.g. a result with integer map
+    keys, which we refuse to decode), ProtocolError for anything worse.
+    """
     try:
         message = _unpackb(payload, **_UNPACK_OPTIONS)
     except _DECODE_ERRORS as exc:
-        raise ProtocolError(f"undecodable response: {exc}") from None
+        seq = _salvage_seq(payload, MsgType.RESPONSE, 4)
+        if seq is None:
+            raise ProtocolError(f"undecodable response: {exc}") from None
+        raise BadResponse(seq, f"the reply could not be decoded: {exc}") from None
     if type(message) is not list or len(message) != 4 or message[0] != 1 or type(message[0]) is not int:
         raise ProtocolError("response must be a 4-element array starting with 1")
     _, seq, error, result = message

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -81,6 +82,7 @@ class Server:
         self._drained: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self.address: str | None = None
+        self.started_at: float | None = None  # time.monotonic() when start() returned
 
     # ------------------------------------------------------------- services
 
@@ -159,6 +161,7 @@ class Server:
             except BaseException:
                 await self.stop(grace=0)
                 raise
+        self.started_at = time.monotonic()
         log.info("serving %s on %s", ", ".join(sorted(self._services)) or "no services", self.address)
         return self.address
 

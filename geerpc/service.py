@@ -8,13 +8,16 @@ attribute-traversal bugs). No asyncio here beyond telling coroutine functions ap
 
 from __future__ import annotations
 
+import collections
 import dis
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Method", "Service", "build_service", "argument_error"]
+__all__ = ["Method", "Service", "build_service", "argument_error", "LATENCY_WINDOW"]
+
+LATENCY_WINDOW = 2048  # calls whose latency the debug page's percentiles cover
 
 
 @dataclass(slots=True)
@@ -26,6 +29,17 @@ class Method:
     is_async: bool
     inline: bool = False  # a coroutine with no await: it cannot suspend, so needs no task
     _signature: inspect.Signature | None = field(default=None, repr=False)
+    calls: int = 0
+    errors: int = 0
+    latencies: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW), repr=False)
+
+    def record(self, seconds: float, ok: bool) -> None:
+        """Count one finished call (the debug page shows these)."""
+        self.calls += 1
+        if not ok:
+            self.errors += 1
+        self.latencies.append(seconds)
 
     @property
     def signature(self) -> inspect.Signature | None:
