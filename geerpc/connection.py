@@ -85,6 +85,8 @@ class ServerConnection(asyncio.Protocol):
         self._writing_paused = False
         self._handle_timeout = server.handle_timeout
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_read = 0.0
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # ------------------------------------------------------------- asyncio callbacks
@@ -102,6 +104,7 @@ class ServerConnection(asyncio.Protocol):
         self._timer = self._loop.call_later(server.handshake_timeout, self._abort, "no Option in time")
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = self._loop.time()
         if self._http is not None:
             data = self._http_request(data)
             if not data:
@@ -128,6 +131,8 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self._server._connections.discard(self)
         for seq in list(self._calls):
             self._cancel(seq, _CONNECTION_LOST)
@@ -145,7 +150,8 @@ class ServerConnection(asyncio.Protocol):
         if not self._option._buffer and data[:1] != b"{":
             if self._http_allowed and b"A" <= data[:1] <= b"Z":
                 self._http = http.HeadReader(check_request=True)
-                return self._http_request(data)
+                rest = self._http_request(data)  # after a CONNECT: the Option, then frames
+                return self._handshake(rest) if rest else b""
             self._abort(f"expected the Option, got {bytes(data[:16])!r}")
             return b""
         try:
@@ -173,7 +179,23 @@ class ServerConnection(asyncio.Protocol):
             return b""
         ack = p.Option(handle_timeout=option.handle_timeout, max_frame_size=self._server.max_frame_size)
         self._transport.write(p.encode_option(ack))
+        if self._server.idle_timeout is not None:
+            self._idle_timer = self._loop.call_later(self._server.idle_timeout, self._check_idle)
         return rest
+
+    def _check_idle(self) -> None:
+        """Close a connection that sent nothing for idle_timeout and has no call running."""
+        idle_timeout = self._server.idle_timeout
+        assert idle_timeout is not None and self._transport is not None
+        quiet = self._loop.time() - self._last_read
+        if self._calls or quiet < idle_timeout:
+            self._idle_timer = self._loop.call_later(max(idle_timeout - quiet, 0.01) if not self._calls
+                                                     else idle_timeout, self._check_idle)
+            return
+        log.debug("closing a connection idle for %.1f s", quiet)
+        self._idle_timer = None
+        self._flush()
+        self._transport.close()
 
     def _http_request(self, data: bytes) -> bytes:
         """Serve an HTTP request; return what follows a CONNECT switch (else b"")."""

@@ -41,6 +41,8 @@ class Server:
         max_connections: connections beyond this are refused at once.
         handshake_timeout: seconds a new connection has to send its Option.
         frame_timeout: seconds a frame that has started may take to arrive whole.
+        idle_timeout: close a connection that sent nothing for this many seconds and
+            has no call running (None: keep idle connections; clients redial).
         max_workers: threads for plain ``def`` handlers.
     """
 
@@ -53,6 +55,7 @@ class Server:
         max_connections: int = 1024,
         handshake_timeout: float = 10.0,
         frame_timeout: float = 30.0,
+        idle_timeout: float | None = None,
         max_workers: int = 32,
     ) -> None:
         if handle_timeout is not None and not handle_timeout > 0:
@@ -69,6 +72,7 @@ class Server:
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
         self.frame_timeout = frame_timeout
+        self.idle_timeout = idle_timeout
         self.protocol_errors = 0  # connections closed because the peer broke the protocol
         self._services: dict[str, Service] = {}
         self._methods: dict[str, Method] = {}

@@ -145,3 +145,24 @@ async def test_client_gone_mid_call_cancels_its_work_and_serves_others(server, a
         await arith.cancelled.wait()
     async with await geerpc.dial(server.address) as other:
         assert await other.call("Arith.add", 1, 2) == 3
+
+
+async def test_idle_timeout_closes_quiet_connections_but_not_busy_ones(arith):
+    server = geerpc.Server(idle_timeout=0.2)
+    server.register(arith)
+    async with server:
+        await server.start("127.0.0.1", 0)
+        idle = await geerpc.dial(server.address)
+        busy = await geerpc.dial(server.address)
+        try:
+            call = asyncio.ensure_future(busy.call("Arith.sleep", 0.5))
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            while not idle.closed:  # closed by the server after about 0.2 s
+                assert loop.time() - start < 2
+                await asyncio.sleep(0.02)
+            assert await call == 0.5  # a call running longer than idle_timeout is not cut
+            assert not busy.closed
+        finally:
+            await idle.close()
+            await busy.close()
