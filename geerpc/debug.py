@@ -27,7 +27,9 @@ h1 { font-size: 1.6rem; margin: 0 0 .25rem; } h1 span { color: var(--accent); }
 .facts b { color: CanvasText; font-weight: 600; }
 section { margin-bottom: 2rem; }
 h2 { font-size: 1.15rem; margin: 0 0 .5rem; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
-table { width: 100%; border-collapse: collapse; font-size: .92rem; }
+table { width: 100%; border-collapse: collapse; font-size: .92rem; table-layout: fixed; }
+th:first-child { width: 38%; } th:nth-child(2) { width: 16%; }
+td:first-child code { overflow-wrap: anywhere; }
 th { text-align: left; font-weight: 600; color: var(--muted); border-bottom: 2px solid var(--line);
      padding: .4rem .6rem; white-space: nowrap; }
 td { border-bottom: 1px solid var(--line); padding: .45rem .6rem; vertical-align: top; }
