@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from . import http
 from . import protocol as p
@@ -60,8 +60,8 @@ class _ClientConnection(asyncio.Protocol):
         self._frames = p.FrameDecoder(max_frame_size)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
+        self.transport = transport = cast(asyncio.Transport, transport)
         _enable_keepalive(transport)
         transport.write(http.connect_request() if self._http is not None else self._option_line)
 

@@ -29,7 +29,7 @@ import contextvars
 import logging
 import sys
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import http
 from . import protocol as p
@@ -92,8 +92,8 @@ class ServerConnection(asyncio.Protocol):
     # ------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
+        self._transport = transport = cast(asyncio.Transport, transport)
         server = self._server
         if len(server._connections) >= server.max_connections:
             log.warning("refusing connection: %d connections open", len(server._connections))
