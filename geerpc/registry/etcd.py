@@ -239,6 +239,24 @@ async def _close_client(client: aetcd.Client) -> None:
             await client.close()
     except Exception as exc:  # a failing close must not stop us closing the rest
         logger.debug("closing an etcd client failed: %r", exc)
+        channel = client.channel  # aetcd's close can wedge on its watch lock: close the channel itself
+        if channel is not None:
+            async with asyncio.timeout(1.0):
+                await channel.close()
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end; our own cancellation still propagates.
+
+    On Python 3.11 aetcd's use of ``asyncio.wait_for`` can swallow a cancellation that
+    lands just as a call completes, leaving the task running: so cancel again until it ends.
+    """
+    for _ in range(20):
+        task.cancel()
+        await asyncio.wait([task], timeout=0.5)
+        if task.done():
+            return
+    logger.error("an etcd background task ignores cancellation: %r", task)
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -387,8 +405,7 @@ class EtcdRegistration:
         task, self._task = self._task, None
         try:
             if task is not None:
-                task.cancel()
-                await asyncio.wait([task])  # our own cancellation still propagates
+                await _cancel_and_wait(task)
             await self._revoke()
         finally:
             await self._clients.close()

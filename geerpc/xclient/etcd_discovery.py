@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 from ..address import parse_address
 from ..errors import RegistryError
-from ..registry.etcd import EtcdClients, _Backoff, _Trouble, parse_etcd_url
+from ..registry.etcd import EtcdClients, _Backoff, _cancel_and_wait, _Trouble, parse_etcd_url
 from .discovery import ServerList
 
 if TYPE_CHECKING:
@@ -90,8 +90,7 @@ class EtcdDiscovery(ServerList):
         task, self._task = self._task, None
         try:
             if task is not None:
-                task.cancel()
-                await asyncio.wait([task])  # our own cancellation still propagates
+                await _cancel_and_wait(task)
         finally:
             await self._clients.close()
 
@@ -158,6 +157,7 @@ class EtcdDiscovery(ServerList):
                 # aetcd can leave its watch stream wedged after some failures: start afresh.
                 await self._clients.reset()
                 raise
+            _raise_if_cancelled()
             self._trouble.recovered()  # only now: a listing alone does not keep us current
             async for event in watch:
                 self._apply_event(event)
@@ -228,6 +228,14 @@ class EtcdDiscovery(ServerList):
             return None
         self._skipped.pop(key, None)
         return address, None if services is None else frozenset(services)
+
+
+def _raise_if_cancelled() -> None:
+    # aetcd creates a watch under asyncio.wait_for, which on Python 3.11 can swallow a
+    # cancellation that lands as the watch is created: honour it here, not after the next event.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _cancel_watch(watch: aetcd.Watch) -> None:
