@@ -15,12 +15,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from etcd_server import EtcdProcess, etcd_binary, etcd_required, free_port
 
 from geerpc.errors import NoServerAvailable, RegistryError
-from geerpc.registry.etcd import EtcdClients, EtcdURL, parse_etcd_url, register
+from geerpc.registry.etcd import EtcdClients, EtcdURL, _import_aetcd, parse_etcd_url, register
 from geerpc.xclient.etcd_discovery import EtcdDiscovery
 from geerpc.xclient.selection import SelectMode
 
@@ -112,12 +113,13 @@ def _missing(problem: str) -> None:
     pytest.skip(problem)
 
 
-def _aetcd_or_skip() -> None:
-    """Skips (or fails, with GEERPC_REQUIRE_ETCD=1) without aetcd."""
+def _aetcd_or_skip() -> ModuleType:
+    """aetcd; skips (or fails, with GEERPC_REQUIRE_ETCD=1) without it."""
     try:
-        import aetcd  # noqa: F401
+        return _import_aetcd()  # imported as geerpc does, without protobuf's version warning
     except ImportError:
         _missing("aetcd is not installed (pip install 'geerpc[etcd]')")
+        raise
 
 
 def _etcd_or_skip() -> str:
@@ -147,9 +149,7 @@ def prefix() -> str:
 @pytest.fixture
 async def kv(etcd: EtcdProcess) -> AsyncIterator[object]:
     """A plain aetcd client, to look at etcd and to meddle with it."""
-    import aetcd
-
-    client = aetcd.Client("127.0.0.1", etcd.client_port, timeout=5)
+    client = _aetcd_or_skip().Client("127.0.0.1", etcd.client_port, timeout=5)
     yield client
     await client.close()
 
@@ -355,10 +355,9 @@ async def test_refresh_and_close(etcd: EtcdProcess, prefix: str) -> None:
 async def test_both_sides_recover_when_etcd_restarts(prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="geerpc")
     own = EtcdProcess(_etcd_or_skip())  # its own etcd: restarting the shared one would disturb others
+    aetcd = _aetcd_or_skip()
     await asyncio.to_thread(own.start)
     try:
-        import aetcd
-
         discovery = EtcdDiscovery(own.url(prefix))
         reg = await register(own.url(prefix, ttl=2), A1, ["Arith"])
         try:
