@@ -18,12 +18,14 @@ from typing import Final, Self
 
 from aiohttp import web
 
+from .dashboard import PAGE_HEADERS, prefers_html, render_dashboard
 from .table import MAX_SERVERS, MAX_SERVICES, LivenessTable, TableFull, canonical_address, parse_services
 
 __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WAIT",
+    "KEEPALIVE_TIMEOUT",
     "MAX_WAIT",
     "MAX_WATCHERS",
     "Registry",
@@ -37,6 +39,10 @@ DEFAULT_TIMEOUT: Final = 300.0
 DEFAULT_WAIT: Final = 30.0  # a watch that names an index but no wait
 MAX_WAIT: Final = 300.0
 MAX_WATCHERS: Final = 1024
+# aiohttp keeps an idle connection for an hour by default. Its keepalive timer also runs
+# from a connection's start until a whole request head has arrived, so this bounds a
+# slow header read too (a slowloris ties up a socket for this long, not forever).
+KEEPALIVE_TIMEOUT: Final = 75.0
 
 H_SERVER: Final = "X-Geerpc-Server"
 H_SERVERS: Final = "X-Geerpc-Servers"
@@ -63,7 +69,10 @@ class Registry:
     ``timeout`` is how many seconds a server stays listed without a heartbeat
     (0: forever). ``max_servers`` caps the table (a new server beyond it gets 503),
     ``max_watchers`` caps concurrent long-poll GETs (beyond it: 429), ``max_wait``
-    caps a watch's ``wait``. ``clock`` is a monotonic clock in seconds.
+    caps a watch's ``wait``, ``keepalive_timeout`` closes idle connections (and
+    connections that have not sent a whole request head) after that many seconds.
+    ``clock`` is a monotonic clock in seconds. Browsers get a live dashboard at the
+    path and at ``/`` (see ``dashboard.py``).
 
     Use ``url = await registry.start(host, port)`` and ``await registry.stop()``, or
     ``async with Registry() as registry:`` which starts on 127.0.0.1 with a free port
@@ -79,6 +88,7 @@ class Registry:
         max_services: int = MAX_SERVICES,
         max_watchers: int = MAX_WATCHERS,
         max_wait: float = MAX_WAIT,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not path.startswith("/"):
@@ -87,6 +97,8 @@ class Registry:
         self.path = path
         self.max_watchers = max_watchers
         self.max_wait = max_wait
+        self.keepalive_timeout = keepalive_timeout
+        self._page = render_dashboard(path)
         self._clock = clock
         self._started_at = clock()
         self._changed = asyncio.Event()
@@ -113,7 +125,10 @@ class Registry:
         if self._runner is not None:
             raise RuntimeError(f"registry already started at {self.url}")
         app = web.Application()
-        app.router.add_route("GET", self.path, self._get)
+        for method in ("GET", "HEAD"):
+            app.router.add_route(method, self.path, self._get)
+            if self.path != "/":
+                app.router.add_route(method, "/", self._dashboard)
         app.router.add_route("POST", self.path, self._post)
         app.router.add_route("DELETE", self.path, self._delete)
         # handler_cancellation: a watcher that hangs up must not keep its slot for `wait` seconds.
@@ -122,6 +137,7 @@ class Registry:
             access_log=None,
             handler_cancellation=True,
             shutdown_timeout=5.0,
+            keepalive_timeout=self.keepalive_timeout,
             # aiohttp logs malformed requests (e.g. an oversized header, answered 400)
             # with a traceback; give them a logger of ours that users can quieten.
             logger=logging.getLogger("geerpc.registry.http"),
@@ -251,6 +267,9 @@ class Registry:
             return self._reply(404, f"{address} is not registered")
         return web.Response(status=200, headers=self._headers())
 
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._page, headers=PAGE_HEADERS)
+
     async def _get(self, request: web.Request) -> web.Response:
         try:
             service = _query_service(request)
@@ -258,8 +277,10 @@ class Registry:
             wait = _query_wait(request, self.max_wait)
         except _BadRequest as exc:
             return self._reply(400, str(exc))
+        # A browser gets the dashboard (which watches through JSON), never a long poll.
+        html = prefers_html(request.headers.get("Accept", ""))
         self._expire()
-        if index is not None and index == self.table.index and not self._closing:
+        if index is not None and index == self.table.index and not self._closing and not html:
             if self._watchers >= self.max_watchers:
                 response = self._reply(429, f"too many watchers ({self.max_watchers}); poll instead")
                 response.headers["Retry-After"] = "1"
@@ -272,9 +293,9 @@ class Registry:
                 pass  # the wait is over: answer with the unchanged list
             finally:
                 self._watchers -= 1
-        return self._render(request, service)
+        return self._render(request, service, html)
 
-    def _render(self, request: web.Request, service: str | None) -> web.Response:
+    def _render(self, request: web.Request, service: str | None, html: bool) -> web.Response:
         now = self._expire()
         headers = self._headers()
         if self._header_cache_index != self.table.index:
@@ -284,6 +305,9 @@ class Registry:
         if joined is None:
             joined = self._header_cache[service] = ",".join(self.table.alive(now, service))
         headers[H_SERVERS] = joined
+        headers["Vary"] = "Accept"  # one URL, three representations
+        if html:
+            return web.Response(status=200, headers={**headers, **PAGE_HEADERS}, body=self._page)
         if "application/json" not in request.headers.get("Accept", ""):
             return web.Response(status=200, headers=headers)
         return web.Response(status=200, headers=headers, body=self._json(now, service),
