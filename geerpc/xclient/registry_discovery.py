@@ -126,17 +126,17 @@ class RegistryDiscovery(ServerList):
         """Stop the watch and any fetch, close the HTTP session. Idempotent."""
         self._closed = True
         self._watch_live = False
-        for task in (self._watch_task, self._inflight):
-            if task is not None and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        tasks = [t for t in (self._watch_task, self._inflight) if t is not None and not t.done()]
         self._watch_task = self._inflight = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        try:
+            for task in tasks:
+                task.cancel()
+            # gather returns the tasks' own CancelledErrors but lets the caller's through
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
 
     async def __aenter__(self) -> Self:
         return self
