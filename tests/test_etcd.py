@@ -408,3 +408,53 @@ async def _lacks(discovery: EtcdDiscovery, address: str) -> bool:
 
 async def _gone(kv, key: bytes) -> bool:
     return await kv.get(key) is None
+
+
+class Named:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.cancelled = asyncio.Event()
+
+    async def whoami(self) -> str:
+        return self.name
+
+    async def hang(self) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+async def test_xclient_call_and_broadcast_over_etcd(etcd: EtcdProcess, prefix: str) -> None:
+    import geerpc
+    from geerpc.xclient import XClient
+
+    servers, nodes = [], []
+    try:
+        for name in ("a", "b", "c"):
+            node = Named(name)
+            server = geerpc.Server()
+            server.register(node, name="Named")
+            await server.start("127.0.0.1", 0, registry=etcd.url(prefix, ttl=5))
+            servers.append(server)
+            nodes.append(node)
+        async with XClient(EtcdDiscovery(etcd.url(prefix)), SelectMode.ROUND_ROBIN) as xc:
+            await eventually(lambda: _count(xc.discovery, 3), 3, "three servers listed")
+            assert sorted([await xc.call("Named.whoami", timeout=2) for _ in range(3)]) == ["a", "b", "c"]
+            assert await xc.broadcast("Named.whoami", timeout=2) in {"a", "b", "c"}
+            with pytest.raises(geerpc.CallTimeout):
+                await xc.broadcast("Named.hang", timeout=0.2)
+            for node in nodes:  # the broadcast's cancellation reached every server
+                await asyncio.wait_for(node.cancelled.wait(), 2)
+            stopped = servers.pop(0)
+            await stopped.stop()  # revokes its lease: gone from the list within a second
+            await eventually(lambda: _lacks(xc.discovery, stopped.address), 1, "stopped server unlisted")
+            assert {await xc.call("Named.whoami", timeout=2) for _ in range(4)} == {"b", "c"}
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+async def _count(discovery: EtcdDiscovery, n: int) -> bool:
+    return len(await discovery.get_all()) == n
