@@ -31,6 +31,7 @@ _ERROR_TYPES: dict[str, type[RemoteError]] = {
     "InvalidArguments": InvalidArguments,
     "Unavailable": Unavailable,
 }
+_WRITE_HIGH_WATER = 1024 * 1024
 _OWN_CODES = (p.ErrorCode.NOT_FOUND, p.ErrorCode.INVALID_ARGUMENT, p.ErrorCode.UNAVAILABLE)
 
 
@@ -63,6 +64,9 @@ class _ClientConnection(asyncio.Protocol):
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
         self.transport = transport = cast(asyncio.Transport, transport)
         _enable_keepalive(transport)
+        # asyncio's default high-water mark (64 KiB) is below one 64 KiB request, so
+        # every large call would wait for a drain; wait only when a real backlog builds.
+        transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         transport.write(http.connect_request() if self._http is not None else self._option_line)
 
     def data_received(self, data: bytes) -> None:
