@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 from ..address import parse_address
 from ..errors import RegistryError
-from ..registry.etcd import EtcdClients, _Backoff, _cancel_and_wait, _Trouble, parse_etcd_url
+from ..registry.etcd_client import EtcdClients, _Backoff, _cancel_and_wait, _Trouble, parse_etcd_url
 from .discovery import ServerList
 
 if TYPE_CHECKING:
