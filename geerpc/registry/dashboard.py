@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Final
 
 __all__ = ["CONTENT_SECURITY_POLICY", "PAGE_HEADERS", "prefers_html", "render_dashboard"]
@@ -329,13 +331,13 @@ CONTENT_SECURITY_POLICY: Final = (
     "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
-PAGE_HEADERS: Final = {
+PAGE_HEADERS: Final[Mapping[str, str]] = MappingProxyType({
     "Content-Type": "text/html; charset=utf-8",
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
-}
+})
 
 
 def render_dashboard(api_path: str) -> bytes:
