@@ -11,9 +11,8 @@ task per call, and writes replies. Design notes:
   returns: a task and an extra loop iteration would cost more than the call (its
   ``asyncio.current_task()`` is None). Other coroutines get a task (an eager one
   on Python 3.12+). Plain ``def`` methods may block, so they run on worker threads.
-- The first byte decides what the peer speaks: ``{`` opens the Option, an upper-case
-  letter an HTTP request (GeeRPC's CONNECT switch, or the debug page), anything else
-  is closed at once.
+- The first bytes (Option line, or an HTTP request first) go through the sans-IO
+  ``handshake.ServerHandshake``; this class only carries out what it decides.
 - Backpressure instead of rejection: at ``max_in_flight`` calls, or while the peer
   does not read our replies, we stop taking frames from the buffer and pause reading
   the socket; finishing calls resume it. Memory per connection stays at most one
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import http
 from . import protocol as p
 from .errors import ProtocolError
+from .handshake import ServerHandshake
 from .service import Method, argument_error
 from .workers import Job
 
@@ -72,9 +72,7 @@ class ServerConnection(asyncio.Protocol):
         self._server = server
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._option: p.OptionReader | None = p.OptionReader()
-        self._http: http.HeadReader | None = None
-        self._http_allowed = True
+        self._handshake: ServerHandshake | None = ServerHandshake(lambda request: http.route(request, server))
         self._frames = p.FrameDecoder(server.max_frame_size)
         self._calls: dict[int, asyncio.Task[None]] = {}
         self._out: list[bytes] = []
@@ -105,12 +103,8 @@ class ServerConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_read = self._loop.time()
-        if self._http is not None:
-            data = self._http_request(data)
-            if not data:
-                return
-        if self._option is not None:
-            data = self._handshake(data)
+        if self._handshake is not None:
+            data = self._shake(data)
             if not data:
                 return
         self._frames.feed(data)
@@ -144,28 +138,31 @@ class ServerConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------- handshake
 
-    def _handshake(self, data: bytes) -> bytes:
-        """Consume the Option line; return what followed it (the first frames)."""
-        assert self._option is not None and self._transport is not None
-        if not self._option._buffer and data[:1] != b"{":
-            if self._http_allowed and b"A" <= data[:1] <= b"Z":
-                self._http = http.HeadReader(check_request=True)
-                rest = self._http_request(data)  # after a CONNECT: the Option, then frames
-                return self._handshake(rest) if rest else b""
-            self._abort(f"expected the Option, got {bytes(data[:16])!r}")
+    def _shake(self, data: bytes) -> bytes:
+        """Feed the handshake; return what followed the Option (the first frames)."""
+        assert self._handshake is not None and self._transport is not None
+        step = self._handshake.feed(data)
+        if step.write:
+            self._transport.write(step.write)
+        if step.close is not None:
+            self._handshake = None
+            self._cancel_timer()
+            if step.protocol_error:
+                self._server.protocol_errors += 1
+            log.debug("closing connection: %s", step.close)
+            if step.abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
             return b""
-        try:
-            line, rest = self._option.feed(data)
-            if line is None:
-                return b""
-            option = p.decode_option(line)
-        except ProtocolError as exc:
-            self._abort(str(exc))
+        if step.option is None:
             return b""
-        self._option = None
+        self._handshake = None
         self._cancel_timer()
-        if option.codec_type != p.CODEC_TYPE:
-            self._refuse(f"unsupported codec {option.codec_type[:64]!r}, this server speaks {p.CODEC_TYPE}")
+        option, server = step.option, self._server
+        if server._stopping:
+            self._transport.write(p.encode_option(p.Option(error="server is stopping")))
+            self._transport.close()
             return b""
         if option.max_frame_size:
             self._frame_limit = min(self._frame_limit, max(option.max_frame_size, 1024))
@@ -174,14 +171,11 @@ class ServerConnection(asyncio.Protocol):
             client = option.handle_timeout / 1e9
             ours = self._handle_timeout
             self._handle_timeout = client if ours is None else min(client, ours)
-        if self._server._stopping:
-            self._refuse("server is stopping")
-            return b""
-        ack = p.Option(handle_timeout=option.handle_timeout, max_frame_size=self._server.max_frame_size)
+        ack = p.Option(handle_timeout=option.handle_timeout, max_frame_size=server.max_frame_size)
         self._transport.write(p.encode_option(ack))
-        if self._server.idle_timeout is not None:
-            self._idle_timer = self._loop.call_later(self._server.idle_timeout, self._check_idle)
-        return rest
+        if server.idle_timeout is not None:
+            self._idle_timer = self._loop.call_later(server.idle_timeout, self._check_idle)
+        return step.rest
 
     def _check_idle(self) -> None:
         """Close a connection that sent nothing for idle_timeout and has no call running."""
@@ -195,34 +189,6 @@ class ServerConnection(asyncio.Protocol):
         log.debug("closing a connection idle for %.1f s", quiet)
         self._idle_timer = None
         self._flush()
-        self._transport.close()
-
-    def _http_request(self, data: bytes) -> bytes:
-        """Serve an HTTP request; return what follows a CONNECT switch (else b"")."""
-        assert self._http is not None and self._transport is not None
-        try:
-            head, tail = self._http.feed(data)
-            if head is None:
-                return b""
-            answer = http.route(http.parse_request(head), self._server)
-        except ProtocolError as exc:
-            self._server.protocol_errors += 1
-            answer = http.response(400, "Bad Request", f"{exc}\n")
-        self._http = None
-        self._http_allowed = False
-        if answer is None:  # CONNECT /_geerpc_: the rest of the stream is RPC
-            self._transport.write(http.CONNECTED)
-            return tail
-        self._cancel_timer()
-        self._option = None
-        self._transport.write(answer)
-        self._transport.close()
-        return b""
-
-    def _refuse(self, reason: str) -> None:
-        assert self._transport is not None
-        log.debug("refusing connection: %s", reason)
-        self._transport.write(p.encode_option(p.Option(error=reason)))
         self._transport.close()
 
     def _abort(self, reason: str) -> None:
