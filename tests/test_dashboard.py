@@ -276,6 +276,7 @@ async def test_dashboard_follows_the_registry_live_without_reloading(browser, re
         assert "server.start(registry=url)" in text
         assert "live" in text
         assert await browser.evaluate("window.__marker") == 1  # never reloaded
+        await browser.wait_for("getComputedStyle(document.querySelector('.card')).opacity === '1'")  # undimmed
         await screenshot(browser, tmp_path / "dashboard-empty.png")
     finally:
         await server.stop(grace=1.0)
