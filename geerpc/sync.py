@@ -1,0 +1,204 @@
+"""Blocking clients for code that does not run asyncio: scripts, notebooks, threads.
+
+A layer over ``Client`` and ``XClient``, never under them. Each blocking client owns
+one event loop running in a daemon thread; a call is submitted to that loop with
+``asyncio.run_coroutine_threadsafe`` and the calling thread blocks on the result.
+So results, timeouts and exceptions are exactly those of the async clients (the very
+same geerpc exception classes), and any number of threads may share one client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from .client import Client, dial
+from .errors import ConnectionClosed
+from .xclient import Discovery, SelectMode, XClient
+
+__all__ = ["SyncClient", "SyncXClient"]
+
+T = TypeVar("T")
+
+
+class _LoopThread:
+    """The machinery both blocking clients share: a private loop in a daemon thread.
+
+    Strategy: ``_submit`` holds ``_lock`` only while checking ``_closed`` and handing
+    the coroutine to the loop, never while waiting. ``close`` sets ``_closed`` under
+    the same lock, so after it nothing new reaches the loop; what was handed over
+    before is queued ahead of the close and runs (and fails with ConnectionClosed)
+    before the loop stops.
+    """
+
+    def __init__(self, name: str) -> None:
+        _refuse_inside_a_running_loop(type(self).__name__)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _run_loop(self) -> None:
+        loop = self._loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            # What asyncio.run does on the way out: nothing left running, executor joined.
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for it; Ctrl-C in the waiting thread cancels it."""
+        try:
+            _refuse_inside_a_running_loop(type(self).__name__)
+        except RuntimeError:
+            coro.close()  # never awaited: close it so Python does not warn
+            raise
+        with self._lock:
+            if self._closed:
+                coro.close()
+                raise ConnectionClosed(f"{type(self).__name__} is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            # Only close() cancels what is left on the loop.
+            raise ConnectionClosed(f"{type(self).__name__} closed during the call") from None
+        except BaseException:
+            future.cancel()  # KeyboardInterrupt and the like: the call must not run on unseen
+            raise
+
+    def _stop(self, last: Coroutine[Any, Any, None] | None) -> None:
+        """Run ``last`` (the client's own close), then stop the loop and join its thread."""
+        if threading.current_thread() is self._thread:
+            if last is not None:
+                last.close()
+            raise RuntimeError(f"{type(self).__name__}.close() cannot run on its own loop thread")
+        with self._lock:
+            if self._closed:
+                if last is not None:
+                    last.close()
+                return
+            self._closed = True
+        try:
+            if last is not None:
+                asyncio.run_coroutine_threadsafe(last, self._loop).result()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+
+    def close(self) -> None:
+        """Close the connections, stop the loop thread and join it. Idempotent."""
+        self._stop(None)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class SyncClient(_LoopThread):
+    """A blocking ``Client``: ``SyncClient("tcp@host:port").call("Arith.add", 1, 2)``.
+
+    Dials in the constructor, which raises ConnectError or ConnectTimeout (and leaves
+    no thread behind) when that fails. Safe to share between threads. Use it as a
+    context manager, or call ``close()``. Inside asyncio code use
+    ``await geerpc.dial(...)`` instead: calling this from a running event loop raises
+    RuntimeError, as it would block that loop.
+    """
+
+    def __init__(self, address: str, *, connect_timeout: float = 10.0, handle_timeout: float | None = None) -> None:
+        super().__init__(name=f"geerpc-sync {address}")
+        self.address = address
+        try:
+            self._client: Client = self._submit(
+                dial(address, connect_timeout=connect_timeout, handle_timeout=handle_timeout))
+        except BaseException:
+            self._stop(None)
+            raise
+
+    def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call ``"Service.method"`` and block until its result; as ``Client.call``.
+
+        Raises CallTimeout, RemoteError (and its subclasses), ConnectionClosed (also
+        after ``close()``), TypeError and ValueError, as the async client does.
+        """
+        return self._submit(self._client.call(service_method, *args, timeout=timeout, **kwargs))
+
+    @property
+    def closed(self) -> bool:
+        """True once closed, or once the connection is lost."""
+        return self._closed or self._client.closed
+
+    def close(self) -> None:
+        """Close the connection (pending calls fail with ConnectionClosed), then the loop thread."""
+        self._stop(self._client.close())
+
+    def __repr__(self) -> str:
+        return f"<geerpc.SyncClient {self.address}{' closed' if self.closed else ''}>"
+
+
+class SyncXClient(_LoopThread):
+    """A blocking ``XClient``: ``call`` picks one server, ``broadcast`` calls them all.
+
+    ``discovery`` is a registry URL (``http://...``, ``etcd://...``), a list of
+    addresses, or a Discovery; the other options are ``XClient``'s. Creating it does
+    not connect: servers are dialled by the first calls. A URL or a list is the
+    safer choice: the discovery then lives on this client's own loop from the start.
+    """
+
+    def __init__(self, discovery: Discovery | str | list[str], mode: SelectMode = SelectMode.RANDOM,
+                 **xclient_options: Any) -> None:
+        super().__init__(name="geerpc-sync-xclient")
+        try:
+            # Built on the loop thread: discoveries may create loop-bound objects.
+            self._xclient: XClient = self._submit(_make_xclient(discovery, mode, xclient_options))
+        except BaseException:
+            self._stop(None)
+            raise
+
+    @property
+    def xclient(self) -> XClient:
+        """The XClient underneath (its methods must run on this client's loop)."""
+        return self._xclient
+
+    def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call one server chosen by the select mode, with failover; as ``XClient.call``."""
+        return self._submit(self._xclient.call(service_method, *args, timeout=timeout, **kwargs))
+
+    def broadcast(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call every server offering the service; as ``XClient.broadcast``."""
+        return self._submit(self._xclient.broadcast(service_method, *args, timeout=timeout, **kwargs))
+
+    def close(self) -> None:
+        """Close every connection and the discovery (unless told not to), then the loop thread."""
+        self._stop(self._xclient.close())
+
+
+async def _make_xclient(discovery: Discovery | str | list[str], mode: SelectMode,
+                        options: dict[str, Any]) -> XClient:
+    return XClient(discovery, mode, **options)
+
+
+def _refuse_inside_a_running_loop(name: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return  # no loop running in this thread: blocking is fine
+    raise RuntimeError(f"{name} blocks, and this thread runs an event loop that it would stall "
+                       f"(or deadlock, on its own loop thread); use the async API instead: "
+                       f"await geerpc.dial(...) or geerpc.xclient.XClient(...)")

@@ -1,0 +1,256 @@
+"""The blocking clients against real servers on loopback.
+
+The servers and a registry run on an event loop in a thread of their own (one per
+module), so the test thread runs no loop and may block, as a script would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from conftest import Arith
+
+import geerpc
+from geerpc.registry import Registry
+from geerpc.sync import SyncClient, SyncXClient
+from geerpc.xclient import SelectMode
+
+
+class Backend:
+    """A registry and two servers, each serving its own Arith, on a loop thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-backend", daemon=True)
+        self.thread.start()
+        self.registry = Registry(timeout=30.0)
+        self.ariths = [Arith(), Arith()]
+        self.servers = [geerpc.Server(), geerpc.Server()]
+        self.url = ""
+        self.addresses: list[str] = []
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    async def start(self) -> None:
+        self.url = await self.registry.start("127.0.0.1", 0)
+        for server, arith in zip(self.servers, self.ariths):
+            server.register(arith)
+            self.addresses.append(await server.start("127.0.0.1", 0, registry=self.url))
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.stop(grace=1.0)
+        await self.registry.stop()
+
+    def close(self) -> None:
+        try:
+            self.run(self.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Backend]:
+    b = Backend()
+    try:
+        b.run(b.start())
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def address(backend: Backend) -> str:
+    return backend.addresses[0]
+
+
+def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    """Poll with a deadline: for state another thread changes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def sync_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("geerpc-sync")]
+
+
+# --------------------------------------------------------------------------- SyncClient
+
+
+def test_call_returns_the_result(address: str) -> None:
+    with SyncClient(address) as client:
+        assert client.call("Arith.add", 1, 2) == 3
+        assert client.call("Arith.add", a="x", b="y") == "xy"
+        assert client.call("Arith.echo", b"\x00\xff") == b"\x00\xff"
+
+
+def test_threads_share_one_client(address: str) -> None:
+    errors: list[BaseException] = []
+
+    def worker(client: SyncClient, t: int) -> None:
+        try:
+            for i in range(50):
+                assert client.call("Arith.add", t * 1000, i, timeout=10) == t * 1000 + i
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    with SyncClient(address) as client:
+        threads = [threading.Thread(target=worker, args=(client, t)) for t in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert errors == []
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def test_timeout_raises_call_timeout_and_the_client_stays_usable(address: str) -> None:
+    with SyncClient(address) as client:
+        with pytest.raises(geerpc.CallTimeout, match="Arith.sleep timed out"):
+            client.call("Arith.sleep", 5, timeout=0.1)
+        assert client.call("Arith.add", 2, 2) == 4
+
+
+def test_handler_error_raises_remote_error(address: str) -> None:
+    with SyncClient(address) as client:
+        with pytest.raises(geerpc.RemoteError) as info:
+            client.call("Arith.fail", "boom")
+        assert (info.value.type, str(info.value)) == ("ValueError", "boom")
+        with pytest.raises(geerpc.MethodNotFound):
+            client.call("Arith.nope")
+
+
+def test_call_after_close_raises_connection_closed(address: str) -> None:
+    client = SyncClient(address)
+    client.close()
+    client.close()  # idempotent
+    assert client.closed
+    assert sync_threads() == []
+    with pytest.raises(geerpc.ConnectionClosed):
+        client.call("Arith.add", 1, 2)
+
+
+def test_close_fails_a_call_in_flight(backend: Backend, address: str) -> None:
+    arith = backend.ariths[0]
+    backend.loop.call_soon_threadsafe(arith.started.clear)
+    outcome: list[BaseException | object] = []
+    client = SyncClient(address)
+
+    def call() -> None:
+        try:
+            outcome.append(client.call("Arith.sleep", 30))
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    eventually(arith.started.is_set)
+    client.close()
+    caller.join(5)
+    assert len(outcome) == 1 and isinstance(outcome[0], geerpc.ConnectionClosed)
+
+
+def test_refused_address_raises_connect_error_and_leaves_no_thread() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    before = threading.active_count()
+    with pytest.raises(geerpc.ConnectError, match=f"127.0.0.1:{port}"):
+        SyncClient(f"tcp@127.0.0.1:{port}")
+    assert threading.active_count() == before
+    assert sync_threads() == []
+
+
+def test_silent_listener_raises_connect_timeout() -> None:
+    with socket.socket() as listener:  # accepts the TCP connection, never answers the Option
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(geerpc.ConnectTimeout):
+            SyncClient(f"tcp@127.0.0.1:{port}", connect_timeout=0.2)
+    assert sync_threads() == []
+
+
+async def test_constructor_inside_a_running_loop_raises_runtime_error(address: str) -> None:
+    with pytest.raises(RuntimeError, match=r"await geerpc\.dial"):
+        SyncClient(address)
+    assert sync_threads() == []
+
+
+def test_call_inside_a_running_loop_raises_runtime_error(address: str) -> None:
+    async def misuse(client: SyncClient) -> None:
+        client.call("Arith.add", 1, 2)
+
+    with SyncClient(address) as client:
+        with pytest.raises(RuntimeError, match=r"await geerpc\.dial"):
+            asyncio.run(misuse(client))
+        assert client.call("Arith.add", 1, 2) == 3
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
+def test_interrupted_wait_cancels_the_call(backend: Backend, address: str) -> None:
+    arith = backend.ariths[0]
+    backend.loop.call_soon_threadsafe(arith.started.clear)
+    backend.loop.call_soon_threadsafe(arith.cancelled.clear)
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def interrupt() -> None:  # Ctrl-C, once the call is running on the server
+        eventually(arith.started.is_set)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    with SyncClient(address) as client:
+        interrupter = threading.Thread(target=interrupt)
+        interrupter.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                client.call("Arith.sleep", 30)
+        finally:
+            interrupter.join(10)
+        eventually(arith.cancelled.is_set)  # the cancel reached the server's handler
+        assert client.call("Arith.add", 1, 1) == 2
+
+
+# --------------------------------------------------------------------------- SyncXClient
+
+
+def test_xclient_over_a_registry_calls_and_broadcasts(backend: Backend) -> None:
+    with SyncXClient(backend.url, SelectMode.ROUND_ROBIN) as xclient:
+        assert xclient.call("Arith.add", 20, 22, timeout=5) == 42
+        before = [arith.calls for arith in backend.ariths]
+        assert xclient.broadcast("Arith.add", 1, 2, timeout=5) == 3
+        eventually(lambda: [a.calls - b for a, b in zip(backend.ariths, before)] == [1, 1])
+        with pytest.raises(geerpc.RemoteError, match="boom"):
+            xclient.broadcast("Arith.fail", "boom", timeout=5)
+    with pytest.raises(geerpc.ConnectionClosed):
+        xclient.call("Arith.add", 1, 2)
+    xclient.close()
+    assert sync_threads() == []
+
+
+def test_xclient_over_an_address_list_times_out(backend: Backend) -> None:
+    with SyncXClient(list(backend.addresses), failover=False) as xclient:
+        assert xclient.call("Arith.mul", 6, 7) == 42
+        with pytest.raises(geerpc.CallTimeout):
+            xclient.call("Arith.sleep", 5, timeout=0.1)
+
+
+def test_xclient_bad_url_raises_and_leaves_no_thread() -> None:
+    before = threading.active_count()
+    with pytest.raises(ValueError, match="not a registry URL"):
+        SyncXClient("ftp://example.invalid/registry")
+    assert threading.active_count() == before
+    assert sync_threads() == []
