@@ -1,0 +1,274 @@
+"""The ``geerpc`` command line: argument parsing, dispatch, error reporting, exit codes.
+
+The top layer of geerpc: it uses the public client, server, XClient and registry APIs
+and nothing uses it. Each command lives in its own module, imported only when run so
+that ``geerpc --help`` stays quick. Results go to stdout, messages to stderr as one
+``geerpc: ...`` line, never a traceback. Exit codes: 0 success, 1 error, 2 usage,
+3 timeout (130 after Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Final
+
+__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "CommandError", "main"]
+
+EXIT_OK: Final = 0
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_TIMEOUT: Final = 3
+EXIT_INTERRUPTED: Final = 130  # the shell's convention for SIGINT
+DEFAULT_TIMEOUT: Final = 10.0
+
+
+class CommandError(Exception):
+    """A failure to report as ``geerpc: <message>`` and exit with ``status``."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``geerpc`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["registry"]:
+        # The registry's own entry point already parses these options and runs it;
+        # hand the rest of the command line over rather than define them twice.
+        from ..registry.__main__ import main as registry_main
+
+        return registry_main(argv[1:])
+    parser = _build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if args.command == "call":
+        _check_call_args(args.parser, args, extras)
+    elif extras:
+        args.parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    try:
+        status: int = args.run(args)
+        return status
+    except CommandError as exc:
+        _report(str(exc))
+        return exc.status
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `geerpc list ... | head -1`: the reader left, nothing to say
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - promised: a message, never a traceback
+        _report(f"unexpected {type(exc).__name__}: {exc}")
+        return EXIT_ERROR
+
+
+def _report(message: str) -> None:
+    print(f"geerpc: {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _run_call(args: argparse.Namespace) -> int:
+    from .call import run
+
+    return run(args.target, args.service_method, args.values, args.kwargs,
+               timeout=args.timeout, broadcast=args.broadcast)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .serve import run
+
+    return run(args.object, host=args.host, port=args.port, registry=args.registry,
+               name=args.name, log_level=args.log_level)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from .listing import run
+
+    return run(args.registry, timeout=args.timeout)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _registry_url(text: str) -> str:
+    if not text.startswith(("http://", "https://", "etcd://")):
+        raise argparse.ArgumentTypeError(f"not a registry URL: {text!r} (want http://... or etcd://...)")
+    return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return int(text)
+
+
+_MAIN_EPILOG = """\
+examples:
+  geerpc registry --port 9999
+  geerpc serve myapp:Arith --port 9000 --registry http://127.0.0.1:9999/_geerpc_/registry
+  geerpc call tcp@127.0.0.1:9000 Arith.add 1 2
+  geerpc list http://127.0.0.1:9999/_geerpc_/registry
+
+exit status: 0 success, 1 error, 2 usage, 3 timeout.
+Run "geerpc COMMAND --help" for each command's options.
+"""
+
+_REGISTRY_HELP = "run the built-in registry in the foreground (same options as python -m geerpc.registry)"
+
+_SERVE_DESCRIPTION = """\
+Serve the public methods of an object, without writing a server script.
+
+OBJECT is module:attr, imported with the current directory on the import path. A class
+is instantiated with no arguments; any other object (an instance) is served as it is.
+Its methods are called as "Name.method", Name being the class name unless --name says
+otherwise. The address is printed on stdout once the server is listening. SIGTERM or
+Ctrl-C stop it gracefully (calls in flight get up to 5 s) and it exits with status 0.
+"""
+
+_SERVE_EPILOG = """\
+examples:
+  geerpc serve myapp:Arith
+  geerpc serve myapp:Arith --port 9000 --registry http://127.0.0.1:9999/_geerpc_/registry
+  geerpc serve myapp.services:calculator --name Calc --host unix@/tmp/calc.sock
+"""
+
+_CALL_DESCRIPTION = """\
+Make one call and print its result as one line of JSON on stdout.
+
+TARGET is a server address (tcp@host:port, unix@/path) or a registry URL (http://...
+or etcd://...), in which case one server offering the service is picked, or every one
+is called with --broadcast (the first error is reported, else one of the results).
+
+Each ARG is parsed as JSON when it parses, else taken as a string: 1 is a number,
+abc is the string "abc", '"1"' the string "1", '{"a": 1}' a map, null is None.
+Keyword arguments are given as --kw name=value, the value parsed the same way.
+Options may come before or after the ARGs; put -- before an ARG that starts with a
+dash (negative numbers need none).
+
+Values JSON cannot tell apart are printed, and accepted, as one-key objects:
+bytes as {"$bytes": "<base64>"}, a map with non-string keys as
+{"$map": [[key, value], ...]}, NaN and infinities as {"$float": "NaN"}.
+"""
+
+_CALL_EPILOG = """\
+examples:
+  geerpc call tcp@127.0.0.1:9000 Arith.add 1 2                       # 3
+  geerpc call tcp@127.0.0.1:9000 Greeter.hello world                 # "hello, world"
+  geerpc call tcp@127.0.0.1:9000 Store.put key '{"a": [1, 2]}' --kw ttl=60
+  geerpc call http://127.0.0.1:9999/_geerpc_/registry Arith.add 1 2
+  geerpc call http://127.0.0.1:9999/_geerpc_/registry Cache.clear --broadcast
+
+exit status: 0 success, 1 error (unreachable, unknown method, the method raised),
+2 usage, 3 timeout.
+"""
+
+_LIST_DESCRIPTION = """\
+List the live servers a registry knows: address, services and seconds since the last
+heartbeat, as an aligned table. Services read (any) for a server that declared none
+(it is sent every call), (unknown) for a registry that only reports addresses.
+"""
+
+_LIST_EPILOG = """\
+examples:
+  geerpc list http://127.0.0.1:9999/_geerpc_/registry
+  geerpc list etcd://127.0.0.1:2379/geerpc
+"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="geerpc", formatter_class=formatter, epilog=_MAIN_EPILOG,
+        description="geerpc from the shell: run a registry or a server, make a call, list servers.")
+    parser.add_argument("--version", action="version", version=f"geerpc {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # Listed for --help only: main() hands "registry" to geerpc.registry before parsing.
+    commands.add_parser("registry", help=_REGISTRY_HELP, add_help=False)
+
+    serve = commands.add_parser("serve", help="serve an object's methods", description=_SERVE_DESCRIPTION,
+                                epilog=_SERVE_EPILOG, formatter_class=formatter)
+    serve.add_argument("object", metavar="OBJECT", help="module:attr, a class or an instance")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="host to listen on, or unix@PATH (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=0, help="port to listen on (default 0: any free port)")
+    serve.add_argument("--registry", metavar="URL", type=_registry_url,
+                       help="announce the server to this registry (http://... or etcd://...) until it stops")
+    serve.add_argument("--name", help="service name (default: the class name)")
+    serve.add_argument("--log-level", default="WARNING", help="logging level on stderr (default WARNING)")
+    serve.set_defaults(run=_run_serve, parser=serve)
+
+    call = commands.add_parser("call", help="make one call and print the result as JSON",
+                               description=_CALL_DESCRIPTION, epilog=_CALL_EPILOG, formatter_class=formatter)
+    call.add_argument("target", metavar="TARGET", help="server address or registry URL")
+    call.add_argument("service_method", metavar="Service.method", help="what to call")
+    call.add_argument("values", metavar="ARG", nargs="*", help="positional arguments (JSON, else string)")
+    call.add_argument("--kw", "-k", metavar="NAME=VALUE", action="append", default=[], dest="kw",
+                      help="a keyword argument (JSON, else string); repeat for more")
+    call.add_argument("--broadcast", action="store_true",
+                      help="with a registry URL: call every server offering the service")
+    call.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
+                      help=f"seconds for the whole command, connecting included (default {DEFAULT_TIMEOUT:g})")
+    call.set_defaults(run=_run_call, parser=call)
+
+    listing = commands.add_parser("list", help="list a registry's live servers", description=_LIST_DESCRIPTION,
+                                  epilog=_LIST_EPILOG, formatter_class=formatter)
+    listing.add_argument("registry", metavar="REGISTRY_URL", type=_registry_url, help="http://... or etcd://...")
+    listing.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
+                         help=f"seconds to wait for the registry (default {DEFAULT_TIMEOUT:g})")
+    listing.set_defaults(run=_run_list, parser=listing)
+    return parser
+
+
+def _check_call_args(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:
+    """Finish parsing ``call``: ARGs given after an option, JSON values, keyword arguments."""
+    from .values import parse_arg
+
+    # argparse stops filling ARG... at the first option; what follows it comes back
+    # as extras, in order. Anything there that looks like an option is a typo.
+    for extra in extras:
+        if extra.startswith("-") and not _is_number(extra):
+            parser.error(f"unrecognized arguments: {extra} (put -- before an ARG that starts with a dash)")
+    values = []
+    for position, text in enumerate([*args.values, *extras], 1):
+        try:
+            values.append(parse_arg(text))
+        except ValueError as exc:
+            parser.error(f"ARG {position} ({text[:40]}): {exc}")
+    args.values = values
+    kwargs = {}
+    for item in args.kw:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--kw wants NAME=VALUE, not {item!r}")
+        if name == "timeout":
+            parser.error("--kw timeout=...: a keyword argument named 'timeout' cannot be passed "
+                         "(the call's own timeout takes the name); use --timeout for the deadline")
+        if name in kwargs:
+            parser.error(f"--kw {name} given twice")
+        try:
+            kwargs[name] = parse_arg(text)
+        except ValueError as exc:
+            parser.error(f"--kw {name}: {exc}")
+    args.kwargs = kwargs
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

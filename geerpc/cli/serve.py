@@ -1,0 +1,114 @@
+"""``geerpc serve module:attr``: serve an object's methods without a server script.
+
+The command layer over ``Server``: find the object, register it, start, print the
+address, and stop gracefully on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import signal
+import sys
+import traceback
+from typing import Any
+
+from ..errors import GeeRPCError
+from ..server import Server
+from . import EXIT_OK, EXIT_USAGE, CommandError
+
+__all__ = ["load_object", "run"]
+
+_STOP_GRACE = 5.0  # seconds calls in flight get to finish on SIGTERM
+
+
+def run(spec: str, *, host: str, port: int, registry: str | None, name: str | None, log_level: str) -> int:
+    """Serve the object ``spec`` names until SIGTERM or SIGINT; return the exit status."""
+    try:
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    except ValueError:
+        raise CommandError(f"unknown --log-level {log_level!r}", EXIT_USAGE) from None
+    obj = load_object(spec)
+    server = Server()
+    try:
+        server.register(obj, name)
+    except ValueError as exc:
+        raise CommandError(f"cannot serve {spec}: {exc}") from None
+    asyncio.run(_serve(server, host, port, registry))
+    return EXIT_OK
+
+
+def load_object(spec: str) -> Any:
+    """Import ``module:attr`` (``attr`` may be dotted) and return the object to serve.
+
+    A class is instantiated with no arguments. The current directory is searched
+    first, as ``python -m`` does. Raises CommandError saying what went wrong.
+    """
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CommandError(f"OBJECT must be module:attr (e.g. myapp:Arith), not {spec!r}", EXIT_USAGE)
+    # The console script puts its own directory first on sys.path, not the current one.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise CommandError(f"cannot import {module_name!r}: no module named {exc.name!r} "
+                               f"(run geerpc from the directory that holds it)") from None
+        raise CommandError(f"cannot import {module_name!r}: {_describe(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed: say where, no traceback
+        raise CommandError(f"cannot import {module_name!r}: {_describe(exc)}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CommandError(f"{module_name!r} has no attribute {attr!r}") from None
+    if not inspect.isclass(obj):
+        return obj
+    try:
+        inspect.signature(obj).bind()
+    except TypeError as exc:
+        raise CommandError(f"cannot create {spec} with no arguments ({exc}); "
+                           f"point at an instance instead (module:instance)") from None
+    except ValueError:
+        pass  # no signature to inspect (some built-in classes): just try
+    try:
+        return obj()
+    except Exception as exc:  # noqa: BLE001
+        raise CommandError(f"{spec}() raised {_describe(exc)}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message (file, line N)``, the line being where it was raised."""
+    text = f"{type(exc).__name__}: {exc}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return text  # its message already names the file and line
+    if frames:
+        text += f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})"
+    return text
+
+
+async def _serve(server: Server, host: str, port: int, registry: str | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        address = await server.start(host, port, registry=registry)
+    except OSError as exc:
+        where = host if host.startswith("unix@") else f"{host}:{port}"
+        raise CommandError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    except GeeRPCError as exc:  # an etcd registry that cannot be reached
+        raise CommandError(str(exc)) from None
+    except ValueError as exc:  # a malformed host or registry URL
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    try:
+        print(address, flush=True)
+        await stop.wait()
+    finally:
+        await server.stop(grace=_STOP_GRACE)

@@ -1,0 +1,64 @@
+"""Services for the command-line tests, served with ``geerpc serve tests.cli_service:...``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+
+class Calc:
+    """Served as a class: ``geerpc serve`` instantiates it with no arguments."""
+
+    def add(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def div(self, a: float, b: float) -> float:
+        return a / b
+
+    async def sleep(self, seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    def echo(self, value: Any) -> Any:
+        return value
+
+    def typeof(self, *values: Any) -> list[str]:
+        """The Python types the server received: shows how each ARG was parsed."""
+        return [type(value).__name__ for value in values]
+
+    def greet(self, name: str, *, greeting: str = "hello") -> str:
+        return f"{greeting}, {name}"
+
+    def blob(self, n: int) -> bytes:
+        return bytes(range(n))
+
+    def odd(self) -> dict[Any, Any]:
+        """Values JSON cannot carry as they are."""
+        return {"raw": b"\x00\xff", "keys": {b"k": 1}, "nan": float("nan"), "tag": {"$bytes": "x"}}
+
+    def mark(self, path: str) -> int:
+        """Append this server's pid to ``path``: shows which servers a broadcast reached."""
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return os.getpid()
+
+
+#: Served as an instance, under another name with ``--name``.
+calc = Calc()
+
+
+class NeedsArgs:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class Exploding:
+    def __init__(self) -> None:
+        raise RuntimeError("no database")
+
+    def ping(self) -> str:
+        return "pong"

@@ -1,0 +1,369 @@
+"""The ``geerpc`` command line: each command in a real process, against a real registry
+and real servers on loopback; the pure parts (values, table, parsing) in process.
+
+One registry and two servers (started with ``geerpc registry`` and ``geerpc serve``)
+serve the whole module. Readiness is the line a process prints, never a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _registry_helpers import GeeRPCLikeRegistry, free_port
+from conftest import PYTHON, ROOT, subprocess_env
+
+from geerpc.cli import CommandError, main
+from geerpc.cli.listing import Row, format_table, rows_from_header, rows_from_json
+from geerpc.cli.serve import load_object
+from geerpc.cli.values import dumps, from_json, parse_arg, to_json
+
+TESTS = ROOT / "tests"
+RUN_TIMEOUT = 20.0
+
+
+def geerpc(*args: str, cwd: Path = TESTS) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m geerpc ARGS`` to completion."""
+    return subprocess.run([PYTHON, "-m", "geerpc", *args], check=False, cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+
+
+class Running:
+    """A long-running ``python -m geerpc ...``: its first stdout line, then a signal."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([PYTHON, "-m", "geerpc", *args], cwd=TESTS, env=subprocess_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stderr = ""
+
+    def first_line(self, timeout: float = RUN_TIMEOUT) -> str:
+        # readline in a helper thread, so that a silent child fails the test, not hangs it
+        lines: queue.Queue[str] = queue.Queue()
+        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        try:
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            self.stop(signal.SIGKILL)
+            raise AssertionError(f"no line within {timeout} s") from None
+        if not line:
+            status = self.stop()
+            raise AssertionError(f"exited with {status} before printing: {self.stderr}")
+        return line.strip()
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Send ``signum``, wait for the exit (kill after 10 s); return the status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            _, self.stderr = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, self.stderr = self.proc.communicate()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[str]:
+    process = Running("registry", "--port", "0", "--timeout", "30")
+    try:
+        yield process.first_line()
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def servers(registry: str) -> Iterator[list[str]]:
+    # A class (instantiated by serve) and an instance renamed with --name: both are "Calc".
+    processes = [Running("serve", "cli_service:Calc", "--registry", registry),
+                 Running("serve", "cli_service:calc", "--name", "Calc", "--registry", registry)]
+    try:
+        yield [process.first_line() for process in processes]
+    finally:
+        for process in processes:
+            process.stop()
+
+
+@pytest.fixture
+def server(servers: list[str]) -> str:
+    return servers[0]
+
+
+def assert_failed(result: subprocess.CompletedProcess[str], status: int, *fragments: str) -> None:
+    assert result.returncode == status, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+# --------------------------------------------------------------------------- call
+
+
+def test_call_prints_the_result_as_json(server: str) -> None:
+    result = geerpc("call", server, "Calc.add", "1", "2")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "3\n", "")
+
+
+def test_call_args_are_json_when_they_parse_else_strings(server: str) -> None:
+    result = geerpc("call", server, "Calc.typeof", "1", "abc", '{"a":1}', '"1"', "null", "1.5", "[1]",
+                    '{"$bytes": "AAE="}', "-5", "--", "-x")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["int", "str", "dict", "str", "NoneType", "float", "list",
+                                         "bytes", "int", "str"]
+    echoed = geerpc("call", server, "Calc.echo", '{"a": [1, "x"]}')
+    assert json.loads(echoed.stdout) == {"a": [1, "x"]}
+
+
+def test_call_keyword_arguments_and_options_after_args(server: str) -> None:
+    result = geerpc("call", server, "Calc.greet", "--kw", "greeting=hi", "bob", "--timeout", "5")
+    assert (result.returncode, result.stdout) == (0, '"hi, bob"\n')
+
+
+def test_call_prints_bytes_tagged_in_base64(server: str) -> None:
+    result = geerpc("call", server, "Calc.blob", "3")
+    assert (result.returncode, result.stdout) == (0, '{"$bytes": "AAEC"}\n')
+
+
+def test_call_tags_what_json_cannot_carry(server: str) -> None:
+    result = geerpc("call", server, "Calc.odd")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "raw": {"$bytes": "AP8="},
+        "keys": {"$map": [[{"$bytes": "aw=="}, 1]]},
+        "nan": {"$float": "NaN"},
+        "tag": {"$map": [["$bytes", "x"]]},  # a real dict that would read as a tag
+    }
+
+
+def test_call_unknown_method_names_it(server: str) -> None:
+    assert_failed(geerpc("call", server, "Calc.nope"), 1, "geerpc: Calc.nope: ", "'nope'")
+
+
+def test_call_reports_the_remote_exception(server: str) -> None:
+    result = geerpc("call", server, "Calc.div", "1", "0")
+    assert_failed(result, 1)
+    assert result.stderr == "geerpc: Calc.div raised ZeroDivisionError: division by zero\n"
+
+
+def test_call_timeout_exits_3(server: str) -> None:
+    assert_failed(geerpc("call", server, "Calc.sleep", "5", "--timeout", "0.2"), 3,
+                  "geerpc: Calc.sleep timed out after 0.2 s")
+
+
+def test_call_unreachable_server_exits_1() -> None:
+    port = free_port()
+    assert_failed(geerpc("call", f"tcp@127.0.0.1:{port}", "Calc.add", "1", "2"), 1,
+                  f"geerpc: cannot connect to tcp@127.0.0.1:{port}: Connection refused")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["call", "tcp@127.0.0.1:1"], "required: Service.method"),
+    (["call", "nonsense", "Calc.add"], "bad TARGET"),
+    (["call", "tcp@127.0.0.1:1", "Calc.add", "--timeout", "0"], "positive number of seconds"),
+])
+def test_call_usage_errors_exit_2(args: list[str], message: str) -> None:
+    assert_failed(geerpc(*args), 2, message)
+
+
+def test_call_through_the_registry(registry: str, servers: list[str]) -> None:
+    result = geerpc("call", registry, "Calc.add", "20", "22")
+    assert (result.returncode, result.stdout) == (0, "42\n")
+
+
+def test_broadcast_reaches_every_server(registry: str, servers: list[str], tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    result = geerpc("call", registry, "Calc.mark", str(marks), "--broadcast")
+    assert result.returncode == 0, result.stderr
+    pids = marks.read_text().split()
+    assert len(pids) == 2 and len(set(pids)) == 2
+    assert result.stdout.strip() in pids
+
+
+def test_call_through_an_unreachable_registry_says_so() -> None:
+    url = f"http://127.0.0.1:{free_port()}/_geerpc_/registry"
+    assert_failed(geerpc("call", url, "Calc.add", "1", "2"), 1, f"geerpc: registry {url}")
+
+
+# --------------------------------------------------------------------------- list
+
+
+def test_list_prints_an_aligned_table(registry: str, servers: list[str]) -> None:
+    result = geerpc("list", registry)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["ADDRESS", "SERVICES", "AGE"]
+    assert sorted(row.split()[0] for row in rows) == sorted(servers)
+    for row in rows:
+        _, services, age = row.split()
+        assert services == "Calc"
+        assert age.endswith("s") and float(age[:-1]) >= 0
+        assert row.index(services) == header.index("SERVICES")
+        assert len(row) == len(header)  # AGE is right-aligned under its header
+
+
+async def test_list_falls_back_to_the_servers_header() -> None:
+    registry = GeeRPCLikeRegistry()
+    registry.servers = ["tcp@127.0.0.1:9001", "tcp@127.0.0.1:9000"]
+    url = await registry.start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "geerpc", "list", url, env=subprocess_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    finally:
+        await registry.stop()
+    assert proc.returncode == 0, err
+    assert [line.split() for line in out.decode().splitlines()] == [
+        ["ADDRESS", "SERVICES", "AGE"],
+        ["tcp@127.0.0.1:9000", "(unknown)", "-"],
+        ["tcp@127.0.0.1:9001", "(unknown)", "-"],
+    ]
+
+
+def test_list_unreachable_registry_exits_1() -> None:
+    url = f"http://127.0.0.1:{free_port()}/_geerpc_/registry"
+    assert_failed(geerpc("list", url), 1, f"geerpc: cannot reach registry {url}: Connection refused")
+
+
+# --------------------------------------------------------------------------- serve and registry
+
+
+@pytest.mark.parametrize(("spec", "status", "message"), [
+    ("cli_service", 2, "module:attr"),
+    ("no_such_module:Thing", 1, "no module named 'no_such_module'"),
+    ("cli_service:Missing", 1, "has no attribute 'Missing'"),
+    ("cli_service:NeedsArgs", 1, "with no arguments"),
+    ("cli_service:Exploding", 1, "raised RuntimeError: no database"),
+])
+def test_serve_reports_a_bad_object(spec: str, status: int, message: str) -> None:
+    assert_failed(geerpc("serve", spec), status, message)
+
+
+def test_serve_reports_a_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_failed(geerpc("serve", "cli_service:Calc", "--port", str(port)), 1, "cannot listen on")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_stops_on_a_signal_and_leaves_the_registry(registry: str, signum: int) -> None:
+    process = Running("serve", "cli_service:calc", "--name", "Solo", "--registry", registry)
+    try:
+        address = process.first_line()
+        assert geerpc("call", address, "Solo.add", "1", "1").stdout == "2\n"
+        assert address in geerpc("list", registry).stdout
+    finally:
+        status = process.stop(signum)
+    assert status == 0, process.stderr
+    assert "Traceback" not in process.stderr
+    assert address not in geerpc("list", registry).stdout  # deregistered on the way out
+
+
+def test_registry_command_stops_on_sigterm() -> None:
+    process = Running("registry", "--port", "0")
+    try:
+        url = process.first_line()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/_geerpc_/registry")
+    finally:
+        status = process.stop()
+    assert status == 0, process.stderr
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def test_load_object_searches_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cli_here_mod.py").write_text("class Thing:\n    def ping(self):\n        return 'pong'\n")
+    (tmp_path / "cli_broken_mod.py").write_text("x = 1\nraise RuntimeError('boom')\n")
+    monkeypatch.chdir(tmp_path)
+    # As under the console script: the current directory is not on the path.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    for name in ("cli_here_mod", "cli_broken_mod"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert load_object("cli_here_mod:Thing").ping() == "pong"
+    with pytest.raises(CommandError, match=r"RuntimeError: boom \(cli_broken_mod.py, line 2\)"):
+        load_object("cli_broken_mod:Thing")
+
+
+@pytest.mark.parametrize("value", [
+    None, True, 3, -1.5, "text", "", [1, "a"], {"a": {"b": [None]}}, b"", b"\x00\xff",
+    {b"k": 1}, {1: "one", "two": 2}, {"$bytes": "x"}, {"$map": []}, [float("inf"), float("-inf")],
+])
+def test_values_round_trip_through_json_text(value: object) -> None:
+    assert from_json(json.loads(dumps(value))) == value
+
+
+def test_values_nan_and_tags() -> None:
+    assert dumps(float("nan")) == '{"$float": "NaN"}'
+    assert math.isnan(parse_arg('{"$float": "NaN"}'))
+    assert dumps(b"\x00\x01\x02") == '{"$bytes": "AAEC"}'
+    assert to_json({"a": b"x"}) == {"a": {"$bytes": "eA=="}}
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("1", 1), ("abc", "abc"), ('{"a":1}', {"a": 1}), ('"1"', "1"), ("null", None), ("NaN", "NaN"),
+    ("[1, 2", "[1, 2"), ("", ""), ('{"$bytes": "AAE="}', b"\x00\x01"),
+])
+def test_parse_arg(text: str, value: object) -> None:
+    assert parse_arg(text) == value
+
+
+@pytest.mark.parametrize("text", ['{"$bytes": "A"}', '{"$bytes": 1}', '{"$map": [1]}', '{"$float": "x"}'])
+def test_parse_arg_rejects_a_malformed_tag(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_arg(text)
+
+
+def test_table_from_json_and_header() -> None:
+    rows = rows_from_json({"servers": [
+        {"address": "tcp@10.0.0.6:9000", "services": None, "age": 3.5},
+        {"address": "tcp@10.0.0.5:9000", "services": ["Arith", "Calc"], "age": 12.031},
+        {"address": "tcp@10.0.0.7:9000", "services": [], "age": 0},
+    ]})
+    assert format_table(rows or []).splitlines() == [
+        "ADDRESS            SERVICES      AGE",
+        "tcp@10.0.0.5:9000  Arith,Calc  12.0s",
+        "tcp@10.0.0.6:9000  (any)        3.5s",
+        "tcp@10.0.0.7:9000  (none)       0.0s",
+    ]
+    assert rows_from_json({"not": "ours"}) is None
+    assert rows_from_header("b,a") == [Row("a", "(unknown)", None), Row("b", "(unknown)", None)]
+    assert rows_from_header("") == []
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ([], "required: COMMAND"),
+    (["call", "t", "A.b", "--kw", "novalue"], "--kw wants NAME=VALUE"),
+    (["call", "t", "A.b", "--kw", "timeout=1"], "'timeout' cannot be passed"),
+    (["call", "t", "A.b", "1", "--bogus"], "unrecognized arguments: --bogus"),
+    (["call", "t", "A.b", '{"$bytes": "A"}'], "ARG 1"),
+    (["list", "ftp://x"], "not a registry URL"),
+    (["serve", "m:A", "--port", "x"], "not a port number"),
+])
+def test_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["call", "serve", "list"])
+def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "examples:" in capsys.readouterr().out
