@@ -1,10 +1,12 @@
-"""Services for the command-line tests, served with ``geerpc serve tests.cli_service:...``."""
+"""Services for the command-line tests, served with ``geerpc serve cli_service:...`` from tests/."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from typing import Any
+
+import msgpack
 
 
 class Calc:
@@ -35,7 +37,8 @@ class Calc:
 
     def odd(self) -> dict[Any, Any]:
         """Values JSON cannot carry as they are."""
-        return {"raw": b"\x00\xff", "keys": {b"k": 1}, "nan": float("nan"), "tag": {"$bytes": "x"}}
+        return {"raw": b"\x00\xff", "keys": {b"k": 1}, "nan": float("nan"), "tag": {"$bytes": "x"},
+                "when": msgpack.Timestamp(1700000000, 5)}
 
     def mark(self, path: str) -> int:
         """Append this server's pid to ``path``: shows which servers a broadcast reached."""

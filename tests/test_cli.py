@@ -8,6 +8,7 @@ serve the whole module. Readiness is the line a process prints, never a sleep.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import math
 import queue
@@ -19,9 +20,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
 from _registry_helpers import GeeRPCLikeRegistry, free_port
 from conftest import PYTHON, ROOT, subprocess_env
+from etcd_server import EtcdProcess, etcd_binary, etcd_required
 
 from geerpc.cli import CommandError, main
 from geerpc.cli.listing import Row, format_table, rows_from_header, rows_from_json
@@ -144,6 +147,7 @@ def test_call_tags_what_json_cannot_carry(server: str) -> None:
         "keys": {"$map": [[{"$bytes": "aw=="}, 1]]},
         "nan": {"$float": "NaN"},
         "tag": {"$map": [["$bytes", "x"]]},  # a real dict that would read as a tag
+        "when": {"$timestamp": [1700000000, 5]},
     }
 
 
@@ -283,6 +287,29 @@ def test_registry_command_stops_on_sigterm() -> None:
     assert status == 0, process.stderr
 
 
+def test_serve_list_and_call_through_etcd() -> None:
+    binary = etcd_binary()
+    if binary is None or importlib.util.find_spec("aetcd") is None:
+        if etcd_required():
+            pytest.fail("etcd or aetcd missing, and GEERPC_REQUIRE_ETCD=1 requires the etcd tests to run")
+        pytest.skip("needs the etcd binary and aetcd")
+    etcd = EtcdProcess(binary)
+    etcd.start()
+    try:
+        url = etcd.url("cli")
+        process = Running("serve", "cli_service:Calc", "--registry", url)
+        try:
+            address = process.first_line()
+            listed = geerpc("list", url)
+            assert listed.stdout.splitlines()[1].split() == [address, "Calc", "-"]
+            assert geerpc("call", url, "Calc.add", "1", "2").stdout == "3\n"
+        finally:
+            assert process.stop() == 0, process.stderr
+        assert address not in geerpc("list", url).stdout
+    finally:
+        etcd.close()
+
+
 # --------------------------------------------------------------------------- in process
 
 
@@ -302,6 +329,7 @@ def test_load_object_searches_the_current_directory(tmp_path: Path, monkeypatch:
 @pytest.mark.parametrize("value", [
     None, True, 3, -1.5, "text", "", [1, "a"], {"a": {"b": [None]}}, b"", b"\x00\xff",
     {b"k": 1}, {1: "one", "two": 2}, {"$bytes": "x"}, {"$map": []}, [float("inf"), float("-inf")],
+    msgpack.Timestamp(1700000000, 5), {"$timestamp": [0, 0]},
 ])
 def test_values_round_trip_through_json_text(value: object) -> None:
     assert from_json(json.loads(dumps(value))) == value
@@ -322,7 +350,8 @@ def test_parse_arg(text: str, value: object) -> None:
     assert parse_arg(text) == value
 
 
-@pytest.mark.parametrize("text", ['{"$bytes": "A"}', '{"$bytes": 1}', '{"$map": [1]}', '{"$float": "x"}'])
+@pytest.mark.parametrize("text", ['{"$bytes": "A"}', '{"$bytes": 1}', '{"$map": [1]}', '{"$float": "x"}',
+                                  '{"$timestamp": [1, 1000000000]}', '{"$map": [[[1], 2]]}'])
 def test_parse_arg_rejects_a_malformed_tag(text: str) -> None:
     with pytest.raises(ValueError):
         parse_arg(text)

@@ -7,9 +7,10 @@ one-key JSON objects, "tags":
     bytes                       {"$bytes": "<standard base64>"}
     a map with a non-str key    {"$map": [[key, value], ...]}
     NaN, Infinity, -Infinity    {"$float": "NaN"}  ("Infinity", "-Infinity")
+    a msgpack timestamp         {"$timestamp": [seconds, nanoseconds]}  (since the epoch, UTC)
 
-A str-keyed dict that would itself read as a tag (its only key is "$bytes", "$map"
-or "$float") is written as a "$map" too, so every output decodes one way only.
+A str-keyed dict that would itself read as a tag (its only key is one of the tags)
+is written as a "$map" too, so every output decodes one way only.
 Arguments given on the command line are decoded with the same rules, so a result can
 be pasted back as an argument.
 """
@@ -22,9 +23,11 @@ import json
 import math
 from typing import Any, Final
 
+import msgpack
+
 __all__ = ["TAGS", "dumps", "from_json", "parse_arg", "to_json"]
 
-TAGS: Final = frozenset({"$bytes", "$map", "$float"})
+TAGS: Final = frozenset({"$bytes", "$map", "$float", "$timestamp"})
 _FLOATS: Final = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -36,6 +39,8 @@ def to_json(value: Any) -> Any:
         return {"$float": "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")}
     if isinstance(value, list | tuple):
         return [to_json(item) for item in value]
+    if isinstance(value, msgpack.Timestamp):  # the one extension type the protocol lets through
+        return {"$timestamp": [value.seconds, value.nanoseconds]}
     if isinstance(value, dict):
         if all(type(key) is str for key in value) and not (len(value) == 1 and next(iter(value)) in TAGS):
             return {key: to_json(item) for key, item in value.items()}
@@ -70,6 +75,14 @@ def from_json(value: Any) -> Any:
             if body not in _FLOATS:
                 raise ValueError('"$float" wants "NaN", "Infinity" or "-Infinity"')
             return _FLOATS[body]
+        if tag == "$timestamp":
+            if not (isinstance(body, list) and len(body) == 2 and all(type(n) is int for n in body)
+                    and 0 <= body[1] < 10**9):
+                raise ValueError('"$timestamp" wants [seconds, nanoseconds]')
+            try:
+                return msgpack.Timestamp(body[0], body[1])
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f'"$timestamp": {exc}') from None
     return {key: from_json(item) for key, item in value.items()}
 
 
