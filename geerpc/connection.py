@@ -24,7 +24,9 @@ task per call, and writes replies. Design notes:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
+import functools
 import logging
 import sys
 from time import perf_counter
@@ -49,6 +51,8 @@ _STOPPING = "server stopping"
 _EAGER = sys.version_info >= (3, 12)
 _FLUSH_AT = 256 * 1024  # queued reply bytes that are written without waiting for the read's end
 _MAX_ERROR_MESSAGE = 64 * 1024  # characters of an exception's message sent to the caller
+_HOLD_BYTES = 4 * 1024 * 1024  # request bytes held per connection beyond max_in_flight
+_HOLD_MIN = 16  # requests held at least, whatever max_in_flight, so Cancels and EOF get through
 
 
 class _SyncCall(Job):
@@ -74,7 +78,13 @@ class ServerConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._handshake: ServerHandshake | None = ServerHandshake(lambda request: http.route(request, server))
         self._frames = p.FrameDecoder(server.max_frame_size)
-        self._calls: dict[int, asyncio.Task[None]] = {}
+        self._calls: dict[int, asyncio.Task[None] | _SyncCall] = {}
+        # Requests received while max_in_flight calls run: started as calls finish.
+        # Reading goes on meanwhile (so Cancels and EOF are still seen) until the hold
+        # is full, then the socket is paused: that is the backpressure.
+        self._held: collections.OrderedDict[int, tuple[p.Request, Method, int]] = collections.OrderedDict()
+        self._held_bytes = 0
+        self._lost = False
         self._out: list[bytes] = []
         self._out_size = 0
         self._frame_limit = server.max_frame_size  # lowered to the client's own limit if smaller
@@ -127,7 +137,9 @@ class ServerConnection(asyncio.Protocol):
         self._cancel_timer()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        self._lost = True  # from here on nothing new starts
         self._server._connections.discard(self)
+        self._held.clear()
         for seq in list(self._calls):
             self._cancel(seq, _CONNECTION_LOST)
         self._out.clear()
@@ -201,13 +213,19 @@ class ServerConnection(asyncio.Protocol):
     # ------------------------------------------------------------- requests
 
     def _take_frames(self) -> None:
+        if self._lost:
+            return
         server = self._server
         frames = self._frames
-        calls = self._calls
         limit = server.max_in_flight
+        hold = max(limit, _HOLD_MIN)
         taken = 0
         try:
-            while len(calls) < limit and not self._writing_paused:
+            while self._held and len(self._calls) < limit and not self._writing_paused:
+                _, (request, method, size) = self._held.popitem(last=False)
+                self._held_bytes -= size
+                self._start(request, method)
+            while not self._writing_paused and len(self._held) < hold and self._held_bytes < _HOLD_BYTES:
                 payload = frames.next_frame()
                 if payload is None:
                     break
@@ -220,7 +238,8 @@ class ServerConnection(asyncio.Protocol):
         except ProtocolError as exc:
             self._abort(str(exc))
             return
-        if self._reading_paused and len(calls) < limit and not self._writing_paused:
+        if (self._reading_paused and not self._writing_paused and len(self._held) < hold
+                and self._held_bytes < _HOLD_BYTES):
             self._reading_paused = False
             assert self._transport is not None
             self._transport.resume_reading()
@@ -245,7 +264,7 @@ class ServerConnection(asyncio.Protocol):
             return
         assert type(message) is p.Request
         seq = message.seq
-        if seq in self._calls:
+        if seq in self._calls or seq in self._held:
             raise ProtocolError(f"seq {seq} is already in flight")
         server = self._server
         method = server._methods.get(message.service_method)
@@ -255,9 +274,16 @@ class ServerConnection(asyncio.Protocol):
         if server._stopping:
             self._queue(p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", "server is stopping"))
             return
-        args, kwargs = message.args, message.kwargs
+        if method.inline or (len(self._calls) < server.max_in_flight and not self._held):
+            self._start(message, method)
+        else:
+            self._held[seq] = (message, method, len(payload))
+            self._held_bytes += len(payload)
+
+    def _start(self, message: p.Request, method: Method) -> None:
+        seq, args, kwargs = message.seq, message.args, message.kwargs
         start = perf_counter()
-        if method.inline:
+        if method.inline:  # cannot suspend: runs to the end now, needs no slot
             try:
                 result = contextvars.copy_context().run(_start_inline, method, args, kwargs)
             except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
@@ -274,10 +300,14 @@ class ServerConnection(asyncio.Protocol):
             coroutine = self._run(seq, method, args, kwargs, timeout, start)
             if _EAGER:
                 task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
-                if not task.done():
-                    self._calls[seq] = task
+                if task.done():
+                    return
             else:
-                self._calls[seq] = self._loop.create_task(coroutine)
+                task = self._loop.create_task(coroutine)
+            self._calls[seq] = task
+            # Cleaned up by a callback, not in _run: a task cancelled before its first
+            # step (a Cancel in the same read as its Request) never runs _run at all.
+            task.add_done_callback(functools.partial(self._task_done, seq))
             return
         call = _SyncCall(method.func, args, kwargs, self._sync_done)
         call.seq, call.method, call.timer, call.start = seq, method, None, start
@@ -318,7 +348,10 @@ class ServerConnection(asyncio.Protocol):
             self._reply(self._failure(seq, method, args, kwargs, exc))
         finally:
             method.record(perf_counter() - start, ok)
-            self._calls.pop(seq, None)
+
+    def _task_done(self, seq: int, task: asyncio.Task[None]) -> None:
+        if self._calls.get(seq) is task:
+            del self._calls[seq]
             self._call_ended()
 
     def _sync_done(self, job: Job, ok: bool, value: Any) -> None:
@@ -343,6 +376,10 @@ class ServerConnection(asyncio.Protocol):
         self._call_ended()
 
     def _cancel(self, seq: int, reason: str) -> None:
+        held = self._held.pop(seq, None)
+        if held is not None:  # never started: forget it (no reply: the caller gave up)
+            self._held_bytes -= held[2]
+            return
         call = self._calls.get(seq)
         if call is None:
             return
@@ -358,7 +395,7 @@ class ServerConnection(asyncio.Protocol):
         self._call_ended()
 
     def _call_ended(self) -> None:
-        if self._reading_paused:
+        if self._held or self._reading_paused:
             self._take_frames()
         if not self._calls and self._server._stopping:
             self._server._check_drained()
@@ -435,9 +472,13 @@ class ServerConnection(asyncio.Protocol):
 
     @property
     def in_flight(self) -> int:
-        return len(self._calls)
+        return len(self._calls) + len(self._held)
 
     def cancel_calls(self) -> None:
+        for seq in list(self._held):  # never started: answer them Unavailable
+            request, method, _ = self._held.pop(seq)
+            self._reply(_stopped_error(seq, method))
+        self._held_bytes = 0
         for seq in list(self._calls):
             self._cancel(seq, _STOPPING)
 

@@ -231,7 +231,8 @@ class Server:
         log.info("stopped %s", self.address)
 
     def _check_drained(self) -> None:
-        if self._drained is not None and not any(c.in_flight for c in self._connections):
+        # Only while stopping: a connection that closed earlier must not pre-set it.
+        if self._stopping and self._drained is not None and not any(c.in_flight for c in self._connections):
             self._drained.set()
 
     async def __aenter__(self) -> Server:
