@@ -77,7 +77,9 @@ class _LoopThread:
             # Only close() cancels what is left on the loop.
             raise ConnectionClosed(f"{type(self).__name__} closed during the call") from None
         except BaseException:
-            future.cancel()  # KeyboardInterrupt and the like: the call must not run on unseen
+            # The wait was interrupted (KeyboardInterrupt): cancel the call on the loop,
+            # which also tells the server. A no-op when the call itself raised.
+            future.cancel()
             raise
 
     def _stop(self, last: Coroutine[Any, Any, None] | None) -> None:
