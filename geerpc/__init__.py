@@ -22,6 +22,7 @@ from .errors import (
     Unavailable,
 )
 from .server import Server
+from .sync import SyncClient, SyncXClient
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,8 @@ __all__ = [
     "RemoteError",
     "Server",
     "ServiceNotFound",
+    "SyncClient",
+    "SyncXClient",
     "Timeout",
     "Unavailable",
     "dial",

@@ -11,6 +11,7 @@ ConnectionClosed (GeeRPC's ``terminateCalls``), never at its timeout.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from types import TracebackType
 from typing import Any, cast
@@ -208,6 +209,8 @@ class Client:
             raise conn.error
         if timeout is not None and not timeout > 0:
             raise ValueError("timeout must be a positive number of seconds or None")
+        if not conn.writable.is_set():
+            timeout = await self._wait_writable(service_method, timeout)
         self._seq = seq = self._seq + 1
         try:
             data = p.encode_request(seq, service_method, args, kwargs, timeout)
@@ -221,8 +224,6 @@ class Client:
         conn.transport.write(data)
         timer = None if timeout is None else conn.loop.call_later(timeout, conn.expire, seq, service_method, timeout)
         try:
-            if not conn.writable.is_set():
-                await conn.writable.wait()  # the server is not reading: wait, do not buffer
             return await future
         except asyncio.CancelledError:
             if conn.pending.pop(seq, None) is not None:
@@ -231,6 +232,31 @@ class Client:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    async def _wait_writable(self, service_method: str, timeout: float | None) -> float | None:
+        """The server is not reading: wait, within the call's timeout, before writing more.
+
+        Returns the time left of ``timeout``. Raises CallTimeout, or ConnectionClosed
+        if the connection goes meanwhile.
+        """
+        conn = self._conn
+        loop = conn.loop
+        start = loop.time()
+        try:
+            async with asyncio.timeout(timeout):
+                while not conn.writable.is_set():
+                    await conn.writable.wait()
+        except TimeoutError:
+            raise CallTimeout(f"{service_method} timed out after {timeout:g} s: the server is not "
+                              "reading its connection") from None
+        if conn.error is not None:
+            raise conn.error
+        if timeout is None:
+            return None
+        left = timeout - (loop.time() - start)
+        if left <= 0:
+            raise CallTimeout(f"{service_method} timed out after {timeout:g} s")
+        return left
 
     async def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionClosed. Idempotent."""
@@ -298,7 +324,9 @@ async def dial(
         raise ConnectTimeout(f"dialing {address} took longer than {connect_timeout:g} s") from None
     except OSError as exc:
         _abort(conn)
-        raise ConnectError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+        # asyncio words a refusal "Connect call failed (...)": say what the OS says
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConnectError(f"cannot connect to {address}: {reason}") from exc
     except BaseException:
         _abort(conn)
         raise

@@ -83,6 +83,7 @@ class Server:
         self._announcement: _Announcement | None = None
         self._stopping = False
         self._stop_task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._drained: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self.address: str | None = None
@@ -137,6 +138,27 @@ class Server:
         loop = asyncio.get_running_loop()
         self._drained = asyncio.Event()
         self._stopped = asyncio.Event()
+        # stop() called while this runs waits for it, so nothing started here is missed
+        self._starting = loop.create_future()
+        try:
+            await self._listen(loop, host, port)
+            if registry is not None:
+                from .registry import announce
+
+                assert self.address is not None
+                self._announcement = await announce(registry, self.address, sorted(self._services))
+        except BaseException:
+            self._starting.set_result(None)
+            await self.stop(grace=0)
+            raise
+        self._starting.set_result(None)
+        if self._stopping:
+            raise RuntimeError("server stopped while it was starting")
+        self.started_at = time.monotonic()
+        log.info("serving %s on %s", ", ".join(sorted(self._services)) or "no services", self.address)
+        return self.address
+
+    async def _listen(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
         factory = lambda: ServerConnection(self)  # noqa: E731
         if host.startswith("unix@"):
             path = host[len("unix@"):]
@@ -145,29 +167,18 @@ class Server:
             self._listener = await loop.create_unix_server(factory, path)
             self._unix_path = path
             self.address = f"unix@{path}"
-        else:
-            if "@" in host:
-                scheme, _, rest = host.partition("@")
-                if scheme != "tcp":
-                    raise ValueError(f"cannot listen on {host!r}: want host, tcp@host:port or unix@path")
-                host, _, port_text = rest.rpartition(":")
-                host = host.strip("[]")
-                port = int(port_text)
-            self._listener = await loop.create_server(factory, host, port, reuse_address=True)
-            sockname = self._listener.sockets[0].getsockname()
-            shown = f"[{sockname[0]}]" if self._listener.sockets[0].family == socket.AF_INET6 else sockname[0]
-            self.address = f"tcp@{shown}:{sockname[1]}"
-        if registry is not None:
-            from .registry import announce
-
-            try:
-                self._announcement = await announce(registry, self.address, sorted(self._services))
-            except BaseException:
-                await self.stop(grace=0)
-                raise
-        self.started_at = time.monotonic()
-        log.info("serving %s on %s", ", ".join(sorted(self._services)) or "no services", self.address)
-        return self.address
+            return
+        if "@" in host:
+            scheme, _, rest = host.partition("@")
+            if scheme != "tcp":
+                raise ValueError(f"cannot listen on {host!r}: want host, tcp@host:port or unix@path")
+            host, _, port_text = rest.rpartition(":")
+            host = host.strip("[]")
+            port = int(port_text)
+        self._listener = await loop.create_server(factory, host, port, reuse_address=True)
+        sockname = self._listener.sockets[0].getsockname()
+        shown = f"[{sockname[0]}]" if self._listener.sockets[0].family == socket.AF_INET6 else sockname[0]
+        self.address = f"tcp@{shown}:{sockname[1]}"
 
     async def serve_forever(self) -> None:
         """Wait until the server is stopped; cancelling this stops it."""
@@ -192,6 +203,8 @@ class Server:
         await asyncio.shield(self._stop_task)
 
     async def _stop(self, grace: float) -> None:
+        if self._starting is not None:
+            await self._starting  # a start in progress finishes first: then all it made is known
         if self._announcement is not None:
             try:
                 await self._announcement.stop()

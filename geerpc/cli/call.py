@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from ..address import parse_address
@@ -57,7 +56,7 @@ def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any
             raise CommandError(f"{service_method}: {exc}") from None
         raise CommandError(f"{service_method} raised {exc.type}: {exc}") from None
     except ConnectError as exc:
-        raise CommandError(_connect_message(exc)) from None
+        raise CommandError(str(exc)) from None
     except ConnectTimeout as exc:
         raise CommandError(str(exc), EXIT_TIMEOUT) from None
     except TimeoutError:  # CallTimeout, or our own deadline passing while looking up servers
@@ -115,16 +114,3 @@ def _discovery(url: str, timeout: float) -> Discovery:
 
     # One call, then exit: no watch, and a request timeout within the command's.
     return RegistryDiscovery(url, watch=False, timeout=min(timeout, 5.0))
-
-
-def _connect_message(exc: ConnectError) -> str:
-    """The error's message, naming the OS error as the OS does ("Connection refused").
-
-    asyncio words a refused connection as "Connect call failed ('127.0.0.1', 1)",
-    which hides the reason; the errno it carries says it plainly.
-    """
-    cause = exc.__cause__
-    message = str(exc)
-    if isinstance(cause, OSError) and cause.errno and cause.strerror and cause.strerror in message:
-        message = message.replace(cause.strerror, os.strerror(cause.errno))
-    return message

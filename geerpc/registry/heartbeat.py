@@ -131,17 +131,15 @@ class Heartbeat:
             return
         self._stopped = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
         self._first.set()  # wait_first() must not hang on a heartbeat stopped before its first POST
         try:
+            if task is not None:
+                task.cancel()
+                # gather returns the task's own CancelledError but lets the caller's through
+                await asyncio.gather(task, return_exceptions=True)
             if self._attempted:
                 await self._deregister()
-        finally:
+        finally:  # also when the caller is cancelled meanwhile: never leak the session
             if self._session is not None:
                 await self._session.close()
                 self._session = None

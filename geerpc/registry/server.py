@@ -171,10 +171,7 @@ class Registry:
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             sweeper.cancel()
-            try:
-                await sweeper
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(sweeper, return_exceptions=True)  # the caller's cancellation still propagates
         await runner.cleanup()
         log.info("registry at %s stopped", self.url)
 

@@ -82,7 +82,14 @@ class XClient:
             task = asyncio.ensure_future(self._dial(address))
             self._dials[address] = task
         # shield: one caller giving up must not cancel a dial others are waiting for
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # close() cancelled the dial, not anyone who called us
+                raise ConnectionClosed("XClient closed while dialing") from None
+            raise
 
     async def _dial(self, address: str) -> Client:
         try:
@@ -132,16 +139,25 @@ class XClient:
         tried: set[str] = set()
         last_error: BaseException | None = None
         while True:
-            address = await self._pick(service, tried, last_error)
-            tried.add(address)
             client: Client | None = None
+            # one deadline for discovery, dial and call alike
             try:
-                remaining = _remaining(deadline, loop)
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(_remaining(deadline, loop)):
+                    address = await self._pick(service, tried, last_error)  # raises when all failed
+            except TimeoutError as exc:
+                if isinstance(exc, CallTimeout):
+                    raise
+                raise CallTimeout(f"{service_method} timed out after {timeout:g} s finding a server") from None
+            tried.add(address)
+            try:
+                async with asyncio.timeout(_remaining(deadline, loop)):
                     client = await self._client(address)
                 return await client.call(service_method, *args, timeout=_remaining(deadline, loop), **kwargs)
             except _FAILOVER_ERRORS as exc:
-                self._forget(address, client)
+                if not isinstance(exc, Unavailable):
+                    # Unavailable: the server is stopping but drains calls others have on
+                    # this connection; stop choosing it (it is deregistering) but keep it.
+                    self._forget(address, client)
                 if not self.failover:
                     raise
                 log.info("%s failed on %s (%s); failing over", service_method, address, exc)
@@ -149,7 +165,8 @@ class XClient:
             except TimeoutError as exc:
                 if isinstance(exc, CallTimeout):
                     raise
-                raise CallTimeout(f"{service_method} timed out after {timeout:g} s (dialing {address})") from None
+                raise CallTimeout(f"{service_method} timed out after {timeout:g} s "
+                                  f"dialing {address}") from None
             await self._prune()
 
     async def _pick(self, service: str | None, tried: set[str], last_error: BaseException | None) -> str:
@@ -173,19 +190,26 @@ class XClient:
         """
         self._check_open()
         service = service_method.rpartition(".")[0] or None
-        servers = await self.discovery.get_all(service)
-        await self._prune()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            async with asyncio.timeout(_remaining(deadline, loop)):
+                servers = await self.discovery.get_all(service)
+                await self._prune()
+        except TimeoutError as exc:
+            if isinstance(exc, CallTimeout):
+                raise
+            raise CallTimeout(f"broadcast of {service_method} timed out after {timeout:g} s "
+                              "finding the servers") from None
         if not servers:
             what = f" offering {service!r}" if service else ""
             raise NoServerAvailable(f"no server{what} to broadcast {service_method} to")
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
 
         async def one(address: str) -> Any:
             client = await self._client(address)
             try:
                 return await client.call(service_method, *args, timeout=_remaining(deadline, loop), **kwargs)
-            except (ConnectionClosed, Unavailable):
+            except ConnectionClosed:
                 self._forget(address, client)
                 raise
 
@@ -197,6 +221,8 @@ class XClient:
                 done, pending = await asyncio.wait(pending, timeout=_remaining(deadline, loop),
                                                    return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
+                    if task.cancelled():  # only close() cancels these from outside
+                        raise ConnectionClosed("XClient closed during the broadcast")
                     error = task.exception()
                     if isinstance(error, CallTimeout) and deadline is not None and loop.time() >= deadline:
                         error = None  # the broadcast's own deadline: reported below
