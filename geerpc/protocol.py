@@ -186,7 +186,8 @@ class FrameDecoder:
         if available < 4 + size:
             return None
         end = pos + 4 + size
-        payload = bytes(buffer[pos + 4 : end])
+        with memoryview(buffer) as view:  # one copy (slicing the bytearray, then bytes(), is two)
+            payload = bytes(view[pos + 4 : end])
         self._pos = end
         return payload
 
