@@ -43,7 +43,7 @@ def _remote_error(code: int, type_name: str, message: str) -> GeeRPCError:
     return cls(type_name, message)
 
 
-class _ClientConnection(asyncio.Protocol):
+class _ClientConnection(asyncio.BufferedProtocol):
     def __init__(self, address: str, max_frame_size: int, option: bytes, via_http: bool) -> None:
         self.address = address
         self._option_line = option
@@ -70,7 +70,19 @@ class _ClientConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         transport.write(http.connect_request() if self._http is not None else self._option_line)
 
-    def data_received(self, data: bytes) -> None:
+    # asyncio.BufferedProtocol: the transport reads straight into the frame decoder's
+    # buffer, so a read costs no allocation (large replies otherwise cost an mmap each).
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._frames.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._frames.buffer_updated(nbytes)
+        if self._http is not None or self._option is not None:
+            self._handshake(self._frames.take_all())
+        else:
+            self._take_replies()
+
+    def _handshake(self, data: bytes) -> None:
         if self._http is not None:
             try:
                 head, data = self._http.feed(data)
@@ -105,8 +117,11 @@ class _ClientConnection(asyncio.Protocol):
                 self.handshake.set_result(option)
             if not data:
                 return
+        self._frames.feed(data)
+        self._take_replies()
+
+    def _take_replies(self) -> None:
         frames = self._frames
-        frames.feed(data)
         pending = self.pending
         try:
             while (payload := frames.next_frame()) is not None:
