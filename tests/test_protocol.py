@@ -761,3 +761,57 @@ def test_property_any_option_bytes_give_option_or_protocol_error(data, cuts):
                 break
     except ProtocolError:
         pass
+
+
+# --------------------------------------------------------------------------- receiving into the buffer
+
+
+def _receive(decoder: p.FrameDecoder, data: bytes, chunk: int) -> list[bytes]:
+    """Deliver ``data`` as a transport using BufferedProtocol would, ``chunk`` bytes per read."""
+    frames = []
+    pos = 0
+    while pos < len(data):
+        view = decoder.get_buffer(-1)  # like asyncio, keep the view alive across buffer_updated
+        n = min(chunk, len(view), len(data) - pos)
+        view[:n] = data[pos : pos + n]
+        decoder.buffer_updated(n)
+        pos += n
+        while (payload := decoder.next_frame()) is not None:
+            frames.append(payload)
+    return frames
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4096, 1 << 20])
+def test_buffered_receive_small_and_large_frames(chunk):
+    payloads = [b"a", b"b" * 100, bytes(range(256)) * 1024, b"c" * 70_000, b"d"]
+    stream = b"".join(p.frame(x) for x in payloads)
+    decoder = p.FrameDecoder()
+    assert _receive(decoder, stream, chunk) == payloads
+    assert decoder.pending == 0
+
+
+def test_buffered_receive_grows_for_a_large_frame_then_shrinks_back():
+    decoder = p.FrameDecoder()
+    big = b"x" * (3 * 1024 * 1024)
+    assert _receive(decoder, p.frame(big), 65536) == [big]
+    assert len(decoder._buffer) >= len(big)
+    assert _receive(decoder, p.frame(b"small"), 65536) == [b"small"]
+    assert len(decoder._buffer) <= 1024 * 1024  # the memory of the large frame was given back
+
+
+def test_buffered_receive_rejects_bad_length_before_the_body():
+    decoder = p.FrameDecoder(max_frame_size=1024)
+    view = decoder.get_buffer(-1)
+    view[:4] = (1025).to_bytes(4, "big")
+    decoder.buffer_updated(4)
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()
+    assert len(decoder.get_buffer(-1)) < 1025 + 1024 * 64  # no room was made for the bogus body
+
+
+def test_feed_and_buffered_receive_mix():
+    decoder = p.FrameDecoder()
+    decoder.feed(p.frame(b"one")[:3])
+    assert _receive(decoder, p.frame(b"one")[3:] + p.frame(b"two"), 2) == [b"one", b"two"]
+    decoder.feed(p.frame(b"three"))
+    assert decoder.take_all() == p.frame(b"three") and decoder.pending == 0
