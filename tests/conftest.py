@@ -55,6 +55,44 @@ class Arith:
 
 
 @pytest.fixture
+async def browser():
+    """A headless Chromium; skipped without one, unless GEERPC_REQUIRE_BROWSER=1."""
+    from browser import Browser, find_chromium
+
+    executable = find_chromium()
+    if executable is None:
+        if os.environ.get("GEERPC_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium is required (GEERPC_REQUIRE_BROWSER=1) but not installed")
+        pytest.skip("chromium is not installed")
+    b = Browser(executable)
+    try:
+        await b.start()
+        yield b
+    finally:
+        await b.close()
+
+
+@pytest.fixture
+async def registry():
+    """A registry on 127.0.0.1, a free port, with GeeRPC's 5-minute timeout."""
+    from geerpc.registry import Registry
+
+    async with Registry(timeout=300) as reg:
+        yield reg
+
+
+@pytest.fixture
+async def geerpc_like():
+    """A registry that speaks only GeeRPC's two headers, as the Go original does."""
+    from _registry_helpers import GeeRPCLikeRegistry
+
+    fake = GeeRPCLikeRegistry()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
 def arith() -> Arith:
     return Arith()
 

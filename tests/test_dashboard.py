@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from browser import Browser, find_chromium
+from browser import Browser
 
 import geerpc
 from geerpc.registry import Registry
@@ -26,21 +26,6 @@ LATE = "tcp@127.0.0.1:9003"
 # What a person sees in the table: one list of cell texts per row.
 ROWS = "[...document.querySelectorAll('#rows tr')].map(r => [...r.cells].map(c => c.innerText.trim()))"
 VISIBLE = "(id) => !document.getElementById(id).hidden"
-
-
-@pytest.fixture
-async def browser():
-    executable = find_chromium()
-    if executable is None:
-        if os.environ.get("GEERPC_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium is required (GEERPC_REQUIRE_BROWSER=1) but not installed")
-        pytest.skip("chromium is not installed")
-    b = Browser(executable)
-    try:
-        await b.start()
-        yield b
-    finally:
-        await b.close()
 
 
 @pytest.fixture

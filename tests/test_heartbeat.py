@@ -10,25 +10,11 @@ import types
 
 import aiohttp
 import pytest
-from _registry_helpers import GeeRPCLikeRegistry, RegistryProcess, free_port, wait_until
+from _registry_helpers import RegistryProcess, free_port, wait_until
 
 from geerpc.registry import DEFAULT_PERIOD, Heartbeat, Registry, announce, heartbeat, period_for
 
 A = "tcp@127.0.0.1:9001"
-
-
-@pytest.fixture
-async def registry():
-    async with Registry(timeout=300) as registry:
-        yield registry
-
-
-@pytest.fixture
-async def geerpc_like():
-    fake = GeeRPCLikeRegistry()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture

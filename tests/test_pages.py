@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
-from browser import Browser, find_chromium
 
 import geerpc
-
-
-@pytest.fixture
-async def browser():
-    executable = find_chromium()
-    if executable is None:
-        if os.environ.get("GEERPC_REQUIRE_BROWSER") == "1":
-            pytest.fail("chromium is required (GEERPC_REQUIRE_BROWSER=1) but not installed")
-        pytest.skip("chromium is not installed")
-    b = Browser(executable)
-    try:
-        await b.start()
-        yield b
-    finally:
-        await b.close()
 
 
 async def test_debug_page_shows_services_methods_and_numbers(browser, server, client, tmp_path):

@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import pytest
-from _registry_helpers import GeeRPCLikeRegistry, RegistryProcess, free_port, wait_until
+from _registry_helpers import RegistryProcess, free_port, wait_until
 from aiohttp import web
 
 from geerpc.errors import NoServerAvailable, RegistryError
@@ -21,20 +21,6 @@ from geerpc.xclient.selection import SelectMode
 A = "tcp@127.0.0.1:9001"
 B = "tcp@127.0.0.1:9002"
 C = "tcp@127.0.0.1:9003"
-
-
-@pytest.fixture
-async def registry():
-    async with Registry(timeout=300) as registry:
-        yield registry
-
-
-@pytest.fixture
-async def geerpc_like():
-    fake = GeeRPCLikeRegistry()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture
