@@ -59,6 +59,10 @@ class _SyncCall(Job):
     """A plain ``def`` call handed to the worker threads."""
 
     __slots__ = ("seq", "method", "timer", "start")
+    seq: int
+    method: Method
+    timer: asyncio.TimerHandle | None
+    start: float
 
 
 def _start_inline(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:

@@ -47,7 +47,7 @@ class RemoteError(GeeRPCError):
         super().__init__(message)
         self.type = type
 
-    def __reduce__(self):  # keep pickling/copying working with the extra argument
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str]]:  # copy/pickle keep .type
         return (self.__class__, (self.type, str(self)))
 
 

@@ -15,6 +15,7 @@ import enum
 import json
 import math
 import struct
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 import msgpack
@@ -280,7 +281,7 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 
 _UNPACK_OPTIONS: Final[dict[str, Any]] = {"raw": False, "strict_map_key": True, "ext_hook": _reject_ext}
-_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 _unpackb = msgpack.unpackb
 # What msgpack raises for bytes that do not decode (StackError and FormatError are
 # ValueError subclasses; ExtraData too).

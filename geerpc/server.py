@@ -156,6 +156,7 @@ class Server:
             raise RuntimeError("server stopped while it was starting")
         self.started_at = time.monotonic()
         log.info("serving %s on %s", ", ".join(sorted(self._services)) or "no services", self.address)
+        assert self.address is not None
         return self.address
 
     async def _listen(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:

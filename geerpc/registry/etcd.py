@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_TTL", "EtcdClients", "Etcd
            "parse_etcd_url", "register", "_import_aetcd"]
 
 if TYPE_CHECKING:
-    import aetcd  # type: ignore[import-untyped]
+    import aetcd
 
 logger = logging.getLogger("geerpc.registry.etcd")
 

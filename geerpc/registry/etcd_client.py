@@ -26,7 +26,7 @@ from ..address import parse_address
 from ..errors import RegistryError
 
 if TYPE_CHECKING:
-    import aetcd  # type: ignore[import-untyped]
+    import aetcd
 
 __all__ = ["CALL_TIMEOUT", "DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_TTL", "EtcdClients", "EtcdURL",
            "parse_etcd_url"]

@@ -24,7 +24,7 @@ from ..registry.etcd_client import EtcdClients, _Backoff, _cancel_and_wait, _Tro
 from .discovery import ServerList
 
 if TYPE_CHECKING:
-    import aetcd  # type: ignore[import-untyped]
+    import aetcd
 
 __all__ = ["FIRST_LIST_TIMEOUT", "EtcdDiscovery"]
 
