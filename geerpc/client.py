@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from types import TracebackType
 from typing import Any, cast
 
@@ -20,9 +19,19 @@ from . import http
 from . import protocol as p
 from .address import parse_address
 from .errors import (
-    CallTimeout, ConnectError, ConnectionClosed, ConnectTimeout, GeeRPCError, InvalidArguments,
-    MethodNotFound, ProtocolError, RemoteError, ServiceNotFound, Unavailable,
+    CallTimeout,
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    GeeRPCError,
+    InvalidArguments,
+    MethodNotFound,
+    ProtocolError,
+    RemoteError,
+    ServiceNotFound,
+    Unavailable,
 )
+from .tcp import enable_keepalive
 
 __all__ = ["Client", "dial"]
 
@@ -64,7 +73,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
         self.transport = transport = cast(asyncio.Transport, transport)
-        _enable_keepalive(transport)
+        enable_keepalive(transport)
         # asyncio's default high-water mark (64 KiB) is below one 64 KiB request, so
         # every large call would wait for a drain; wait only when a real backlog builds.
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
@@ -351,18 +360,3 @@ async def dial(
 def _abort(conn: _ClientConnection | None) -> None:
     if conn is not None and conn.transport is not None:
         conn.transport.abort()
-
-
-def _enable_keepalive(transport: asyncio.Transport) -> None:
-    """Let the kernel notice a peer that vanished without a FIN (half-open TCP)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    except OSError:
-        pass

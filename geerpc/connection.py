@@ -37,6 +37,7 @@ from . import protocol as p
 from .errors import ProtocolError
 from .handshake import ServerHandshake
 from .service import Method, argument_error
+from .tcp import enable_keepalive
 from .workers import Job
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             transport.close()
             return
         server._connections.add(self)
+        enable_keepalive(transport)
         self._timer = self._loop.call_later(server.handshake_timeout, self._abort, "no Option in time")
 
     # asyncio.BufferedProtocol: the transport reads straight into the frame decoder's

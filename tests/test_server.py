@@ -166,3 +166,11 @@ async def test_idle_timeout_closes_quiet_connections_but_not_busy_ones(arith):
         finally:
             await idle.close()
             await busy.close()
+
+
+async def test_accepted_and_dialed_tcp_sockets_use_keepalive(server, client):
+    import socket
+
+    assert client._conn.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    (conn,) = server._connections
+    assert conn._transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
