@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -174,3 +175,85 @@ async def test_accepted_and_dialed_tcp_sockets_use_keepalive(server, client):
     assert client._conn.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
     (conn,) = server._connections
     assert conn._transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+
+
+class Slow:
+    def __init__(self) -> None:
+        import threading
+
+        self.finished = threading.Event()
+
+    def block(self, seconds):
+        time.sleep(seconds)
+        self.finished.set()
+        return seconds
+
+
+async def test_blocking_def_past_its_deadline_times_out_and_its_late_result_is_dropped(arith):
+    slow = Slow()
+    server = geerpc.Server(handle_timeout=0.1)
+    server.register(slow)
+    server.register(arith)
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        async with server:
+            await server.start("127.0.0.1", 0)
+            async with await geerpc.dial(server.address) as client:
+                with pytest.raises(geerpc.CallTimeout, match="within 0.1"):
+                    await client.call("Slow.block", 0.3)  # a thread cannot be stopped
+                (conn,) = server._connections
+                assert not conn._calls  # the slot is free at the deadline, not when the thread ends
+                assert await client.call("Arith.mul", 6, 7) == 42
+                await _until(slow.finished.is_set)  # the thread ends; its result goes nowhere
+                assert await client.call("Arith.add", 1, 1) == 2
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_cancelling_a_blocking_def_call_frees_its_slot(arith):
+    server = geerpc.Server(max_in_flight=1)
+    server.register(arith)
+    async with server:
+        await server.start("127.0.0.1", 0)
+        async with await geerpc.dial(server.address) as client:
+            blocked = asyncio.ensure_future(client.call("Arith.block", 0.5))
+            (conn,) = await _connections(server)
+            await _until(lambda: len(conn._calls) == 1)
+            blocked.cancel()
+            await asyncio.gather(blocked, return_exceptions=True)
+            await _until(lambda: not conn._calls)
+            async with asyncio.timeout(0.4):  # well before the blocked thread is done
+                assert await client.call("Arith.add", 2, 3) == 5
+
+
+async def test_stop_answers_running_and_held_calls_unavailable(arith):
+    gate = Gate()
+    server = geerpc.Server(max_in_flight=1)
+    server.register(gate)
+    server.register(arith)
+    await server.start("127.0.0.1", 0)
+    async with await geerpc.dial(server.address) as client:
+        calls = [asyncio.ensure_future(client.call("Gate.wait", i)) for i in range(3)]
+        blocking = asyncio.ensure_future(client.call("Arith.block", 0.3))
+        await gate.all_entered.wait()  # one runs; the others are held at the cap
+        (conn,) = server._connections
+        await _until(lambda: len(conn._held) == 3)
+        await server.stop(grace=0.05)
+        results = await asyncio.gather(*calls, blocking, return_exceptions=True)
+        assert all(isinstance(r, geerpc.Unavailable) for r in results), results
+
+
+async def _connections(server):
+    await _until(lambda: bool(server._connections))
+    return list(server._connections)
+
+
+async def _until(condition, timeout: float = 2.0):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
