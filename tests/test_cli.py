@@ -20,9 +20,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import msgpack
 import pytest
 from _registry_helpers import GeeRPCLikeRegistry, free_port
+from aiohttp import web
 from conftest import PYTHON, ROOT, subprocess_env
 from etcd_server import EtcdProcess, etcd_binary, etcd_required
 
@@ -234,6 +236,113 @@ async def test_list_falls_back_to_the_servers_header() -> None:
         ["tcp@127.0.0.1:9000", "(unknown)", "-"],
         ["tcp@127.0.0.1:9001", "(unknown)", "-"],
     ]
+
+
+async def run_geerpc(*args: str) -> tuple[int, str, str]:
+    """``python -m geerpc ARGS`` from a test that keeps its own loop serving meanwhile."""
+    proc = await asyncio.create_subprocess_exec(PYTHON, "-m", "geerpc", *args, cwd=TESTS, env=subprocess_env(),
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def many_addresses(n: int) -> list[str]:
+    return [f"tcp@10.0.{i // 250}.{i % 250}:{9000 + i}" for i in range(n)]
+
+
+async def test_list_reads_a_registry_with_thousands_of_servers() -> None:
+    # 4,000 addresses make an X-Geerpc-Servers header of about 80 KiB, past
+    # http.client's 64 KiB line limit; the registry sends it with every GET.
+    from geerpc.registry import Registry
+
+    addresses = many_addresses(4000)
+    async with Registry(timeout=300, max_servers=5000) as registry:
+        async with aiohttp.ClientSession() as session:
+            async def announce(address: str) -> None:
+                async with session.post(registry.url, headers={"X-Geerpc-Server": address}) as response:
+                    assert response.status == 200
+
+            await asyncio.gather(*(announce(address) for address in addresses))
+        status, out, err = await run_geerpc("list", registry.url)
+    assert (status, err) == (0, "")
+    header, *rows = out.splitlines()
+    assert header.split() == ["ADDRESS", "SERVICES", "AGE"]
+    assert [row.split()[:2] for row in rows] == [[address, "(any)"] for address in sorted(addresses)]
+
+
+async def test_list_reads_a_huge_servers_header() -> None:
+    registry = GeeRPCLikeRegistry()  # the header and nothing else
+    registry.servers = many_addresses(4000)
+    url = await registry.start()
+    try:
+        status, out, err = await run_geerpc("list", url)
+    finally:
+        await registry.stop()
+    assert (status, err) == (0, "")
+    assert len(out.splitlines()) == 4001
+
+
+async def test_list_falls_back_to_the_header_when_the_body_is_over_the_cap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from geerpc.cli import listing
+
+    async def oversized(request: web.Request) -> web.StreamResponse:
+        document = {"servers": [{"address": "tcp@127.0.0.1:1", "services": None, "age": 1.0}]}
+        return web.json_response(document, headers={"X-Geerpc-Servers": "tcp@127.0.0.1:2"})
+
+    monkeypatch.setattr(listing, "_MAX_BODY", 10)
+    registry = GeeRPCLikeRegistry()
+    registry.override = oversized
+    url = await registry.start()
+    try:
+        rows = await listing._get_rows(url)
+    finally:
+        await registry.stop()
+    assert rows == [Row("tcp@127.0.0.1:2", "(unknown)", None)]
+
+
+async def test_list_timeout_bounds_a_registry_that_drips_its_reply() -> None:
+    # One byte every 0.2 s: each read is quick, the whole reply never is.
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        await reader.readuntil(b"\r\n\r\n")
+        reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b" " * 100
+        try:
+            for i in range(len(reply)):
+                writer.write(reply[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, out, err = await run_geerpc("list", f"http://127.0.0.1:{port}/r", "--timeout", "1")
+        elapsed = loop.time() - started
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+    assert (status, out) == (3, "")
+    assert err == f"geerpc: registry http://127.0.0.1:{port}/r did not answer within 1 s\n"
+    assert elapsed < 8  # 1 s, plus the interpreter starting; the drip alone takes 20 s
 
 
 def test_list_unreachable_registry_exits_1() -> None:

@@ -1,9 +1,10 @@
 """``geerpc list REGISTRY_URL``: a registry's live servers as an aligned table.
 
 The command layer over the registry's HTTP API (docs/registry.md): one GET asking
-for JSON, read with the standard library. A registry that only speaks GeeRPC's
-headers still answers ``X-Geerpc-Servers``, so the table falls back to that with the
-services and ages unknown. An ``etcd://`` URL is listed through ``EtcdDiscovery``
+for JSON, read with aiohttp under one deadline for the whole exchange (connecting,
+headers and body), with headers and body capped at 16 MiB each. A registry that only
+speaks GeeRPC's headers still answers ``X-Geerpc-Servers``, so the table falls back
+to that with the services and ages unknown. An ``etcd://`` URL is listed through ``EtcdDiscovery``
 (etcd keeps no heartbeat times, so ages are unknown there).
 """
 
@@ -12,18 +13,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
+
+import aiohttp
 
 from ..errors import GeeRPCError
 from . import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
 
 __all__ = ["Row", "format_table", "rows_from_header", "rows_from_json", "run"]
 
+# Caps on what the registry may send. The header cap matters: GeeRPC's registry sends
+# every address in one X-Geerpc-Servers header (about 20 bytes each), far past the
+# 8 KiB aiohttp (or the 64 KiB http.client) accepts by default.
 _MAX_BODY: Final = 16 * 1024 * 1024
+_MAX_HEADER: Final = 16 * 1024 * 1024
 _SERVERS_HEADER: Final = "X-Geerpc-Servers"  # GeeRPC's contract, spelled as in registry.server
 ANY: Final = "(any)"  # declared no services: it is sent calls for every service
 UNKNOWN: Final = "(unknown)"
@@ -41,7 +48,8 @@ class Row(NamedTuple):
 def run(url: str, *, timeout: float) -> int:
     """Print the table of the registry at ``url``; return the exit status."""
     logging.basicConfig(level=logging.WARNING, format="geerpc: %(message)s")
-    rows = _fetch_etcd(url, timeout) if url.startswith("etcd://") else _fetch_http(url, timeout)
+    fetch = _fetch_etcd if url.startswith("etcd://") else _fetch_http
+    rows = asyncio.run(fetch(url, timeout))
     print(format_table(rows), flush=True)
     if not rows:
         print("geerpc: no live servers", file=sys.stderr)
@@ -81,30 +89,47 @@ def rows_from_header(value: str) -> list[Row]:
     return [Row(address, UNKNOWN, None) for address in sorted(filter(None, value.split(",")))]
 
 
-def _fetch_http(url: str, timeout: float) -> list[Row]:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+async def _fetch_http(url: str, timeout: float) -> list[Row]:
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            header = response.headers.get(_SERVERS_HEADER)
-            body = response.read(_MAX_BODY + 1)
-            json_reply = "json" in response.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as exc:
-        body_lines = exc.read(200).decode("utf-8", "replace").strip().splitlines()
-        detail = f": {body_lines[0]}" if body_lines else ""
-        raise CommandError(f"registry {url} answered {exc.code} {exc.reason}{detail}") from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise CommandError(f"registry {url} did not answer within {timeout:g} s", EXIT_TIMEOUT) from None
-        reason = exc.reason.strerror if isinstance(exc.reason, OSError) and exc.reason.strerror else exc.reason
-        raise CommandError(f"cannot reach registry {url}: {reason}") from None
+        # One deadline for everything: a per-read timeout (urllib's) never fires
+        # against a registry that drips its reply a byte at a time.
+        async with asyncio.timeout(timeout):
+            return await _get_rows(url)
     except TimeoutError:
         raise CommandError(f"registry {url} did not answer within {timeout:g} s", EXIT_TIMEOUT) from None
-    except (OSError, ValueError) as exc:  # a reset connection, a malformed URL
-        raise CommandError(f"cannot read registry {url}: {exc}") from None
-    if json_reply and len(body) <= _MAX_BODY:
+    except aiohttp.ClientConnectorError as exc:
+        error = exc.os_error
+        # asyncio words a refusal "Connect call failed (...)": say what the OS says. A
+        # resolver error's errno is an EAI_ code that os.strerror does not know.
+        if isinstance(error, socket.gaierror) or not error.errno:
+            reason = error.strerror or str(error)
+        else:
+            reason = os.strerror(error.errno)
+        raise CommandError(f"cannot reach registry {url}: {reason}") from None
+    except aiohttp.InvalidURL:
+        raise CommandError(f"not a valid registry URL: {url!r}", EXIT_USAGE) from None
+    except aiohttp.ClientResponseError as exc:  # a reply aiohttp cannot parse (headers over the cap...)
+        raise CommandError(f"cannot read registry {url}: {exc.message or exc}") from None
+    except (aiohttp.ClientError, OSError, ValueError) as exc:  # a reset connection, a malformed URL
+        raise CommandError(f"cannot read registry {url}: {exc or type(exc).__name__}") from None
+
+
+async def _get_rows(url: str) -> list[Row]:
+    # aiohttp's own timeouts are off: the caller's deadline covers the whole exchange.
+    session = aiohttp.ClientSession(max_line_size=_MAX_HEADER, max_field_size=_MAX_HEADER,
+                                    timeout=aiohttp.ClientTimeout(total=None))
+    async with session, session.get(url, headers={"Accept": "application/json"}) as response:
+        if response.status >= 400:
+            first = (await response.content.read(200)).decode("utf-8", "replace").strip().splitlines()
+            detail = f": {first[0]}" if first else ""
+            raise CommandError(f"registry {url} answered {response.status} {response.reason}{detail}")
+        header = response.headers.get(_SERVERS_HEADER)
+        json_reply = "json" in response.headers.get("Content-Type", "")
+        body = await _read_capped(response) if json_reply else None
+    if body is not None:
         try:
             rows = rows_from_json(json.loads(body))
-        except ValueError:
+        except (ValueError, RecursionError):  # malformed, or nested past the parser's depth
             rows = None
         if rows is not None:
             return rows
@@ -113,23 +138,33 @@ def _fetch_http(url: str, timeout: float) -> list[Row]:
     return rows_from_header(header)
 
 
-def _fetch_etcd(url: str, timeout: float) -> list[Row]:
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
+    """The body, or None when it is larger than _MAX_BODY (the header then has to do)."""
+    if response.content_length is not None and response.content_length > _MAX_BODY:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > _MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _fetch_etcd(url: str, timeout: float) -> list[Row]:
     try:
         from ..xclient.etcd_discovery import EtcdDiscovery
     except ImportError:
         raise CommandError("etcd:// needs the etcd extra: pip install 'geerpc[etcd]'") from None
-
-    async def fetch() -> dict[str, frozenset[str] | None]:
+    try:
         discovery = EtcdDiscovery(url)
         try:
             async with asyncio.timeout(timeout):
                 await discovery.refresh()
-            return discovery.services()
+            servers = discovery.services()
         finally:
             await discovery.close()
-
-    try:
-        servers = asyncio.run(fetch())
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     except ImportError:
