@@ -136,6 +136,16 @@ def test_call_keyword_arguments_and_options_after_args(server: str) -> None:
     assert (result.returncode, result.stdout) == (0, '"hi, bob"\n')
 
 
+def test_call_separator_after_an_option(server: str) -> None:
+    # argparse hands back a "--" met after an option with the leftovers: still the
+    # separator, and what follows it (a second "--" included) is ARGs.
+    result = geerpc("call", server, "Calc.typeof", "1", "--timeout", "5", "--", "-x", "--kw", "--")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["int", "str", "str", "str"]
+    echoed = geerpc("call", server, "Calc.echo", "--timeout", "5", "--", "-x")
+    assert (echoed.returncode, echoed.stdout) == (0, '"-x"\n')
+
+
 def test_call_prints_bytes_tagged_in_base64(server: str) -> None:
     result = geerpc("call", server, "Calc.blob", "3")
     assert (result.returncode, result.stdout) == (0, '{"$bytes": "AAEC"}\n')
@@ -466,6 +476,17 @@ def test_parse_arg_rejects_a_malformed_tag(text: str) -> None:
         parse_arg(text)
 
 
+def test_parse_arg_rejects_json_nested_too_deeply() -> None:
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_arg("[" * 5000 + "]" * 5000)  # too deep for the JSON parser
+    # Deep enough for from_json (a frame per level, and one per list comprehension),
+    # not for the JSON parser.
+    text = "[" * 700 + "]" * 700
+    json.loads(text)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_arg(text)
+
+
 def test_table_from_json_and_header() -> None:
     rows = rows_from_json({"servers": [
         {"address": "tcp@10.0.0.6:9000", "services": None, "age": 3.5},
@@ -489,6 +510,9 @@ def test_table_from_json_and_header() -> None:
     (["call", "t", "A.b", "--kw", "timeout=1"], "'timeout' cannot be passed"),
     (["call", "t", "A.b", "1", "--bogus"], "unrecognized arguments: --bogus"),
     (["call", "t", "A.b", '{"$bytes": "A"}'], "ARG 1"),
+    (["call", "t", "A.b", "1", "[" * 5000 + "]" * 5000], "ARG 2 (" + "[" * 40 + "): JSON nested too deeply"),
+    (["call", "t", "A.b", "--kw", "a=" + "[" * 5000], "--kw a: JSON nested too deeply"),
+    (["call", "t", "A.b", "1", "--timeout", "5", "--bogus", "--", "-x"], "unrecognized arguments: --bogus"),
     (["list", "ftp://x"], "not a registry URL"),
     (["serve", "m:A", "--port", "x"], "not a port number"),
 ])

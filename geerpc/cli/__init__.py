@@ -34,6 +34,24 @@ class CommandError(Exception):
 def main(argv: list[str] | None = None) -> int:
     """Run the ``geerpc`` command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Everything, parsing included, runs inside the handlers below: whatever goes wrong
+    # becomes one "geerpc: ..." line. argparse's own usage errors are SystemExit(2),
+    # which passes through untouched.
+    try:
+        return _dispatch(argv)
+    except CommandError as exc:
+        _report(str(exc))
+        return exc.status
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `geerpc list ... | head -1`: the reader left, nothing to say
+        return EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - promised: a message, never a traceback
+        _report(f"unexpected {type(exc).__name__}: {exc}")
+        return EXIT_ERROR
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["registry"]:
         # The registry's own entry point already parses these options and runs it;
         # hand the rest of the command line over rather than define them twice.
@@ -46,19 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         _check_call_args(args.parser, args, extras)
     elif extras:
         args.parser.error(f"unrecognized arguments: {' '.join(extras)}")
-    try:
-        status: int = args.run(args)
-        return status
-    except CommandError as exc:
-        _report(str(exc))
-        return exc.status
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `geerpc list ... | head -1`: the reader left, nothing to say
-        return EXIT_ERROR
-    except Exception as exc:  # noqa: BLE001 - promised: a message, never a traceback
-        _report(f"unexpected {type(exc).__name__}: {exc}")
-        return EXIT_ERROR
+    status: int = args.run(args)
+    return status
 
 
 def _report(message: str) -> None:
@@ -238,12 +245,15 @@ def _check_call_args(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     from .values import parse_arg
 
     # argparse stops filling ARG... at the first option; what follows it comes back
-    # as extras, in order. Anything there that looks like an option is a typo.
-    for extra in extras:
+    # as extras, in order. Anything there that looks like an option is a typo, up to
+    # a "--": argparse hands that back too when it comes after an option, and what
+    # follows it is ARGs whatever they look like (a later "--" among them included).
+    before, after = _split_at_separator(extras)
+    for extra in before:
         if extra.startswith("-") and not _is_number(extra):
             parser.error(f"unrecognized arguments: {extra} (put -- before an ARG that starts with a dash)")
     values = []
-    for position, text in enumerate([*args.values, *extras], 1):
+    for position, text in enumerate([*args.values, *before, *after], 1):
         try:
             values.append(parse_arg(text))
         except ValueError as exc:
@@ -264,6 +274,14 @@ def _check_call_args(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         except ValueError as exc:
             parser.error(f"--kw {name}: {exc}")
     args.kwargs = kwargs
+
+
+def _split_at_separator(extras: list[str]) -> tuple[list[str], list[str]]:
+    """``extras`` before the first ``--``, and what follows it."""
+    if "--" not in extras:
+        return extras, []
+    cut = extras.index("--")
+    return extras[:cut], extras[cut + 1:]
 
 
 def _is_number(text: str) -> bool:

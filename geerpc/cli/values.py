@@ -95,14 +95,22 @@ def parse_arg(text: str) -> Any:
     """A command-line argument: JSON when it parses as JSON, else the string itself.
 
     ``1`` is the int 1, ``abc`` the string "abc", ``'"1"'`` the string "1". A JSON
-    value with a malformed tag raises ValueError rather than silently becoming a str.
+    value with a malformed tag, or nested deeper than Python can parse, raises
+    ValueError rather than silently becoming a str.
     """
     try:
         # NaN and Infinity are not JSON: "NaN" stays a string; tag it to send the float.
         value = json.loads(text, parse_constant=_no_constant)
     except ValueError:
         return text
-    return from_json(value)
+    except RecursionError:
+        # Valid JSON, just deeper than Python's parser goes: an error, not a string,
+        # as "[[[...]]]" clearly meant a list.
+        raise ValueError("JSON nested too deeply") from None
+    try:
+        return from_json(value)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _no_constant(name: str) -> Any:
