@@ -297,8 +297,6 @@ async def test_duplicate_server_header_is_400(make_registry, http):
         {"wait": "abc"},
         {"wait": "nan"},
         {"wait": "inf"},
-        {"wait": "1e9"},
-        {"wait": "301"},
         {"index": "-1"},
         {"index": "abc"},
         {"index": "1.5"},

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-__all__ = ["CONTENT_SECURITY_POLICY", "PAGE_HEADERS", "prefers_html", "render_dashboard"]
+__all__ = ["CONTENT_SECURITY_POLICY", "PAGE_HEADERS", "accepts_json", "prefers_html", "render_dashboard"]
 
 # What a browser announces; application/xhtml+xml only ever comes along with text/html.
 _HTML_TYPES: Final = frozenset({"text/html", "application/xhtml+xml"})
@@ -31,6 +31,24 @@ def prefers_html(accept: str) -> bool:
     HTTP libraries send) keep GeeRPC's header-only answer, and a client that lists
     ``application/json`` at least as high still gets JSON.
     """
+    html_q, json_q = _qualities(accept)
+    return html_q > 0 and html_q > json_q
+
+
+def accepts_json(accept: str) -> bool:
+    """True when an ``Accept`` header lists ``application/json`` (with a weight above 0).
+
+    Only an explicit listing counts, so ``*/*`` and no header keep GeeRPC's empty body.
+    """
+    return _qualities(accept)[1] > 0
+
+
+def _qualities(accept: str) -> tuple[float, float]:
+    """The highest weights an ``Accept`` header gives HTML and JSON (0: not listed).
+
+    Media types are case-insensitive (RFC 9110, section 8.3.1): ``Application/JSON``
+    is JSON.
+    """
     html_q = json_q = 0.0
     for item in accept.split(","):
         media, _, params = item.partition(";")
@@ -39,7 +57,7 @@ def prefers_html(accept: str) -> bool:
             json_q = max(json_q, _quality(params))
         elif media in _HTML_TYPES:
             html_q = max(html_q, _quality(params))
-    return html_q > 0 and html_q > json_q
+    return html_q, json_q
 
 
 def _quality(params: str) -> float:

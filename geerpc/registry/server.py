@@ -12,13 +12,14 @@ import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Self
 
 from aiohttp import web
 
-from .dashboard import PAGE_HEADERS, prefers_html, render_dashboard
+from .dashboard import PAGE_HEADERS, accepts_json, prefers_html, render_dashboard
 from .table import MAX_SERVERS, MAX_SERVICES, LivenessTable, TableFull, canonical_address, parse_services
 
 __all__ = [
@@ -36,7 +37,7 @@ log = logging.getLogger("geerpc.registry")
 
 DEFAULT_PATH: Final = "/_geerpc_/registry"
 DEFAULT_TIMEOUT: Final = 300.0
-DEFAULT_WAIT: Final = 30.0  # a watch that names an index but no wait
+DEFAULT_WAIT: Final = 30.0  # a watch that names an index but no wait (at most max_wait)
 MAX_WAIT: Final = 300.0
 MAX_WATCHERS: Final = 1024
 # aiohttp keeps an idle connection for an hour by default. Its keepalive timer also runs
@@ -52,6 +53,10 @@ H_INDEX: Final = "X-Geerpc-Index"
 
 _MAX_INDEX_DIGITS: Final = 16  # indexes are below 2**53
 _JSON_REUSE: Final = 0.1  # seconds a rendered JSON list may be served again
+# Filtered X-Geerpc-Servers values kept per index. ``service=`` is chosen by the
+# client, so the cache must be bounded: otherwise each distinct name costs a copy
+# of the list until the next change.
+_FILTERED_CACHE: Final = 16
 
 
 def format_seconds(seconds: float) -> str:
@@ -93,6 +98,8 @@ class Registry:
     ) -> None:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', not {path!r}")
+        if not (math.isfinite(max_wait) and max_wait >= 0):
+            raise ValueError(f"max_wait must be a finite number of seconds >= 0, not {max_wait!r}")
         self.table = LivenessTable(timeout, max_servers=max_servers, max_services=max_services)
         self.path = path
         self.max_watchers = max_watchers
@@ -108,7 +115,10 @@ class Registry:
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # Rendering 10,000 addresses per GET adds up; the list only changes with the index.
-        self._header_cache: dict[str | None, str] = {}
+        # The unfiltered list (GeeRPC's clients know no filter) is always kept; filtered
+        # ones go to a small LRU.
+        self._all_servers: str | None = None
+        self._header_cache: OrderedDict[str, str] = OrderedDict()
         self._header_cache_index = -1
         self._fragments: dict[str, tuple[frozenset[str] | None, str]] = {}
         self._json_cache: dict[tuple[int, str | None], tuple[float, bytes]] = {}
@@ -284,7 +294,7 @@ class Registry:
                 return response
             self._watchers += 1
             try:
-                async with asyncio.timeout(DEFAULT_WAIT if wait is None else wait):
+                async with asyncio.timeout(min(DEFAULT_WAIT, self.max_wait) if wait is None else wait):
                     await self._changed.wait()
             except TimeoutError:
                 pass  # the wait is over: answer with the unchanged list
@@ -295,20 +305,33 @@ class Registry:
     def _render(self, request: web.Request, service: str | None, html: bool) -> web.Response:
         now = self._expire()
         headers = self._headers()
-        if self._header_cache_index != self.table.index:
-            self._header_cache.clear()
-            self._header_cache_index = self.table.index
-        joined = self._header_cache.get(service)
-        if joined is None:
-            joined = self._header_cache[service] = ",".join(self.table.alive(now, service))
-        headers[H_SERVERS] = joined
+        headers[H_SERVERS] = self._servers_header(now, service)
         headers["Vary"] = "Accept"  # one URL, three representations
         if html:
             return web.Response(status=200, headers={**headers, **PAGE_HEADERS}, body=self._page)
-        if "application/json" not in request.headers.get("Accept", ""):
+        if not accepts_json(request.headers.get("Accept", "")):
             return web.Response(status=200, headers=headers)
         return web.Response(status=200, headers=headers, body=self._json(now, service),
                             content_type="application/json")
+
+    def _servers_header(self, now: float, service: str | None) -> str:
+        if self._header_cache_index != self.table.index:
+            self._all_servers = None
+            self._header_cache.clear()
+            self._header_cache_index = self.table.index
+        if service is None:
+            if self._all_servers is None:
+                self._all_servers = ",".join(self.table.alive(now))
+            return self._all_servers
+        cache = self._header_cache
+        joined = cache.get(service)
+        if joined is not None:
+            cache.move_to_end(service)
+            return joined
+        joined = cache[service] = ",".join(self.table.alive(now, service))
+        if len(cache) > _FILTERED_CACHE:
+            cache.popitem(last=False)
+        return joined
 
     def _json(self, now: float, service: str | None) -> bytes:
         # Strategy: a change wakes every watcher at once, and with 10,000 servers listed
@@ -399,6 +422,8 @@ def _query_wait(request: web.Request, max_wait: float) -> float | None:
         wait = float(text) if len(text) <= 32 else math.nan
     except ValueError:
         wait = math.nan
-    if not 0 <= wait <= max_wait:  # also rejects NaN and infinities
-        raise _BadRequest(f"wait must be a number of seconds from 0 to {format_seconds(max_wait)}")
-    return wait
+    if not (math.isfinite(wait) and wait >= 0):
+        raise _BadRequest("wait must be a number of seconds >= 0")
+    # A longer wait than we allow is not the client's fault (it cannot know our
+    # max_wait): answer sooner, as Consul does, instead of refusing the watch.
+    return min(wait, max_wait)

@@ -13,6 +13,7 @@ entry: O(expired), not O(table), which matters with 100,000 entries.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Iterable
@@ -102,8 +103,9 @@ class LivenessTable:
         max_services: int = MAX_SERVICES,
         first_index: int | None = None,
     ) -> None:
-        if not timeout >= 0:  # also rejects NaN
-            raise ValueError(f"timeout must be >= 0 seconds, not {timeout!r}")
+        # Infinity would need no special case here, but JSON cannot carry it: 0 means never.
+        if not (math.isfinite(timeout) and timeout >= 0):  # also rejects NaN
+            raise ValueError(f"timeout must be a finite number of seconds >= 0 (0: never), not {timeout!r}")
         if max_servers < 1:
             raise ValueError("max_servers must be at least 1")
         self.timeout = float(timeout)
