@@ -65,3 +65,26 @@ class Exploding:
 
     def ping(self) -> str:
         return "pong"
+
+
+class Exits:
+    """A constructor that ends the program, as a script's might."""
+
+    def __init__(self) -> None:
+        raise SystemExit(0)
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class Unprintable:
+    def __init__(self) -> None:
+        raise _Unprintable()
+
+    def ping(self) -> str:
+        return "pong"
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no str")

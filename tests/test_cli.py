@@ -369,9 +369,25 @@ def test_list_unreachable_registry_exits_1() -> None:
     ("cli_service:Missing", 1, "has no attribute 'Missing'"),
     ("cli_service:NeedsArgs", 1, "with no arguments"),
     ("cli_service:Exploding", 1, "raised RuntimeError: no database"),
+    ("cli_service:Exits", 1, "geerpc: cli_service:Exits() raised SystemExit(0) (cli_service.py, line "),
+    ("cli_service:Unprintable", 1, "raised _Unprintable: <exception str() failed> (cli_service.py, line "),
 ])
 def test_serve_reports_a_bad_object(spec: str, status: int, message: str) -> None:
     assert_failed(geerpc("serve", spec), status, message)
+
+
+@pytest.mark.parametrize(("source", "raised"), [
+    ("import sys\nsys.exit()\n", "SystemExit() (exiting_mod.py, line 2)"),
+    ("raise SystemExit(3)\n", "SystemExit(3) (exiting_mod.py, line 1)"),  # 3 would read as a timeout
+    ("raise KeyboardInterrupt\n", "KeyboardInterrupt() (exiting_mod.py, line 1)"),
+    # argparse at import time parses geerpc's own command line and exits 2
+    ("import argparse\nargparse.ArgumentParser().parse_args()\n", "SystemExit(2) (exiting_mod.py, line 2)"),
+])
+def test_serve_reports_a_module_that_exits_while_imported(tmp_path: Path, source: str, raised: str) -> None:
+    (tmp_path / "exiting_mod.py").write_text(source)
+    result = geerpc("serve", "exiting_mod:Thing", cwd=tmp_path)
+    assert_failed(result, 1)
+    assert result.stderr.splitlines()[-1] == f"geerpc: importing 'exiting_mod' raised {raised}"
 
 
 def test_serve_reports_a_port_in_use() -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import sysconfig
 import traceback
 from typing import Any
 
@@ -23,6 +24,10 @@ from . import EXIT_OK, EXIT_USAGE, CommandError
 __all__ = ["load_object", "run"]
 
 _STOP_GRACE = 5.0  # seconds calls in flight get to finish on SIGTERM
+# What a module or constructor may raise that is no Exception: caught while loading
+# (and only then), so the command still says what happened and exits with status 1.
+_EXITS = (SystemExit, KeyboardInterrupt)
+_STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
 
 
 def run(spec: str, *, host: str, port: int, registry: str | None, name: str | None, log_level: str) -> int:
@@ -62,6 +67,10 @@ def load_object(spec: str) -> Any:
         raise CommandError(f"cannot import {module_name!r}: {_describe(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed: say where, no traceback
         raise CommandError(f"cannot import {module_name!r}: {_describe(exc)}") from None
+    except _EXITS as exc:
+        # A script-like module (sys.exit() at the bottom, argparse at import time)
+        # must not exit with its own status: 0 would read as success, 3 as a timeout.
+        raise CommandError(f"importing {module_name!r} raised {_describe_exit(exc)}") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
@@ -80,17 +89,35 @@ def load_object(spec: str) -> Any:
         return obj()
     except Exception as exc:  # noqa: BLE001
         raise CommandError(f"{spec}() raised {_describe(exc)}") from None
+    except _EXITS as exc:
+        raise CommandError(f"{spec}() raised {_describe_exit(exc)}") from None
 
 
 def _describe(exc: BaseException) -> str:
     """``Type: message (file, line N)``, the line being where it was raised."""
-    text = f"{type(exc).__name__}: {exc}"
-    frames = traceback.extract_tb(exc.__traceback__)
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a user's __str__ that raises; traceback says the same
+        message = "<exception str() failed>"
+    text = f"{type(exc).__name__}: {message}"
     if isinstance(exc, SyntaxError) and exc.filename:
         return text  # its message already names the file and line
-    if frames:
-        text += f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})"
-    return text
+    return text + _where(exc)
+
+
+def _describe_exit(exc: BaseException) -> str:
+    """``SystemExit(7) (file, line N)``: the status is the news, not the message."""
+    return repr(exc) + _where(exc)
+
+
+def _where(exc: BaseException) -> str:
+    """`` (file, line N)`` for the last frame of ``exc`` outside the standard library.
+
+    So sys.exit() from argparse, called by the user's module, points at the module.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [frame for frame in frames if not frame.filename.startswith((_STDLIB, "<frozen "))] or frames
+    return f" ({os.path.basename(ours[-1].filename)}, line {ours[-1].lineno})" if ours else ""
 
 
 async def _serve(server: Server, host: str, port: int, registry: str | None) -> None:
