@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import sys
 import time
 import types
@@ -12,7 +14,10 @@ import aiohttp
 import pytest
 from _registry_helpers import RegistryProcess, free_port, wait_until
 
+from aiohttp import web
+
 from geerpc.registry import DEFAULT_PERIOD, Heartbeat, Registry, announce, heartbeat, period_for
+from geerpc.registry.heartbeat import MIN_PERIOD, _retry_delay
 
 A = "tcp@127.0.0.1:9001"
 
@@ -42,10 +47,66 @@ async def listed(url: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "timeout, period",
-    [(300, 240), (180, 120), (30, 10), (0.6, 0.2), (0, 240), (None, 240), (-5, 240), (float("nan"), 240)],
+    [(300, 240), (180, 120), (30, 10), (0.6, 0.2), (0, 240), (None, 240), (-5, 240), (float("nan"), 240),
+     (0.3, 0.1), (0.0001, MIN_PERIOD), (1e-300, MIN_PERIOD), (5e-324, MIN_PERIOD)],
 )
 def test_period_for(timeout, period):
     assert period_for(timeout) == pytest.approx(period)
+
+
+@pytest.mark.parametrize("period", [MIN_PERIOD, 0.2, 1.0, 240.0])
+def test_retry_delay_never_below_a_quarter_second(period):
+    rng = random.Random(1)
+    delays = [_retry_delay(failures, period, rng) for failures in range(1, 40) for _ in range(20)]
+    assert min(delays) >= 0.25
+    assert max(delays) <= max(period, 0.5)
+
+
+async def test_tiny_registry_timeout_does_not_make_a_post_loop(beats):
+    # A registry (hostile or misconfigured) that says X-Geerpc-Timeout: 0.0001.
+    posts = 0
+
+    async def reply(request: web.Request) -> web.Response:
+        nonlocal posts
+        posts += 1
+        return web.Response(headers={"X-Geerpc-Timeout": "0.0001"})
+
+    async with _Fake(reply) as url:
+        beat = beats(url, A)
+        assert await beat.wait_first()
+        assert beat.period == MIN_PERIOD
+        await asyncio.sleep(0.5)  # an observation window, not a readiness wait
+        assert posts <= 8  # one every 0.1 s; thousands without the floor
+        await beat.stop()
+
+
+async def test_failures_back_off_at_least_a_quarter_second(geerpc_like, beats):
+    geerpc_like.status = 500
+    beat = beats(geerpc_like.url, A, period=0.001)  # raised to MIN_PERIOD
+    assert beat.period == MIN_PERIOD
+    assert await beat.wait_first() is False
+    await asyncio.sleep(0.6)  # an observation window, not a readiness wait
+    assert beat.failures <= 4  # retries 0.25 s apart at the least; hundreds without the floor
+
+
+class _Fake:
+    """A one-route registry answering every request with ``reply``."""
+
+    def __init__(self, reply) -> None:
+        self.reply = reply
+        self.runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/r", self.reply)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/r"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
 
 
 @pytest.mark.parametrize("header, period", [("300", 240), ("30", 10), ("0", 240), (None, 240), ("junk", 240)])
@@ -211,6 +272,23 @@ def test_heartbeat_needs_a_running_loop():
 async def test_bad_arguments(url, address, period):
     with pytest.raises(ValueError):
         heartbeat(url, address, period)
+
+
+@pytest.mark.parametrize("timeout", [math.nan, None, 0, -1.0, math.inf, True, "5"])
+async def test_bad_timeout_fails_at_construction(timeout):
+    with pytest.raises(ValueError, match="timeout"):
+        Heartbeat("http://127.0.0.1:1/_geerpc_/registry", A, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "services",
+    [["Ar ith"], ["a,b"], [""], [" Arith"], [".hidden"], ["x" * 101], [5], [f"S{i}" for i in range(65)]],
+    ids=["space", "comma", "empty", "padded", "dot", "long", "not-str", "too-many"],
+)
+async def test_bad_service_names_fail_at_construction(services):
+    # The registry would answer 400 to every beat; fail here instead of retrying forever.
+    with pytest.raises(ValueError, match="service"):
+        Heartbeat("http://127.0.0.1:1/_geerpc_/registry", A, services=services)
 
 
 async def test_announce_over_http_returns_after_the_first_beat(registry):

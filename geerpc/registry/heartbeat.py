@@ -21,9 +21,11 @@ import aiohttp
 
 from ..address import parse_address
 from .server import H_SERVER, H_SERVICES, H_TIMEOUT
+from .table import MAX_SERVICES, check_service_name
 
 __all__ = [
     "DEFAULT_PERIOD",
+    "MIN_PERIOD",
     "Announcement",
     "Heartbeat",
     "announce",
@@ -35,7 +37,11 @@ log = logging.getLogger("geerpc.registry")
 
 #: GeeRPC's default: the default registry timeout (5 minutes) less one minute.
 DEFAULT_PERIOD: Final = 240.0
-_FIRST_BACKOFF: Final = 0.5
+#: The shortest period, whatever the registry's timeout or the ``period`` argument:
+#: the period comes from a reply, and a registry that says "0.0001" (hostile or
+#: misconfigured) must not turn a heartbeat into a POST loop.
+MIN_PERIOD: Final = 0.1
+_FIRST_BACKOFF: Final = 0.5  # also the floor of the backoff cap: a retry waits 0.25 s or more
 _STOP_TIMEOUT: Final = 2.0
 
 
@@ -44,14 +50,28 @@ def period_for(timeout: float | None) -> float:
 
     The timeout less a minute when it is 180 s or more (GeeRPC's 300 -> 240), else a
     third of it (30 -> 10), so a server survives a missed beat; 240 s when the
-    registry says nothing (``None``, GeeRPC's registry) or never expires (0).
-    A failed beat is retried within seconds, not a period later, so 240 of 300 is safe.
+    registry says nothing (``None``, GeeRPC's registry) or never expires (0). Never
+    less than ``MIN_PERIOD``: a registry whose timeout is below 0.3 s cannot keep
+    anybody listed anyway. A failed beat is retried within seconds, not a period
+    later, so 240 of 300 is safe.
     """
     if timeout is None or not math.isfinite(timeout) or timeout <= 0:
         return DEFAULT_PERIOD
     if timeout >= 180:
         return timeout - 60
-    return timeout / 3
+    return max(MIN_PERIOD, timeout / 3)
+
+
+def _retry_delay(failures: int, period: float, rng: random.Random | None = None) -> float:
+    """How long to wait after ``failures`` failed beats in a row (``failures >= 1``).
+
+    Exponential from 0.5 s, capped at the period, or at 0.5 s when the period is
+    shorter, with equal jitter: half fixed, so we never spin (at least 0.25 s), half
+    random, so a fleet of servers does not hit a restarted registry in lockstep.
+    """
+    cap = max(period, _FIRST_BACKOFF)
+    backoff = min(cap, _FIRST_BACKOFF * 2 ** min(max(failures, 1) - 1, 30))
+    return backoff / 2 + (rng or random).uniform(0, backoff / 2)
 
 
 def _parse_timeout(value: str | None) -> float | None:
@@ -74,11 +94,16 @@ class Heartbeat:
     """A background task that POSTs ``address`` to the registry at ``url`` every period.
 
     ``period=None`` follows the registry: each POST reply's ``X-Geerpc-Timeout``
-    sets the next period (see ``period_for``). ``services`` are sent as
-    ``X-Geerpc-Services`` (None: not sent, the server counts as offering every
-    service). ``timeout`` bounds each POST. Create it with ``heartbeat()``, or call
-    ``start()`` yourself; ``stop()`` ends it and deregisters. Usable as
-    ``async with``.
+    sets the next period (see ``period_for``). An explicit ``period`` below
+    ``MIN_PERIOD`` is raised to it (ten beats a second is already more than any
+    registry timeout needs). ``services`` are sent as ``X-Geerpc-Services`` (None:
+    not sent, the server counts as offering every service); each name must pass the
+    registry's rule (``check_service_name``). ``timeout`` bounds each POST (finite,
+    above 0). Create it with ``heartbeat()``, or call ``start()`` yourself;
+    ``stop()`` ends it and deregisters. Usable as ``async with``.
+
+    Raises ``ValueError`` for a bad URL, address, period, timeout or service name,
+    so a mistake fails here rather than as a heartbeat retried forever.
     """
 
     def __init__(
@@ -93,16 +118,23 @@ class Heartbeat:
         if urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"registry URL must be http:// or https://, not {url!r}")
         parse_address(address)  # fail here, not in the background task
-        if period is not None and not (math.isfinite(period) and period > 0):
+        if period is not None and not _positive_seconds(period):
             raise ValueError(f"period must be a positive number of seconds, not {period!r}")
+        if not _positive_seconds(timeout):
+            raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
         if isinstance(services, str):
             raise ValueError("services must be a list of names, not one string")
+        if services is not None:
+            for name in services:
+                check_service_name(name)
+            if len(set(services)) > MAX_SERVICES:
+                raise ValueError(f"too many services: {len(set(services))} (at most {MAX_SERVICES})")
         self.url = url
         self.address = address
         self.services = None if services is None else sorted(set(services))
-        self.timeout = timeout
-        self._fixed_period = period
-        self.period = period if period is not None else DEFAULT_PERIOD
+        self.timeout = float(timeout)
+        self._fixed_period = None if period is None else max(MIN_PERIOD, float(period))
+        self.period = DEFAULT_PERIOD if self._fixed_period is None else self._fixed_period
         self.failures = 0  # consecutive failed POSTs; 0 after a success
         self.beats = 0  # successful POSTs so far
         self._task: asyncio.Task[None] | None = None
@@ -170,14 +202,7 @@ class Heartbeat:
             if not self._first.is_set():
                 self._first_ok = ok
                 self._first.set()
-            if ok:
-                delay = self.period
-            else:
-                # Equal jitter: half fixed so we never spin, half random so a fleet
-                # of servers does not hit a restarted registry in lockstep.
-                backoff = min(self.period, _FIRST_BACKOFF * 2 ** min(self.failures - 1, 30))
-                delay = backoff / 2 + random.uniform(0, backoff / 2)
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self.period if ok else _retry_delay(self.failures, self.period))
 
     async def _beat(self) -> bool:
         self._attempted = True
@@ -217,6 +242,12 @@ class Heartbeat:
                      self.address, self.url, _describe(exc))
 
 
+def _positive_seconds(value: object) -> bool:
+    # bool is an int, and None, NaN or infinity as a timeout would let a POST hang forever.
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
 class _HTTPStatus(Exception):
     """The registry answered, but not with 200."""
 
@@ -239,7 +270,8 @@ def heartbeat(
 
     The first POST is sent at once; ``await hb.wait_first()`` to know how it went,
     ``await hb.stop()`` to stop and deregister. Raises ``ValueError`` for a bad URL,
-    address or period, ``RuntimeError`` without a running event loop.
+    address, period, timeout or service name, ``RuntimeError`` without a running
+    event loop.
     """
     beat = Heartbeat(url, address, period, services=services, timeout=timeout)
     beat.start()

@@ -30,6 +30,7 @@ __all__ = [
     "ServerInfo",
     "TableFull",
     "canonical_address",
+    "check_service_name",
     "parse_services",
 ]
 
@@ -75,13 +76,24 @@ def parse_services(header: str | None, *, max_services: int = MAX_SERVICES) -> f
     if len(names) > max_services:
         raise ValueError(f"too many services: {len(names)} (at most {max_services})")
     for name in names:
-        if not name:
-            raise ValueError("empty service name in the list")
-        if len(name) > MAX_SERVICE_NAME:
-            raise ValueError(f"service name {name[:32]!r}... longer than {MAX_SERVICE_NAME} characters")
-        if not _SERVICE_NAME.match(name):
-            raise ValueError(f"service name {name[:32]!r}: use letters, digits, '_', '.' and '-'")
+        check_service_name(name)
     return frozenset(names)
+
+
+def check_service_name(name: str) -> None:
+    """Raise ``ValueError`` naming the problem unless ``name`` is a valid service name.
+
+    At most ``MAX_SERVICE_NAME`` characters from ``[A-Za-z0-9_.-]``, not starting
+    with ``.`` or ``-``: the rule the registry applies to ``X-Geerpc-Services``.
+    """
+    if not isinstance(name, str):
+        raise ValueError(f"service name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("empty service name in the list")
+    if len(name) > MAX_SERVICE_NAME:
+        raise ValueError(f"service name {name[:32]!r}... longer than {MAX_SERVICE_NAME} characters")
+    if not _SERVICE_NAME.match(name):
+        raise ValueError(f"service name {name[:32]!r}: use letters, digits, '_', '.' and '-'")
 
 
 class LivenessTable:
