@@ -1,7 +1,7 @@
 """Hostile peers against a real server on 127.0.0.1 (and a hostile server against the client).
 
-One test per row of docs HOSTILE.md that concerns a single connection. Each checks the
-reply or the close the row asks for, then that the server still serves: a fresh
+One test per hostile input or fault that concerns a single connection. Each checks the
+reply or the close expected, then that the server still serves: a fresh
 ``geerpc.dial`` + ``Arith.add`` works and, where it matters, a client that was already
 connected is unaffected. Raw bytes go through ``asyncio.open_connection``; nothing
 here sleeps to wait for something to happen (see ``_raw.eventually``).

@@ -67,7 +67,8 @@ def _import_aetcd() -> ModuleType:
             warnings.filterwarnings("ignore", message="Protobuf gencode version", category=UserWarning)
             import aetcd
     except ImportError as exc:
-        raise ImportError("the etcd registry needs the aetcd package: pip install 'geerpc[etcd]'") from exc
+        raise ImportError("the etcd registry needs the aetcd package: install geerpc's etcd extra "
+                          "(from a clone: pip install -e '.[etcd]')") from exc
     module: ModuleType = aetcd
     return module
 
