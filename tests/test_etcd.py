@@ -88,7 +88,7 @@ def test_parse_etcd_url_rejects(url: str, problem: str) -> None:
 
 def test_missing_aetcd_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "aetcd", None)  # makes `import aetcd` fail
-    with pytest.raises(ImportError, match=r"pip install 'geerpc\[etcd\]'"):
+    with pytest.raises(ImportError, match=r"etcd extra .*pip install -e '\.\[etcd\]'"):
         EtcdClients([("127.0.0.1", 2379)])
     with pytest.raises(ImportError, match="aetcd"):
         EtcdDiscovery("etcd://127.0.0.1:2379/geerpc")
@@ -118,7 +118,7 @@ def _aetcd_or_skip() -> ModuleType:
     try:
         return _import_aetcd()  # imported as geerpc does, without protobuf's version warning
     except ImportError:
-        _missing("aetcd is not installed (pip install 'geerpc[etcd]')")
+        _missing("aetcd is not installed (the etcd extra: pip install -e '.[etcd]')")
         raise
 
 
