@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
-from collections.abc import Coroutine
+import warnings
+import weakref
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from .client import Client, dial
 from .errors import ConnectionClosed
@@ -23,6 +26,11 @@ from .xclient import Discovery, SelectMode, XClient
 __all__ = ["SyncClient", "SyncXClient"]
 
 T = TypeVar("T")
+
+# A client dropped without close() is cleaned up by its finalizer, which may run in
+# any thread, in the middle of a garbage collection: it waits that long at most.
+_FINALIZE_CLOSE_TIMEOUT: Final = 2.0
+_FINALIZE_JOIN_TIMEOUT: Final = 3.0
 
 
 class _LoopThread:
@@ -33,6 +41,11 @@ class _LoopThread:
     the same lock, so after it nothing new reaches the loop; what was handed over
     before is queued ahead of the close and runs (and fails with ConnectionClosed)
     before the loop stops.
+
+    A client dropped without ``close()`` must still be collectable, so nothing the
+    loop thread holds refers back to it: the thread runs a plain function on the
+    loop. A ``weakref.finalize`` then does the close's work (see ``_finalize``) and
+    warns, as asyncio does for a transport nobody closed.
     """
 
     def __init__(self, name: str) -> None:
@@ -40,24 +53,14 @@ class _LoopThread:
         self._lock = threading.Lock()
         self._closed = False
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
+        self._thread = threading.Thread(target=_run_loop, args=(self._loop,), name=name, daemon=True)
+        # What the finalizer closes; the subclass fills it in once it has a connection.
+        self._resources = _Resources(type(self).__name__)
+        self._finalizer = weakref.finalize(self, _finalize, self._loop, self._thread, self._resources)
+        # At exit, a client still referenced is left to the process's end, as before:
+        # the daemon thread dies with it, and the OS closes the sockets.
+        self._finalizer.atexit = False
         self._thread.start()
-
-    def _run_loop(self) -> None:
-        loop = self._loop
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            # What asyncio.run does on the way out: nothing left running, executor joined.
-            tasks = asyncio.all_tasks(loop)
-            for task in tasks:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            asyncio.set_event_loop(None)
-            loop.close()
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for it; Ctrl-C in the waiting thread cancels it."""
@@ -94,6 +97,7 @@ class _LoopThread:
                     last.close()
                 return
             self._closed = True
+        self._finalizer.detach()  # closed as it should be: nothing left for it, no warning
         try:
             if last is not None:
                 asyncio.run_coroutine_threadsafe(last, self._loop).result()
@@ -118,7 +122,8 @@ class SyncClient(_LoopThread):
 
     Dials in the constructor, which raises ConnectError or ConnectTimeout (and leaves
     no thread behind) when that fails. Safe to share between threads. Use it as a
-    context manager, or call ``close()``. Inside asyncio code use
+    context manager, or call ``close()``; one garbage-collected unclosed is cleaned up
+    then, with a ResourceWarning. Inside asyncio code use
     ``await geerpc.dial(...)`` instead: calling this from a running event loop raises
     RuntimeError, as it would block that loop.
     """
@@ -132,6 +137,8 @@ class SyncClient(_LoopThread):
         except BaseException:
             self._stop(None)
             raise
+        self._resources.name = f"SyncClient {address}"
+        self._resources.close = self._client.close
 
     def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call ``"Service.method"`` and block until its result; as ``Client.call``.
@@ -172,6 +179,9 @@ class SyncXClient(_LoopThread):
         except BaseException:
             self._stop(None)
             raise
+        if isinstance(discovery, str):
+            self._resources.name = f"SyncXClient {discovery}"
+        self._resources.close = self._xclient.close
 
     @property
     def xclient(self) -> XClient:
@@ -189,6 +199,68 @@ class SyncXClient(_LoopThread):
     def close(self) -> None:
         """Close every connection and the discovery (unless told not to), then the loop thread."""
         self._stop(self._xclient.close())
+
+
+class _Resources:
+    """What a blocking client's finalizer needs besides the loop: never the client itself."""
+
+    __slots__ = ("close", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.close: Callable[[], Coroutine[Any, Any, None]] | None = None
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """The loop thread: run ``loop`` until stopped, then clean up as ``asyncio.run`` does."""
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        # What asyncio.run does on the way out: nothing left running, executor joined.
+        tasks = asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def _finalize(loop: asyncio.AbstractEventLoop, thread: threading.Thread, resources: _Resources) -> None:
+    """Clean up after a blocking client that was dropped without ``close()``.
+
+    Runs from the garbage collector, in whatever thread dropped the last reference
+    (the loop thread included), so it waits only within bounds: the connection's
+    close gets ``_FINALIZE_CLOSE_TIMEOUT`` on the loop, after which the loop stops and
+    its thread cancels whatever is left and closes the loop; the join is bounded too.
+    Nobody can be waiting on a call: a waiting caller holds a reference to the client.
+    """
+    close = resources.close
+
+    async def shutdown() -> None:
+        try:
+            # Best effort: whatever the close leaves, the loop's own shutdown cancels.
+            with contextlib.suppress(Exception):
+                if close is not None:
+                    async with asyncio.timeout(_FINALIZE_CLOSE_TIMEOUT):
+                        await close()
+        finally:
+            asyncio.get_running_loop().stop()
+
+    try:
+        coro = shutdown()
+        try:
+            asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # the loop is closed already: nothing left to stop
+            coro.close()
+        else:
+            if threading.current_thread() is not thread:
+                thread.join(_FINALIZE_JOIN_TIMEOUT)
+    finally:
+        # Last, so that a warnings filter turning it into an error cannot skip the cleanup.
+        warnings.warn(f"unclosed {resources.name}; call close() or use 'with'", ResourceWarning)
 
 
 async def _make_xclient(discovery: Discovery | str | list[str], mode: SelectMode,

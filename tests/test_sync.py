@@ -7,6 +7,7 @@ module), so the test thread runs no loop and may block, as a script would.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 import threading
@@ -222,6 +223,43 @@ def test_interrupted_wait_cancels_the_call(backend: Backend, address: str) -> No
             interrupter.join(10)
         eventually(arith.cancelled.is_set)  # the cancel reached the server's handler
         assert client.call("Arith.add", 1, 1) == 2
+
+
+# --------------------------------------------------------------------------- dropped without close()
+
+
+def drop(clients: list[Any]) -> None:
+    """Drop the last references to ``clients`` (without closing them) and collect."""
+    clients.clear()
+    gc.collect()
+
+
+def test_dropped_client_warns_and_closes_its_connection(address: str) -> None:
+    clients = [SyncClient(address)]
+    inner = clients[0]._client  # the async client underneath; it does not refer back
+    assert clients[0].call("Arith.add", 1, 2) == 3
+    with pytest.warns(ResourceWarning, match=f"unclosed SyncClient {address}"):
+        drop(clients)
+    assert inner.closed
+    assert sync_threads() == []
+
+
+def test_dropped_clients_leave_no_threads_behind(backend: Backend, address: str) -> None:
+    before = threading.active_count()
+    clients: list[Any] = []
+    for _ in range(5):
+        clients += [SyncClient(address), SyncXClient([address]), SyncXClient(backend.url)]
+    for client in clients:
+        assert client.call("Arith.add", 1, 2, timeout=5) == 3
+    del client
+    with pytest.warns(ResourceWarning) as record:
+        drop(clients)
+    assert threading.active_count() == before
+    assert sync_threads() == []
+    # One warning per client, and only ours: no transport or session left unclosed.
+    messages = [str(warning.message) for warning in record]
+    assert len(messages) == 15, messages
+    assert all(message.startswith("unclosed Sync") for message in messages), messages
 
 
 # --------------------------------------------------------------------------- SyncXClient
