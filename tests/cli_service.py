@@ -40,6 +40,13 @@ class Calc:
         return {"raw": b"\x00\xff", "keys": {b"k": 1}, "nan": float("nan"), "tag": {"$bytes": "x"},
                 "when": msgpack.Timestamp(1700000000, 5)}
 
+    def nest(self, depth: int) -> list[Any]:
+        """A list in a list ... ``depth`` deep: within msgpack's limits, past JSON's."""
+        value: list[Any] = []
+        for _ in range(depth):
+            value = [value]
+        return value
+
     def mark(self, path: str) -> int:
         """Append this server's pid to ``path``: shows which servers a broadcast reached."""
         with open(path, "a") as f:

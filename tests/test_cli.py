@@ -163,6 +163,12 @@ def test_call_tags_what_json_cannot_carry(server: str) -> None:
     }
 
 
+def test_call_result_nested_too_deeply_to_print(server: str) -> None:
+    assert geerpc("call", server, "Calc.nest", "3").stdout == "[[[[]]]]\n"
+    assert_failed(geerpc("call", server, "Calc.nest", "505"), 1,
+                  "geerpc: Calc.nest returned a value nested too deeply to print as JSON")
+
+
 def test_call_unknown_method_names_it(server: str) -> None:
     assert_failed(geerpc("call", server, "Calc.nope"), 1, "geerpc: Calc.nope: ", "'nope'")
 

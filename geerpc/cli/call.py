@@ -65,7 +65,11 @@ def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any
         raise CommandError(str(exc)) from None
     except (TypeError, ValueError) as exc:  # arguments msgpack cannot carry, a request over the frame limit
         raise CommandError(str(exc)) from None
-    print(dumps(result), flush=True)
+    try:
+        text = dumps(result)
+    except RecursionError:  # msgpack nests deeper than Python's recursion limit allows here
+        raise CommandError(f"{service_method} returned a value nested too deeply to print as JSON") from None
+    print(text, flush=True)
     return EXIT_OK
 
 
