@@ -529,6 +529,9 @@ def test_table_from_json_and_header() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     ([], "required: COMMAND"),
     (["call", "t", "A.b", "--kw", "novalue"], "--kw wants NAME=VALUE"),
+    (["call", "t", "NoDot"], "Service.method wants a dot between two names, not 'NoDot'"),
+    (["call", "t", "A."], "Service.method wants a dot"),
+    (["call", "t", ".b"], "Service.method wants a dot"),
     (["call", "t", "A.b", "--kw", "timeout=1"], "'timeout' cannot be passed"),
     (["call", "t", "A.b", "1", "--bogus"], "unrecognized arguments: --bogus"),
     (["call", "t", "A.b", '{"$bytes": "A"}'], "ARG 1"),

@@ -244,6 +244,11 @@ def _check_call_args(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     """Finish parsing ``call``: ARGs given after an option, JSON values, keyword arguments."""
     from .values import parse_arg
 
+    # The server's own rule (rpartition at the last dot); a malformed name is a usage
+    # error, found here rather than after a connection.
+    service, dot, method = args.service_method.rpartition(".")
+    if not (service and dot and method):
+        parser.error(f"Service.method wants a dot between two names, not {args.service_method[:80]!r}")
     # argparse stops filling ARG... at the first option; what follows it comes back
     # as extras, in order. Anything there that looks like an option is a typo, up to
     # a "--": argparse hands that back too when it comes after an option, and what
