@@ -554,3 +554,14 @@ def test_help_has_examples(command: str, capsys: pytest.CaptureFixture[str]) -> 
         main([command, "--help"])
     assert info.value.code == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_registry_help_and_usage_name_geerpc_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["registry", "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: geerpc registry ")
+    with pytest.raises(SystemExit) as info:
+        main(["registry", "--port", "x"])
+    assert info.value.code == 2
+    assert "geerpc registry: error: argument --port" in capsys.readouterr().err

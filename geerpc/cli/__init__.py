@@ -57,7 +57,7 @@ def _dispatch(argv: list[str]) -> int:
         # hand the rest of the command line over rather than define them twice.
         from ..registry.__main__ import main as registry_main
 
-        return registry_main(argv[1:])
+        return registry_main(argv[1:], prog="geerpc registry")
     parser = _build_parser()
     args, extras = parser.parse_known_args(argv)
     if args.command == "call":
