@@ -1,4 +1,10 @@
-"""Addresses written GeeRPC's way, ``protocol@address``: pure parsing, no I/O."""
+"""Addresses written GeeRPC's way, ``protocol@address``: pure parsing, no I/O.
+
+``str(parse_address(text))`` is the canonical form: one spelling per server, so the
+registry keeps one entry for ``[::1]`` and ``[0:0:0:0:0:0:0:1]``, or for ``Host`` and
+``host``. IPv6 literals take ``ipaddress``'s compressed form, host names are
+lowercased (DNS names are case-insensitive), ports lose leading zeros.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +35,10 @@ class Address:
 
 
 def parse_address(text: str) -> Address:
-    """Parse ``tcp@host:port``, ``http@host:port`` or ``unix@/path``.
+    """Parse ``tcp@host:port``, ``http@host:port`` or ``unix@/path``; canonicalise the host.
 
-    A bare ``host:port`` means tcp. Raises ``ValueError`` naming what is wrong.
+    A bare ``host:port`` means tcp. The port is 1 to 65535 in ASCII digits. Raises
+    ``ValueError`` naming what is wrong.
     """
     if not isinstance(text, str):
         raise ValueError(f"address must be a str, not {type(text).__name__}")
@@ -49,18 +56,24 @@ def parse_address(text: str) -> Address:
             raise ValueError(f"address {text!r}: empty socket path")
         return Address("unix", path=rest)
     host, sep, port_text = rest.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or len(port_text) > 5:
+    # isascii: str.isdigit also accepts other scripts' digits ("٩٠"), which int() reads.
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
         raise ValueError(f"address {text!r}: want {scheme}@host:port")
     port = int(port_text)
     if not 0 < port < 65536:
         raise ValueError(f"address {text!r}: port must be 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
         try:
-            ipaddress.IPv6Address(host)
+            ip = ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             raise ValueError(f"address {text!r}: bad IPv6 literal") from None
-    elif not _valid_hostname(host):
+        # Python 3.13 prints IPv4-mapped addresses as ::ffff:1.2.3.4, older ones in hex:
+        # spell them the newer way so registries on either agree.
+        mapped = ip.ipv4_mapped
+        host = f"::ffff:{mapped}" if mapped is not None and ip.scope_id is None else str(ip)
+    elif _valid_hostname(host):
+        host = host.lower()  # ASCII only (checked), so lower() cannot change its length
+    else:
         raise ValueError(f"address {text!r}: bad host name {host!r}")
     return Address(scheme, host=host, port=port)
 

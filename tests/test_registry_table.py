@@ -183,6 +183,15 @@ def test_canonical_address():
             canonical_address(bad)
 
 
+def test_spellings_of_one_server_share_one_entry():
+    table = LivenessTable(10, first_index=1)
+    for spelling in ("tcp@[::1]:9000", "[::0001]:9000", "tcp@[0:0:0:0:0:0:0:1]:09000"):
+        table.heartbeat(canonical_address(spelling), None, now=0.0)
+    for spelling in ("tcp@Host:9000", "tcp@HOST:9000", "host:9000"):
+        table.heartbeat(canonical_address(spelling), None, now=0.0)
+    assert table.alive(1.0) == ["tcp@[::1]:9000", "tcp@host:9000"]
+
+
 # -- a model check: the index moves exactly when what readers see moves ---------------------
 
 _ADDRESSES = [A, B, C]
