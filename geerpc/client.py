@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from types import TracebackType
 from typing import Any, cast
 
@@ -348,8 +349,12 @@ async def dial(
         raise ConnectTimeout(f"dialing {address} took longer than {connect_timeout:g} s") from None
     except OSError as exc:
         _abort(conn)
-        # asyncio words a refusal "Connect call failed (...)": say what the OS says
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        # asyncio words a refusal "Connect call failed (...)": say what the OS says;
+        # name-resolution errors (negative errno) carry their own text
+        if exc.errno and exc.errno > 0 and not isinstance(exc, socket.gaierror):
+            reason = os.strerror(exc.errno)
+        else:
+            reason = exc.strerror or str(exc)
         raise ConnectError(f"cannot connect to {address}: {reason}") from exc
     except BaseException:
         _abort(conn)

@@ -227,3 +227,14 @@ async def test_server_killed_mid_call_fails_pending_calls_promptly():
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+
+
+async def test_dial_error_names_the_os_reason():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(geerpc.ConnectError, match="Connection refused"):
+        await geerpc.dial(f"tcp@127.0.0.1:{port}")
+    with pytest.raises(geerpc.ConnectError) as info:  # resolution fails without any network
+        await geerpc.dial("tcp@no-such-host.invalid:1", connect_timeout=5)
+    assert "Unknown error" not in str(info.value)
