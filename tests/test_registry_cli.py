@@ -53,7 +53,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "geerpc.registry", *args],
-                          capture_output=True, text=True, timeout=20, env=env)
+                          capture_output=True, text=True, timeout=20, env=env, check=False)
 
 
 def test_bad_option_in_a_process_exits_2_without_traceback():

@@ -167,8 +167,13 @@ async def test_unreachable_registry_first_read_is_empty_and_names_the_error(disc
 
 
 async def test_empty_list_from_a_restarted_registry_is_held_until_its_timeout(discoveries):
-    first = Registry(timeout=300)
+    # The first registry's clock says it has been up for 100 s; the second one, started
+    # on the same port, has just started. No request fails in between: the registry's
+    # start time moving is what shows the restart.
+    now = [0.0]
+    first = Registry(timeout=300, clock=lambda: now[0])
     url = await first.start()
+    now[0] += 100.0
     port = int(url.split(":")[2].split("/")[0])
     await post(url, A)
     discovery = discoveries(url, watch=False)

@@ -70,7 +70,7 @@ def _retry_delay(failures: int, period: float, rng: random.Random | None = None)
     random, so a fleet of servers does not hit a restarted registry in lockstep.
     """
     cap = max(period, _FIRST_BACKOFF)
-    backoff = min(cap, _FIRST_BACKOFF * 2 ** min(max(failures, 1) - 1, 30))
+    backoff = min(cap, _FIRST_BACKOFF * 2.0 ** min(max(failures, 1) - 1, 30))
     return backoff / 2 + (rng or random).uniform(0, backoff / 2)
 
 

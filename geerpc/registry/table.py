@@ -86,8 +86,8 @@ def check_service_name(name: str) -> None:
     At most ``MAX_SERVICE_NAME`` characters from ``[A-Za-z0-9_.-]``, not starting
     with ``.`` or ``-``: the rule the registry applies to ``X-Geerpc-Services``.
     """
-    if not isinstance(name, str):
-        raise ValueError(f"service name must be a str, not {type(name).__name__}")
+    if not isinstance(name, str):  # callers catch ValueError for every bad name
+        raise ValueError(f"service name must be a str, not {type(name).__name__}")  # noqa: TRY004
     if not name:
         raise ValueError("empty service name in the list")
     if len(name) > MAX_SERVICE_NAME:

@@ -13,16 +13,25 @@ How the list stays current:
   first read; a geerpc registry answers it as soon as the list changes. While it is
   healthy the list counts as fresh. Against a registry without watches (GeeRPC's),
   the watch task simply polls every ``update_interval``.
+* A registry that refuses the watch with a 4xx (429 at its watcher cap) is up: the
+  watch task polls every ``update_interval`` instead and tries the watch again later
+  (after Retry-After, and backing off while refusals go on). Watch failures have
+  their own counter, which a successful plain GET does not reset, so a watch that
+  keeps failing is retried less and less often and logged once, then at DEBUG.
 * While the registry is unreachable, the last good list is served; failures are
-  retried with backoff and logged once, then at DEBUG.
-* A restarted registry starts empty. An empty answer does not replace a non-empty
-  list while the registry has been up for less than its timeout: by then every live
-  server has sent a heartbeat (they beat at least once per timeout), so its list is
-  as complete as the old registry's would be. geerpc registries report their uptime
-  and timeout in the JSON reply; when a registry does not (GeeRPC's), or never
-  expires servers, the empty answer is held for ``restart_grace`` seconds from the
-  first answer that follows a failure (GeeRPC's 5-minute timeout by default). A
-  non-empty answer is always applied at once, and after the hold an empty one too.
+  retried with backoff and logged once, then at DEBUG. A reply that lists servers
+  none of which is a usable address counts as a failure too.
+* A restarted registry starts empty. An empty answer replaces a non-empty list at
+  once, unless a restart is evident: the registry's start time (our clock now, less
+  the uptime it reports) moved since its last answer, or the last request failed.
+  Then the empty answer is held while the registry has been up for less than its
+  timeout: by then every live server has sent a heartbeat (they beat at least once
+  per timeout), so its list is as complete as the old registry's would be. geerpc
+  registries report their uptime and timeout in the JSON reply; when a registry does
+  not (GeeRPC's), or never expires servers, only a failed request makes a restart
+  evident, and the empty answer is held for ``restart_grace`` seconds from the first
+  answer that follows it (GeeRPC's 5-minute timeout by default). A non-empty answer
+  is always applied at once, and after the hold an empty one too.
 """
 
 from __future__ import annotations
@@ -50,12 +59,19 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_RESPONSE: Final = 16 * 1024 * 1024
 _MIN_WATCH_GAP: Final = 0.1  # coalesces bursts of changes into fewer watch answers
 _MAX_LOGGED_BAD: Final = 1000
+# A registry's start time, as we infer it (now less its uptime), wobbles by the time a
+# reply takes to arrive plus its render cache (0.1 s); a move larger than this is a
+# restart. A restart within a second of the previous one may go unseen this way, but
+# it also breaks the request in flight, which counts as well.
+_RESTART_TOLERANCE: Final = 1.0
+_MAX_WATCH_PAUSE: Final = 300.0  # the longest we poll before trying a refused watch again
 
 
 @dataclass(slots=True)
 class _Answer:
     servers: dict[str, frozenset[str] | None]
     index: int | None
+    received: float  # monotonic time the reply's head arrived
     timeout: float | None = None
     uptime: float | None = None
 
@@ -65,6 +81,16 @@ class _Outcome:
     ok: bool
     index: int | None = None
     error: str = ""
+    refused: bool = False  # the registry answered a watch with a 4xx: it is up, the watch is unwelcome
+    retry_after: float = 0.0
+
+
+class _Refused(RegistryError):
+    """The registry answered with a 4xx status (``Retry-After`` seconds, 0 if none)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RegistryDiscovery(ServerList):
@@ -92,6 +118,13 @@ class RegistryDiscovery(ServerList):
         super().__init__((), seed=seed)
         if not update_interval > 0:
             raise ValueError(f"update_interval must be positive, not {update_interval!r}")
+        # NaN, None or an infinity would leave a request pending for ever; 0 fails every one.
+        if not _seconds(timeout) or timeout == 0:
+            raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
+        if not _seconds(wait):
+            raise ValueError(f"wait must be a finite number of seconds >= 0, not {wait!r}")
+        if not _seconds(restart_grace):
+            raise ValueError(f"restart_grace must be a finite number of seconds >= 0, not {restart_grace!r}")
         self.registry = registry
         self.update_interval = update_interval
         self.timeout = timeout
@@ -106,8 +139,12 @@ class RegistryDiscovery(ServerList):
         self._watch_live = False
         self._last_ok = -math.inf  # monotonic time of the last good answer
         self._failures = 0
+        self._warned = False  # this run of failures was logged at WARNING: log the recovery
         self._next_attempt = -math.inf
-        self._failed_since_ok = False
+        self._watch_failures = 0  # consecutive failed watches; plain GETs do not reset it
+        self._watch_paused_until = -math.inf  # poll, do not watch, until then
+        self._registry_start: float | None = None  # the registry's start time on our clock
+        self._restart_seen = False  # a restart is evident and no answer was applied since
         self._hold_until: float | None = None
         self._logged_bad: set[str] = set()
         self._closed = False
@@ -173,19 +210,40 @@ class RegistryDiscovery(ServerList):
     async def _watch_loop(self) -> None:
         index: int | None = None
         while True:
-            outcome = await (self._shared_fetch() if index is None else self._fetch_and_apply(index))
-            if outcome.ok and outcome.index is not None:
+            watched = index is not None
+            outcome = await (self._fetch_and_apply(index) if watched else self._shared_fetch())
+            if watched:
+                self._count_watch(outcome)
+            if outcome.ok and outcome.index is not None and time.monotonic() >= self._watch_paused_until:
                 self._watch_live = True
                 index = outcome.index
                 await asyncio.sleep(_MIN_WATCH_GAP)
-            elif outcome.ok:
-                # The registry knows no indexes (GeeRPC's): poll instead of watching.
-                self._watch_live = False
+                continue
+            self._watch_live = False
+            index = None  # start over with a plain GET: the registry may have restarted
+            if outcome.ok or outcome.refused:
+                # The registry knows no indexes (GeeRPC's), or refuses watches for now: poll.
                 await asyncio.sleep(self.update_interval)
             else:
-                self._watch_live = False
-                index = None  # start over with a plain GET: the registry may have restarted
                 await asyncio.sleep(max(self._next_attempt - time.monotonic(), _MIN_WATCH_GAP))
+
+    def _count_watch(self, outcome: _Outcome) -> None:
+        if outcome.ok:
+            if self._watch_failures:
+                log.info("registry %s accepts watches again after %d failure(s)", self.registry, self._watch_failures)
+            self._watch_failures = 0
+            return
+        self._watch_failures += 1
+        if not outcome.refused:
+            return  # logged by _failed, backed off through _next_attempt
+        # Poll for a while, longer while refusals go on, and no sooner than Retry-After.
+        backoff = self.update_interval * 2 ** min(self._watch_failures - 1, 16)
+        pause = max(min(backoff, max(_MAX_WATCH_PAUSE, self.update_interval)),
+                    min(outcome.retry_after, _MAX_WATCH_PAUSE))
+        self._watch_paused_until = time.monotonic() + pause
+        level = logging.WARNING if self._watch_failures == 1 else logging.DEBUG
+        log.log(level, "registry %s refused the watch (%d in a row: %s); polling every %g s, watching again in %g s",
+                self.registry, self._watch_failures, outcome.error, self.update_interval, pause)
 
     # -- one request -----------------------------------------------------------------
 
@@ -196,9 +254,12 @@ class RegistryDiscovery(ServerList):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a hostile registry can make anything fail; keep the list
-            if index is not None:
-                self._watch_live = False
-            return self._failed(exc)
+            if index is None:
+                return self._failed(exc)
+            self._watch_live = False
+            if isinstance(exc, _Refused):  # the registry is up and said no to the watch alone
+                return _Outcome(False, error=str(exc), refused=True, retry_after=exc.retry_after)
+            return self._failed(exc, watch=True)
         self._succeeded(answer)
         return _Outcome(True, answer.index)
 
@@ -211,11 +272,15 @@ class RegistryDiscovery(ServerList):
         headers = {"Accept": "application/json"}
         async with asyncio.timeout(limit):
             async with self._session.get(self.registry, params=params, headers=headers) as response:
+                received = time.monotonic()
                 if response.status != 200:
                     reason = (await response.content.read(200)).decode("utf-8", "replace").strip()
-                    raise RegistryError(f"HTTP {response.status} {reason}".strip())
+                    message = f"HTTP {response.status} {reason}".strip()
+                    if 400 <= response.status < 500:
+                        raise _Refused(message, _retry_after(response.headers.get("Retry-After")))
+                    raise RegistryError(message)
                 body = await self._read_capped(response)
-                return self._parse(response, body)
+                return self._parse(response, body, received)
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
         if response.content_length is not None and response.content_length > self.max_response_bytes:
@@ -229,8 +294,9 @@ class RegistryDiscovery(ServerList):
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _parse(self, response: aiohttp.ClientResponse, body: bytes) -> _Answer:
+    def _parse(self, response: aiohttp.ClientResponse, body: bytes, received: float) -> _Answer:
         index = _parse_int(response.headers.get(H_INDEX))
+        servers: dict[str, frozenset[str] | None] = {}
         if response.content_type == "application/json":
             try:
                 data = json.loads(body)
@@ -238,18 +304,18 @@ class RegistryDiscovery(ServerList):
                 raise RegistryError(f"malformed JSON reply: {exc}") from None
             if not isinstance(data, dict) or not isinstance(data.get("servers"), list):
                 raise RegistryError("JSON reply without a 'servers' list")
-            servers: dict[str, frozenset[str] | None] = {}
             for item in data["servers"]:
                 self._add_json_entry(servers, item)
-            return _Answer(servers, index, _number(data.get("timeout")), _number(data.get("uptime")))
+            _check_usable(len(data["servers"]), servers)
+            return _Answer(servers, index, received, _number(data.get("timeout")), _number(data.get("uptime")))
         header = response.headers.get(H_SERVERS)
         if header is None:
             raise RegistryError(f"reply has no {H_SERVERS} header")
-        servers = {}
-        for address in header.split(","):
-            if address.strip():
-                self._add_entry(servers, address.strip(), None)
-        return _Answer(servers, index)
+        listed = [address.strip() for address in header.split(",") if address.strip()]
+        for address in listed:
+            self._add_entry(servers, address, None)
+        _check_usable(len(listed), servers)
+        return _Answer(servers, index, received)
 
     def _add_json_entry(self, servers: dict[str, frozenset[str] | None], item: Any) -> None:
         if not isinstance(item, dict) or not isinstance(item.get("address"), str):
@@ -279,40 +345,56 @@ class RegistryDiscovery(ServerList):
 
     def _succeeded(self, answer: _Answer) -> None:
         now = time.monotonic()
-        if self._failures:
+        if self._failures and self._warned:
             log.info("registry %s answers again after %d failure(s)", self.registry, self._failures)
+        self._warned = False
         self._failures = 0
         self._next_attempt = -math.inf
         self._last_ok = now
         self.last_error = None
+        if answer.uptime is not None:
+            start = answer.received - answer.uptime
+            if self._registry_start is not None and abs(start - self._registry_start) > _RESTART_TOLERANCE:
+                self._restart_seen = True
+            self._registry_start = start
         if not answer.servers and self._servers and self._hold(answer, now):
             return
-        self._failed_since_ok = False
+        self._restart_seen = False
         self._hold_until = None
         self.update(answer.servers)
 
     def _hold(self, answer: _Answer, now: float) -> bool:
-        """Whether to keep our non-empty list instead of this empty answer (a fresh registry)."""
+        """Whether to keep our non-empty list instead of this empty answer (a fresh registry).
+
+        Only after an evident restart: otherwise an empty answer means the last server
+        left (a DELETE, an expiry), and serving it on would send calls to a dead address.
+        """
+        if not self._restart_seen:
+            return False
         if answer.uptime is not None and answer.timeout:
             hold = answer.uptime < answer.timeout
         else:
-            if self._failed_since_ok and self._hold_until is None:
+            if self._hold_until is None:
                 self._hold_until = now + self.restart_grace
-            hold = self._hold_until is not None and now < self._hold_until
+            hold = now < self._hold_until
         if hold:
             log.debug("registry %s answered an empty list soon after a restart; keeping %d server(s)",
                       self.registry, len(self._servers))
         return hold
 
-    def _failed(self, exc: BaseException) -> _Outcome:
+    def _failed(self, exc: BaseException, *, watch: bool = False) -> _Outcome:
         self._failures += 1
-        self._failed_since_ok = True
+        self._restart_seen = True  # the registry may have restarted meanwhile
         error = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
         self.last_error = error
+        # A watch that keeps failing while plain GETs succeed (a proxy that cuts long
+        # polls) resets _failures each time: its own counter drives backoff and logging.
+        failures = max(self._failures, self._watch_failures + 1) if watch else self._failures
         # Equal jitter, capped at update_interval: never spin, never wait much longer than a poll.
-        backoff = min(self.update_interval, 0.5 * 2 ** min(self._failures - 1, 30))
+        backoff = min(self.update_interval, 0.5 * 2 ** min(failures - 1, 30))
         self._next_attempt = time.monotonic() + backoff / 2 + random.uniform(0, backoff / 2)
-        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        level = logging.WARNING if failures == 1 else logging.DEBUG
+        self._warned = self._warned or level == logging.WARNING
         log.log(level, "registry %s failed (%d in a row), serving the last %d server(s): %s",
                 self.registry, self._failures, len(self._servers), error)
         return _Outcome(False, error=error)
@@ -320,6 +402,25 @@ class RegistryDiscovery(ServerList):
     def _describe(self) -> str:
         text = f"{len(self._servers)} server(s) from registry {self.registry}"
         return f"{text}; last error: {self.last_error}" if self.last_error else text
+
+
+def _check_usable(listed: int, servers: dict[str, frozenset[str] | None]) -> None:
+    # Entries but not one usable: a broken or hostile registry, not an empty list.
+    # Failing keeps the list we have (and logs it) instead of emptying it silently.
+    if listed and not servers:
+        raise RegistryError(f"none of the {listed} listed server(s) is a usable address")
+
+
+def _retry_after(value: str | None) -> float:
+    # Only the delta-seconds form; an HTTP date or garbage counts as "not said".
+    if value is None or not value.isascii() or not value.strip().isdigit() or len(value.strip()) > 9:
+        return 0.0
+    return float(value.strip())
+
+
+def _seconds(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
 
 
 def _parse_int(value: str | None) -> int | None:
