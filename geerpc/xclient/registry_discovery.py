@@ -13,25 +13,18 @@ How the list stays current:
   first read; a geerpc registry answers it as soon as the list changes. While it is
   healthy the list counts as fresh. Against a registry without watches (GeeRPC's),
   the watch task simply polls every ``update_interval``.
-* A registry that refuses the watch with a 4xx (429 at its watcher cap) is up: the
-  watch task polls every ``update_interval`` instead and tries the watch again later
-  (after Retry-After, and backing off while refusals go on). Watch failures have
-  their own counter, which a successful plain GET does not reset, so a watch that
-  keeps failing is retried less and less often and logged once, then at DEBUG.
-* While the registry is unreachable, the last good list is served; failures are
-  retried with backoff and logged once, then at DEBUG. A reply that lists servers
-  none of which is a usable address counts as a failure too.
-* A restarted registry starts empty. An empty answer replaces a non-empty list at
-  once, unless a restart is evident: the registry's start time (our clock now, less
-  the uptime it reports) moved since its last answer, or the last request failed.
-  Then the empty answer is held while the registry has been up for less than its
-  timeout: by then every live server has sent a heartbeat (they beat at least once
-  per timeout), so its list is as complete as the old registry's would be. geerpc
-  registries report their uptime and timeout in the JSON reply; when a registry does
-  not (GeeRPC's), or never expires servers, only a failed request makes a restart
-  evident, and the empty answer is held for ``restart_grace`` seconds from the first
-  answer that follows it (GeeRPC's 5-minute timeout by default). A non-empty answer
-  is always applied at once, and after the hold an empty one too.
+* A registry that refuses the watch (4xx, 429 at its watcher cap) is up: we poll
+  instead and try the watch again later. Watch failures have their own counter, which
+  a good plain GET does not reset, so a watch that keeps failing backs off and is
+  logged once, then at DEBUG.
+* While the registry is unreachable (or lists nothing usable), the last good list is
+  served; failures are retried with backoff and logged once, then at DEBUG.
+* An empty answer replaces the list at once, unless the registry evidently restarted
+  (its start time, our clock less its uptime, moved; or the last request failed): a
+  restarted registry starts empty. Then the empty answer is held while the registry
+  has been up for less than its timeout, after which every live server has beaten
+  again; without uptime and timeout (GeeRPC's), for ``restart_grace`` seconds.
+  docs/registry.md (*Discovery*) has the details.
 """
 
 from __future__ import annotations
@@ -142,6 +135,7 @@ class RegistryDiscovery(ServerList):
         self._warned = False  # this run of failures was logged at WARNING: log the recovery
         self._next_attempt = -math.inf
         self._watch_failures = 0  # consecutive failed watches; plain GETs do not reset it
+        self._watch_refused = False  # one of them was refused (4xx)
         self._watch_paused_until = -math.inf  # poll, do not watch, until then
         self._registry_start: float | None = None  # the registry's start time on our clock
         self._restart_seen = False  # a restart is evident and no answer was applied since
@@ -229,9 +223,10 @@ class RegistryDiscovery(ServerList):
 
     def _count_watch(self, outcome: _Outcome) -> None:
         if outcome.ok:
-            if self._watch_failures:
+            if self._watch_refused:  # other failures end with _succeeded's "answers again"
                 log.info("registry %s accepts watches again after %d failure(s)", self.registry, self._watch_failures)
             self._watch_failures = 0
+            self._watch_refused = False
             return
         self._watch_failures += 1
         if not outcome.refused:
@@ -241,6 +236,7 @@ class RegistryDiscovery(ServerList):
         pause = max(min(backoff, max(_MAX_WATCH_PAUSE, self.update_interval)),
                     min(outcome.retry_after, _MAX_WATCH_PAUSE))
         self._watch_paused_until = time.monotonic() + pause
+        self._watch_refused = True
         level = logging.WARNING if self._watch_failures == 1 else logging.DEBUG
         log.log(level, "registry %s refused the watch (%d in a row: %s); polling every %g s, watching again in %g s",
                 self.registry, self._watch_failures, outcome.error, self.update_interval, pause)
