@@ -36,7 +36,8 @@ from . import http
 from . import protocol as p
 from .errors import ProtocolError
 from .handshake import ServerHandshake
-from .service import Method, argument_error
+from .replies import failure_reply, result_reply, run_inline, stopped_reply, timeout_reply
+from .service import Method
 from .tcp import enable_keepalive
 from .workers import Job
 
@@ -51,7 +52,6 @@ _CONNECTION_LOST = "connection lost"
 _STOPPING = "server stopping"
 _EAGER = sys.version_info >= (3, 12)
 _FLUSH_AT = 256 * 1024  # queued reply bytes that are written without waiting for the read's end
-_MAX_ERROR_MESSAGE = 64 * 1024  # characters of an exception's message sent to the caller
 _HOLD_BYTES = 4 * 1024 * 1024  # request bytes held per connection beyond max_in_flight
 _HOLD_MIN = 16  # requests held at least, whatever max_in_flight, so Cancels and EOF get through
 
@@ -64,16 +64,6 @@ class _SyncCall(Job):
     method: Method
     timer: asyncio.TimerHandle | None
     start: float
-
-
-def _start_inline(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    coroutine = method.func(*args, **kwargs)
-    try:
-        coroutine.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coroutine.close()
-    raise RuntimeError(f"{method.name} suspended although it has no await")
 
 
 class ServerConnection(asyncio.BufferedProtocol):
@@ -297,12 +287,12 @@ class ServerConnection(asyncio.BufferedProtocol):
         start = perf_counter()
         if method.inline:  # cannot suspend: runs to the end now, needs no slot
             try:
-                result = contextvars.copy_context().run(_start_inline, method, args, kwargs)
+                result = contextvars.copy_context().run(run_inline, method, args, kwargs)
             except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
-                self._queue(self._failure(seq, method, args, kwargs, exc))
+                self._queue(failure_reply(seq, method, args, kwargs, exc, self._frame_limit))
                 method.record(perf_counter() - start, False)
             else:
-                self._queue(self._success(seq, method, result))
+                self._queue(result_reply(seq, method, result, self._frame_limit))
                 method.record(perf_counter() - start, True)
             return
         timeout = message.timeout
@@ -342,22 +332,22 @@ class ServerConnection(asyncio.BufferedProtocol):
                 except TimeoutError:
                     if not deadline.expired():
                         raise  # the handler's own TimeoutError, not our deadline
-                    self._reply(_timeout_error(seq, method, timeout))
+                    self._reply(timeout_reply(seq, method, timeout))
                     return
-            self._reply(self._success(seq, method, result))
+            self._reply(result_reply(seq, method, result, self._frame_limit))
             ok = True
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and not task.cancelling():
                 # Nobody cancelled this call: the handler raised CancelledError itself
                 # (say, it awaited a future someone else cancelled). Answer it.
-                self._reply(self._failure(seq, method, args, kwargs, exc))
+                self._reply(failure_reply(seq, method, args, kwargs, exc, self._frame_limit))
                 return
             if self._server._stopping:
-                self._reply(_stopped_error(seq, method))
+                self._reply(stopped_reply(seq, method))
             raise
         except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
-            self._reply(self._failure(seq, method, args, kwargs, exc))
+            self._reply(failure_reply(seq, method, args, kwargs, exc, self._frame_limit))
         finally:
             method.record(perf_counter() - start, ok)
 
@@ -373,9 +363,9 @@ class ServerConnection(asyncio.BufferedProtocol):
             call.timer.cancel()
         del self._calls[call.seq]
         if ok:
-            self._reply(self._success(call.seq, call.method, value))
+            self._reply(result_reply(call.seq, call.method, value, self._frame_limit))
         else:
-            self._reply(self._failure(call.seq, call.method, call.args, call.kwargs, value))
+            self._reply(failure_reply(call.seq, call.method, call.args, call.kwargs, value, self._frame_limit))
         call.method.record(perf_counter() - call.start, ok)
         self._call_ended()
 
@@ -383,7 +373,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         # A thread cannot be stopped: the handler runs on, and its result is dropped.
         call.abandoned = True
         del self._calls[call.seq]
-        self._reply(_timeout_error(call.seq, call.method, timeout))
+        self._reply(timeout_reply(call.seq, call.method, timeout))
         call.method.record(perf_counter() - call.start, False)
         self._call_ended()
 
@@ -403,7 +393,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             call.timer.cancel()
         del self._calls[seq]
         if reason == _STOPPING:
-            self._reply(_stopped_error(seq, call.method))
+            self._reply(stopped_reply(seq, call.method))
         self._call_ended()
 
     def _call_ended(self) -> None:
@@ -411,38 +401,6 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._take_frames()
         if not self._calls and self._server._stopping:
             self._server._check_drained()
-
-    def _success(self, seq: int, method: Method, result: Any) -> bytes:
-        try:
-            reply = p.encode_response(seq, result)
-        except (TypeError, ValueError, OverflowError) as exc:
-            return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
-                                  f"result of {method.name} cannot be encoded: {_describe(exc)}")
-        limit = self._frame_limit
-        if len(reply) - 4 > limit:
-            return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
-                                  f"result of {method.name} is {len(reply) - 4} bytes, over the {limit}-byte frame limit")
-        return reply
-
-    def _failure(self, seq: int, method: Method, args: list[Any], kwargs: dict[str, Any],
-                 exc: BaseException) -> bytes:
-        if isinstance(exc, TypeError):
-            # Binding happens before the body runs; re-check the signature only now
-            # to tell the caller's mistake from a TypeError raised inside the handler.
-            problem = argument_error(method, args, kwargs)
-            if problem is not None:
-                return p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments", problem)
-        # Tracebacks stay on the server (at debug level): they leak paths and code.
-        log.debug("%s raised %s", method.name, type(exc).__name__, exc_info=exc)
-        name = type(exc).__name__[:200]
-        message = _describe(exc)[:_MAX_ERROR_MESSAGE]
-        reply = p.encode_error(seq, p.ErrorCode.APPLICATION, name, message)
-        excess = len(reply) - 4 - self._frame_limit
-        if excess > 0:  # cut the message (by bytes, at a character boundary) to fit
-            keep = max(0, len(message.encode()) - excess - 8)
-            message = message.encode()[:keep].decode(errors="ignore") + "..."
-            reply = p.encode_error(seq, p.ErrorCode.APPLICATION, name, message)
-        return reply
 
     # ------------------------------------------------------------- replies
 
@@ -489,7 +447,7 @@ class ServerConnection(asyncio.BufferedProtocol):
     def cancel_calls(self) -> None:
         for seq in list(self._held):  # never started: answer them Unavailable
             request, method, _ = self._held.pop(seq)
-            self._reply(_stopped_error(seq, method))
+            self._reply(stopped_reply(seq, method))
         self._held_bytes = 0
         for seq in list(self._calls):
             self._cancel(seq, _STOPPING)
@@ -502,19 +460,3 @@ class ServerConnection(asyncio.BufferedProtocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-
-
-def _describe(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
-        return f"<unprintable {type(exc).__name__}>"
-
-
-def _timeout_error(seq: int, method: Method, timeout: float) -> bytes:
-    return p.encode_error(seq, p.ErrorCode.TIMEOUT, "Timeout",
-                          f"{method.name} timed out: did not finish within {timeout:g} s on the server")
-
-
-def _stopped_error(seq: int, method: Method) -> bytes:
-    return p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", f"server stopped before {method.name} finished")
