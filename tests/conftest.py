@@ -93,6 +93,23 @@ async def geerpc_like():
 
 
 @pytest.fixture
+async def discoveries():
+    """Makes RegistryDiscovery objects and closes every one of them afterwards."""
+    from geerpc.xclient.registry_discovery import RegistryDiscovery
+
+    made: list[RegistryDiscovery] = []
+
+    def make(url: str, *args, **kwargs) -> RegistryDiscovery:
+        discovery = RegistryDiscovery(url, *args, **kwargs)
+        made.append(discovery)
+        return discovery
+
+    yield make
+    for discovery in made:
+        await discovery.close()
+
+
+@pytest.fixture
 def arith() -> Arith:
     return Arith()
 

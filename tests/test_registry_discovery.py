@@ -23,20 +23,6 @@ B = "tcp@127.0.0.1:9002"
 C = "tcp@127.0.0.1:9003"
 
 
-@pytest.fixture
-async def discoveries():
-    made: list[RegistryDiscovery] = []
-
-    def make(url: str, *args, **kwargs) -> RegistryDiscovery:
-        discovery = RegistryDiscovery(url, *args, **kwargs)
-        made.append(discovery)
-        return discovery
-
-    yield make
-    for discovery in made:
-        await discovery.close()
-
-
 async def post(url: str, address: str, services: str | None = None) -> None:
     headers = {"X-Geerpc-Server": address}
     if services is not None:

@@ -21,20 +21,6 @@ B = "tcp@127.0.0.1:9002"
 LOGGER = "geerpc.xclient.registry_discovery"
 
 
-@pytest.fixture
-async def discoveries():
-    made: list[RegistryDiscovery] = []
-
-    def make(url: str, *args, **kwargs) -> RegistryDiscovery:
-        discovery = RegistryDiscovery(url, *args, **kwargs)
-        made.append(discovery)
-        return discovery
-
-    yield make
-    for discovery in made:
-        await discovery.close()
-
-
 class _Watches:
     """A registry answering plain GETs with [A] as JSON, and watches with ``status``."""
 
