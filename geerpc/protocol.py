@@ -39,7 +39,7 @@ _MAX_SEQ: Final = 2**63 - 1
 _LENGTH: Final = struct.Struct(">I")
 _unpack_length = _LENGTH.unpack_from
 _pack_length = _LENGTH.pack
-_INITIAL_BUFFER: Final = 64 * 1024  # per connection, grown only for frames that need it
+_INITIAL_BUFFER: Final = 16 * 1024  # per connection, grown only as large frames arrive
 _MIN_READ: Final = 16 * 1024
 _SHRINK_ABOVE: Final = 1024 * 1024
 
@@ -188,7 +188,10 @@ class FrameDecoder:
         if buffered >= 4:
             (size,) = _unpack_length(self._buffer, self._start)
             if 0 < size <= self.max_frame_size:
-                need = max(need, 4 + size - buffered)
+                # Room for the rest of the frame, but never more than what has already
+                # arrived: a peer must send bytes to make us allocate (at most doubling
+                # per read), not merely announce a large length.
+                need = max(need, min(4 + size - buffered, buffered))
         self._make_room(need)
         return memoryview(self._buffer)[self._end :]
 
@@ -217,7 +220,8 @@ class FrameDecoder:
         if len(self._buffer) - buffered >= need:  # compact: an equal-size move, no resize
             self._buffer[:buffered] = self._buffer[self._start : self._end]
         else:
-            grown = bytearray(max(buffered + need, 2 * len(self._buffer)))
+            # double (fewer copies for a growing frame), but never past one whole frame
+            grown = bytearray(max(buffered + need, min(2 * len(self._buffer), 4 + self.max_frame_size)))
             grown[:buffered] = self._buffer[self._start : self._end]
             self._buffer = grown
         self._start, self._end = 0, buffered

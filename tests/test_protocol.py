@@ -815,3 +815,31 @@ def test_feed_and_buffered_receive_mix():
     assert _receive(decoder, p.frame(b"one")[3:] + p.frame(b"two"), 2) == [b"one", b"two"]
     decoder.feed(p.frame(b"three"))
     assert decoder.take_all() == p.frame(b"three") and decoder.pending == 0
+
+
+def test_announcing_a_large_frame_allocates_nothing_until_its_bytes_arrive():
+    decoder = p.FrameDecoder(max_frame_size=16 * 1024 * 1024)
+    view = decoder.get_buffer(-1)
+    view[:5] = (16 * 1024 * 1024 - 4).to_bytes(4, "big") + b"x"  # 5 bytes claim 16 MiB
+    decoder.buffer_updated(5)
+    assert decoder.next_frame() is None
+    assert len(decoder.get_buffer(-1)) < 64 * 1024  # room for what came, not for what was announced
+
+
+def test_buffer_never_grows_past_one_whole_frame():
+    limit = 1024 * 1024
+    decoder = p.FrameDecoder(max_frame_size=limit)
+    payloads = [b"a" * (2**k + 1) for k in range(10, 19)] + [b"b" * limit]
+    stream = b"".join(p.frame(x) for x in payloads)
+    peak = 0
+    pos = 0
+    while pos < len(stream):
+        view = decoder.get_buffer(-1)
+        n = min(len(view), len(stream) - pos)
+        view[:n] = stream[pos : pos + n]
+        decoder.buffer_updated(n)
+        pos += n
+        peak = max(peak, len(decoder._buffer))
+        while decoder.next_frame() is not None:
+            pass
+    assert peak <= 4 + limit + 16 * 1024

@@ -86,7 +86,7 @@ async def test_watch_without_wait_is_bounded_by_max_wait(http):
         assert 0.15 < took < 2.0
 
 
-@pytest.mark.parametrize("max_wait", [-1.0, math.nan, math.inf])
+@pytest.mark.parametrize("max_wait", [-1.0, 0.0, 0.01, math.nan, math.inf])
 def test_bad_max_wait_is_rejected(max_wait):
     with pytest.raises(ValueError, match="max_wait"):
         Registry(max_wait=max_wait)

@@ -98,8 +98,10 @@ class Registry:
     ) -> None:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', not {path!r}")
-        if not (math.isfinite(max_wait) and max_wait >= 0):
-            raise ValueError(f"max_wait must be a finite number of seconds >= 0, not {max_wait!r}")
+        # Not ~0: a watch clamped to nothing would answer at once, and every watching
+        # client would ask again as fast as it could.
+        if not (math.isfinite(max_wait) and max_wait >= 0.1):
+            raise ValueError(f"max_wait must be a finite number of seconds >= 0.1, not {max_wait!r}")
         self.table = LivenessTable(timeout, max_servers=max_servers, max_services=max_services)
         self.path = path
         self.max_watchers = max_watchers
