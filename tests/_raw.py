@@ -16,16 +16,6 @@ from geerpc import protocol as p
 from geerpc.address import parse_address
 
 
-async def eventually(cond: Callable[[], bool], timeout: float = 2.0, interval: float = 0.005) -> None:
-    """Poll ``cond`` until it is true; fail the test if it is not within ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
-
-
 def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 

@@ -1,19 +1,54 @@
-"""Shared fixtures: services to serve, a server on 127.0.0.1 port 0, a client to it."""
+"""Shared fixtures: services to serve, a server on 127.0.0.1 port 0, a client to it;
+and ``eventually``, the one way tests wait for something that happens elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import geerpc
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+async def eventually(condition: Callable[[], Any | Awaitable[Any]], timeout: float = 5.0,
+                     what: str = "condition", *, interval: float = 0.01) -> float:
+    """Poll ``condition`` (a plain or an async callable) until it returns something true.
+
+    Returns the seconds it took. Raises AssertionError naming ``what`` if it is still
+    false after ``timeout`` seconds. Tests never sleep to wait for readiness: they wait
+    on an event, or poll with a deadline through this.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return loop.time() - start
+        if loop.time() - start > timeout:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        await asyncio.sleep(interval)
+
+
+def eventually_sync(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition", *,
+                    interval: float = 0.01) -> float:
+    """``eventually`` for a thread without an event loop (state another thread changes)."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(interval)
+    return time.monotonic() - start
 
 
 class Arith:

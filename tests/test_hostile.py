@@ -4,7 +4,7 @@ One test per hostile input or fault that concerns a single connection. Each chec
 reply or the close expected, then that the server still serves: a fresh
 ``geerpc.dial`` + ``Arith.add`` works and, where it matters, a client that was already
 connected is unaffected. Raw bytes go through ``asyncio.open_connection``; nothing
-here sleeps to wait for something to happen (see ``_raw.eventually``).
+here sleeps to wait for something to happen (see ``conftest.eventually``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from _raw import (
     Raw,
     assert_serving,
     dial_when_possible,
-    eventually,
     fake_server,
     option,
     pack,
@@ -29,6 +28,7 @@ from _raw import (
     request,
     serving,
 )
+from conftest import eventually
 
 import geerpc
 from geerpc import protocol as p

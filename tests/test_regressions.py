@@ -10,7 +10,7 @@ import socket
 import struct
 
 import pytest
-from _raw import eventually
+from conftest import eventually
 
 import geerpc
 from geerpc import protocol as p

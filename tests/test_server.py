@@ -8,7 +8,7 @@ import time
 import pytest
 
 import geerpc
-from conftest import Arith
+from conftest import Arith, eventually
 
 
 class Gate:
@@ -157,11 +157,7 @@ async def test_idle_timeout_closes_quiet_connections_but_not_busy_ones(arith):
         busy = await geerpc.dial(server.address)
         try:
             call = asyncio.ensure_future(busy.call("Arith.sleep", 0.5))
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            while not idle.closed:  # closed by the server after about 0.2 s
-                assert loop.time() - start < 2
-                await asyncio.sleep(0.02)
+            await eventually(lambda: idle.closed, 2, "the idle connection closed (after about 0.2 s)")
             assert await call == 0.5  # a call running longer than idle_timeout is not cut
             assert not busy.closed
         finally:
@@ -206,7 +202,7 @@ async def test_blocking_def_past_its_deadline_times_out_and_its_late_result_is_d
                 (conn,) = server._connections
                 assert not conn._calls  # the slot is free at the deadline, not when the thread ends
                 assert await client.call("Arith.mul", 6, 7) == 42
-                await _until(slow.finished.is_set)  # the thread ends; its result goes nowhere
+                await eventually(slow.finished.is_set)  # the thread ends; its result goes nowhere
                 assert await client.call("Arith.add", 1, 1) == 2
         assert errors == []
     finally:
@@ -221,10 +217,10 @@ async def test_cancelling_a_blocking_def_call_frees_its_slot(arith):
         async with await geerpc.dial(server.address) as client:
             blocked = asyncio.ensure_future(client.call("Arith.block", 0.5))
             (conn,) = await _connections(server)
-            await _until(lambda: len(conn._calls) == 1)
+            await eventually(lambda: len(conn._calls) == 1)
             blocked.cancel()
             await asyncio.gather(blocked, return_exceptions=True)
-            await _until(lambda: not conn._calls)
+            await eventually(lambda: not conn._calls)
             async with asyncio.timeout(0.4):  # well before the blocked thread is done
                 assert await client.call("Arith.add", 2, 3) == 5
 
@@ -240,20 +236,12 @@ async def test_stop_answers_running_and_held_calls_unavailable(arith):
         blocking = asyncio.ensure_future(client.call("Arith.block", 0.3))
         await gate.all_entered.wait()  # one runs; the others are held at the cap
         (conn,) = server._connections
-        await _until(lambda: len(conn._held) == 3)
+        await eventually(lambda: len(conn._held) == 3)
         await server.stop(grace=0.05)
         results = await asyncio.gather(*calls, blocking, return_exceptions=True)
         assert all(isinstance(r, geerpc.Unavailable) for r in results), results
 
 
 async def _connections(server):
-    await _until(lambda: bool(server._connections))
+    await eventually(lambda: bool(server._connections))
     return list(server._connections)
-
-
-async def _until(condition, timeout: float = 2.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)

@@ -11,12 +11,11 @@ import gc
 import signal
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Arith
+from conftest import Arith, eventually_sync
 
 import geerpc
 from geerpc.registry import Registry
@@ -73,15 +72,6 @@ def backend() -> Iterator[Backend]:
 @pytest.fixture
 def address(backend: Backend) -> str:
     return backend.addresses[0]
-
-
-def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Poll with a deadline: for state another thread changes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.01)
 
 
 def sync_threads() -> list[threading.Thread]:
@@ -158,7 +148,7 @@ def test_close_fails_a_call_in_flight(backend: Backend, address: str) -> None:
 
     caller = threading.Thread(target=call)
     caller.start()
-    eventually(arith.started.is_set)
+    eventually_sync(arith.started.is_set)
     client.close()
     caller.join(5)
     assert len(outcome) == 1 and isinstance(outcome[0], geerpc.ConnectionClosed)
@@ -210,7 +200,7 @@ def test_interrupted_wait_cancels_the_call(backend: Backend, address: str) -> No
     assert main is not None
 
     def interrupt() -> None:  # Ctrl-C, once the call is running on the server
-        eventually(arith.started.is_set)
+        eventually_sync(arith.started.is_set)
         signal.pthread_kill(main, signal.SIGINT)
 
     with SyncClient(address) as client:
@@ -221,7 +211,7 @@ def test_interrupted_wait_cancels_the_call(backend: Backend, address: str) -> No
                 client.call("Arith.sleep", 30)
         finally:
             interrupter.join(10)
-        eventually(arith.cancelled.is_set)  # the cancel reached the server's handler
+        eventually_sync(arith.cancelled.is_set)  # the cancel reached the server's handler
         assert client.call("Arith.add", 1, 1) == 2
 
 
@@ -270,7 +260,7 @@ def test_xclient_over_a_registry_calls_and_broadcasts(backend: Backend) -> None:
         assert xclient.call("Arith.add", 20, 22, timeout=5) == 42
         before = [arith.calls for arith in backend.ariths]
         assert xclient.broadcast("Arith.add", 1, 2, timeout=5) == 3
-        eventually(lambda: [a.calls - b for a, b in zip(backend.ariths, before)] == [1, 1])
+        eventually_sync(lambda: [a.calls - b for a, b in zip(backend.ariths, before)] == [1, 1])
         with pytest.raises(geerpc.RemoteError, match="boom"):
             xclient.broadcast("Arith.fail", "boom", timeout=5)
     with pytest.raises(geerpc.ConnectionClosed):

@@ -8,10 +8,9 @@ import contextlib
 import socket
 
 import pytest
-from _registry_helpers import wait_until
 
 import geerpc
-from conftest import PYTHON, ROOT, subprocess_env
+from conftest import PYTHON, ROOT, eventually, subprocess_env
 from geerpc.registry import Registry
 from geerpc.xclient import MultiServerDiscovery, RegistryDiscovery, SelectMode, XClient
 
@@ -222,9 +221,9 @@ async def test_registry_discovery_end_to_end_and_deregistration(nodes, registry)
         stopped = made[0]
         await stopped.server.stop()
         # deregistered at once; the watch brings the change within a second
-        await wait_until(lambda: stopped.address not in discovery.services(), timeout=2)
+        await eventually(lambda: stopped.address not in discovery.services(), timeout=2)
         assert {await xc.call("Node.whoami", timeout=2) for _ in range(6)} == {"n1", "n2"}
-        await wait_until(lambda: stopped.address not in xc._clients, timeout=2)
+        await eventually(lambda: stopped.address not in xc._clients, timeout=2)
 
 
 async def test_selection_by_service(nodes, registry):
