@@ -30,19 +30,25 @@ import functools
 import logging
 import sys
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, NamedTuple, cast
 
-from . import http
 from . import protocol as p
 from .errors import ProtocolError
 from .handshake import ServerHandshake
-from .replies import failure_reply, result_reply, run_inline, stopped_reply, timeout_reply
+from .host import ConnectionHost
+from .replies import (
+    bad_request_reply,
+    failure_reply,
+    not_found_reply,
+    result_reply,
+    run_inline,
+    stopped_reply,
+    stopping_reply,
+    timeout_reply,
+)
 from .service import Method
 from .tcp import enable_keepalive
 from .workers import Job
-
-if TYPE_CHECKING:
-    from .server import Server
 
 __all__ = ["ServerConnection"]
 
@@ -66,27 +72,45 @@ class _SyncCall(Job):
     start: float
 
 
+class _Held(NamedTuple):
+    """A request taken off the wire while max_in_flight calls run."""
+
+    request: p.Request
+    method: Method
+    size: int  # bytes of its frame
+    deadline: float | None  # loop time, set when the request arrived
+
+
+def _budget(timeout: float | None, handle_timeout: float | None) -> float | None:
+    """Seconds a call may take: the caller's time left or the handle timeout, whichever is smaller."""
+    if handle_timeout is not None and (timeout is None or handle_timeout < timeout):
+        return handle_timeout
+    return timeout
+
+
 class ServerConnection(asyncio.BufferedProtocol):
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, host: ConnectionHost) -> None:
+        self._host = host
+        self._limits = limits = host.limits
+        self._lookup = host.lookup
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._handshake: ServerHandshake | None = ServerHandshake(lambda request: http.route(request, server))
-        self._frames = p.FrameDecoder(server.max_frame_size)
+        self._handshake: ServerHandshake | None = ServerHandshake(host.http_answer)
+        self._frames = p.FrameDecoder(limits.max_frame_size)
         self._calls: dict[int, asyncio.Task[None] | _SyncCall] = {}
         # Requests received while max_in_flight calls run: started as calls finish.
         # Reading goes on meanwhile (so Cancels and EOF are still seen) until the hold
         # is full, then the socket is paused: that is the backpressure.
-        self._held: collections.OrderedDict[int, tuple[p.Request, Method, int]] = collections.OrderedDict()
+        self._held: collections.OrderedDict[int, _Held] = collections.OrderedDict()
         self._held_bytes = 0
         self._lost = False
         self._out: list[bytes] = []
         self._out_size = 0
-        self._frame_limit = server.max_frame_size  # lowered to the client's own limit if smaller
+        self._frame_limit = limits.max_frame_size  # lowered to the client's own limit if smaller
         self._flush_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
-        self._handle_timeout = server.handle_timeout
+        self._handle_timeout = limits.handle_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
@@ -97,15 +121,14 @@ class ServerConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
         self._transport = transport = cast(asyncio.Transport, transport)
-        server = self._server
-        if len(server._connections) >= server.max_connections:
-            log.warning("refusing connection: %d connections open", len(server._connections))
-            transport.write(p.encode_option(p.Option(error="server has too many connections")))
+        refusal = self._host.connection_opened(self)
+        if refusal is not None:
+            self._lost = True
+            transport.write(p.encode_option(p.Option(error=refusal)))
             transport.close()
             return
-        server._connections.add(self)
         enable_keepalive(transport)
-        self._timer = self._loop.call_later(server.handshake_timeout, self._abort, "no Option in time")
+        self._timer = self._loop.call_later(self._limits.handshake_timeout, self._abort, "no Option in time")
 
     # asyncio.BufferedProtocol: the transport reads straight into the frame decoder's
     # buffer, so a read costs no allocation (large requests otherwise cost an mmap each).
@@ -140,7 +163,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._lost = True  # from here on nothing new starts
-        self._server._connections.discard(self)
+        self._host.connection_closed(self)
         self._held.clear()
         for seq in list(self._calls):
             self._cancel(seq, _CONNECTION_LOST)
@@ -148,7 +171,6 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._out_size = 0
         if not self.closed.done():
             self.closed.set_result(None)
-        self._server._check_drained()
 
     # ------------------------------------------------------------- handshake
 
@@ -162,7 +184,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._handshake = None
             self._cancel_timer()
             if step.protocol_error:
-                self._server.protocol_errors += 1
+                self._host.protocol_error()
             log.debug("closing connection: %s", step.close)
             if step.abort:
                 self._transport.abort()
@@ -173,8 +195,8 @@ class ServerConnection(asyncio.BufferedProtocol):
             return b""
         self._handshake = None
         self._cancel_timer()
-        option, server = step.option, self._server
-        if server._stopping:
+        option = step.option
+        if self._host.stopping:
             self._transport.write(p.encode_option(p.Option(error="server is stopping")))
             self._transport.close()
             return b""
@@ -185,15 +207,15 @@ class ServerConnection(asyncio.BufferedProtocol):
             client = option.handle_timeout / 1e9
             ours = self._handle_timeout
             self._handle_timeout = client if ours is None else min(client, ours)
-        ack = p.Option(handle_timeout=option.handle_timeout, max_frame_size=server.max_frame_size)
+        ack = p.Option(handle_timeout=option.handle_timeout, max_frame_size=self._limits.max_frame_size)
         self._transport.write(p.encode_option(ack))
-        if server.idle_timeout is not None:
-            self._idle_timer = self._loop.call_later(server.idle_timeout, self._check_idle)
+        if self._limits.idle_timeout is not None:
+            self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._check_idle)
         return step.rest
 
     def _check_idle(self) -> None:
         """Close a connection that sent nothing for idle_timeout and has no call running."""
-        idle_timeout = self._server.idle_timeout
+        idle_timeout = self._limits.idle_timeout
         assert idle_timeout is not None and self._transport is not None
         quiet = self._loop.time() - self._last_read
         if self._calls or quiet < idle_timeout:
@@ -207,7 +229,7 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     def _abort(self, reason: str) -> None:
         """The peer broke the protocol: drop the connection without another word."""
-        self._server.protocol_errors += 1
+        self._host.protocol_error()
         log.debug("closing connection: %s", reason)
         if self._transport is not None:
             self._transport.abort()
@@ -217,16 +239,15 @@ class ServerConnection(asyncio.BufferedProtocol):
     def _take_frames(self) -> None:
         if self._lost:
             return
-        server = self._server
         frames = self._frames
-        limit = server.max_in_flight
+        limit = self._limits.max_in_flight
         hold = max(limit, _HOLD_MIN)
         taken = 0
         try:
             while self._held and len(self._calls) < limit and not self._writing_paused:
-                _, (request, method, size) = self._held.popitem(last=False)
-                self._held_bytes -= size
-                self._start(request, method)
+                _, held = self._held.popitem(last=False)
+                self._held_bytes -= held.size
+                self._start(held.request, held.method, held.deadline)
             while not self._writing_paused and len(self._held) < hold and self._held_bytes < _HOLD_BYTES:
                 payload = frames.next_frame()
                 if payload is None:
@@ -251,7 +272,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         if frames.pending and not self._reading_paused:
             if self._timer is None or taken:
                 self._cancel_timer()
-                self._timer = self._loop.call_later(server.frame_timeout, self._abort, "frame stalled")
+                self._timer = self._loop.call_later(self._limits.frame_timeout, self._abort, "frame stalled")
         else:
             self._cancel_timer()
 
@@ -259,7 +280,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         try:
             message = p.decode_request(payload)
         except p.BadRequest as bad:
-            self._queue(p.encode_error(bad.seq, bad.code, bad.type, bad.message))
+            self._queue(bad_request_reply(bad))
             return
         if type(message) is p.Cancel:
             self._cancel(message.seq, _CLIENT_CANCELLED)
@@ -268,21 +289,26 @@ class ServerConnection(asyncio.BufferedProtocol):
         seq = message.seq
         if seq in self._calls or seq in self._held:
             raise ProtocolError(f"seq {seq} is already in flight")
-        server = self._server
-        method = server._methods.get(message.service_method)
+        method = self._lookup(message.service_method)
         if method is None:
-            self._queue(server._not_found(seq, message.service_method))
+            self._queue(not_found_reply(seq, message.service_method, self._host.has_service))
             return
-        if server._stopping:
-            self._queue(p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", "server is stopping"))
+        if self._host.stopping:
+            self._queue(stopping_reply(seq))
             return
-        if method.inline or (len(self._calls) < server.max_in_flight and not self._held):
-            self._start(message, method)
+        if method.inline:  # cannot suspend: runs to the end now, needs no slot and no deadline
+            self._start(message, method, None)
+            return
+        # The deadline starts when the request arrives: time held at the cap counts.
+        budget = _budget(message.timeout, self._handle_timeout)
+        deadline = None if budget is None else self._loop.time() + budget
+        if len(self._calls) < self._limits.max_in_flight and not self._held:
+            self._start(message, method, deadline)
         else:
-            self._held[seq] = (message, method, len(payload))
+            self._held[seq] = _Held(message, method, len(payload), deadline)
             self._held_bytes += len(payload)
 
-    def _start(self, message: p.Request, method: Method) -> None:
+    def _start(self, message: p.Request, method: Method, deadline: float | None) -> None:
         seq, args, kwargs = message.seq, message.args, message.kwargs
         start = perf_counter()
         if method.inline:  # cannot suspend: runs to the end now, needs no slot
@@ -292,14 +318,16 @@ class ServerConnection(asyncio.BufferedProtocol):
                 self._queue(failure_reply(seq, method, args, kwargs, exc, self._frame_limit))
                 method.record(perf_counter() - start, False)
             else:
-                self._queue(result_reply(seq, method, result, self._frame_limit))
-                method.record(perf_counter() - start, True)
+                frame, ok = result_reply(seq, method, result, self._frame_limit)
+                self._queue(frame)
+                method.record(perf_counter() - start, ok)
             return
-        timeout = message.timeout
-        if self._handle_timeout is not None and (timeout is None or self._handle_timeout < timeout):
-            timeout = self._handle_timeout
+        if deadline is not None and deadline <= self._loop.time():  # ran out while held
+            self._queue(timeout_reply(seq, method, _budget(message.timeout, self._handle_timeout) or 0.0))
+            method.record(0.0, False)
+            return
         if method.is_async:
-            coroutine = self._run(seq, method, args, kwargs, timeout, start)
+            coroutine = self._run(message, method, deadline, start)
             if _EAGER:
                 task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
                 if task.done():
@@ -313,29 +341,29 @@ class ServerConnection(asyncio.BufferedProtocol):
             return
         call = _SyncCall(method.func, args, kwargs, self._sync_done)
         call.seq, call.method, call.timer, call.start = seq, method, None, start
-        if timeout is not None:
-            call.timer = self._loop.call_later(timeout, self._sync_timeout, call, timeout)
+        if deadline is not None:
+            call.timer = self._loop.call_at(deadline, self._sync_timeout, call, message)
         self._calls[seq] = call
-        self._server._workers.submit(call)
+        self._host.submit(call)
 
-    async def _run(self, seq: int, method: Method, args: list[Any], kwargs: dict[str, Any],
-                   timeout: float | None, start: float) -> None:
+    async def _run(self, message: p.Request, method: Method, deadline: float | None, start: float) -> None:
+        seq, args, kwargs = message.seq, message.args, message.kwargs
         ok = False
         try:
-            if timeout is None:
+            if deadline is None:
                 result = await method.func(*args, **kwargs)
             else:
-                deadline = asyncio.timeout(timeout)
+                scope = asyncio.timeout_at(deadline)
                 try:
-                    async with deadline:
+                    async with scope:
                         result = await method.func(*args, **kwargs)
                 except TimeoutError:
-                    if not deadline.expired():
+                    if not scope.expired():
                         raise  # the handler's own TimeoutError, not our deadline
-                    self._reply(timeout_reply(seq, method, timeout))
+                    self._reply(timeout_reply(seq, method, _budget(message.timeout, self._handle_timeout) or 0.0))
                     return
-            self._reply(result_reply(seq, method, result, self._frame_limit))
-            ok = True
+            frame, ok = result_reply(seq, method, result, self._frame_limit)
+            self._reply(frame)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and not task.cancelling():
@@ -343,7 +371,7 @@ class ServerConnection(asyncio.BufferedProtocol):
                 # (say, it awaited a future someone else cancelled). Answer it.
                 self._reply(failure_reply(seq, method, args, kwargs, exc, self._frame_limit))
                 return
-            if self._server._stopping:
+            if self._host.stopping:
                 self._reply(stopped_reply(seq, method))
             raise
         except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
@@ -363,24 +391,25 @@ class ServerConnection(asyncio.BufferedProtocol):
             call.timer.cancel()
         del self._calls[call.seq]
         if ok:
-            self._reply(result_reply(call.seq, call.method, value, self._frame_limit))
+            frame, ok = result_reply(call.seq, call.method, value, self._frame_limit)
+            self._reply(frame)
         else:
             self._reply(failure_reply(call.seq, call.method, call.args, call.kwargs, value, self._frame_limit))
         call.method.record(perf_counter() - call.start, ok)
         self._call_ended()
 
-    def _sync_timeout(self, call: _SyncCall, timeout: float) -> None:
+    def _sync_timeout(self, call: _SyncCall, message: p.Request) -> None:
         # A thread cannot be stopped: the handler runs on, and its result is dropped.
         call.abandoned = True
         del self._calls[call.seq]
-        self._reply(timeout_reply(call.seq, call.method, timeout))
+        self._reply(timeout_reply(call.seq, call.method, _budget(message.timeout, self._handle_timeout) or 0.0))
         call.method.record(perf_counter() - call.start, False)
         self._call_ended()
 
     def _cancel(self, seq: int, reason: str) -> None:
         held = self._held.pop(seq, None)
         if held is not None:  # never started: forget it (no reply: the caller gave up)
-            self._held_bytes -= held[2]
+            self._held_bytes -= held.size
             return
         call = self._calls.get(seq)
         if call is None:
@@ -399,8 +428,8 @@ class ServerConnection(asyncio.BufferedProtocol):
     def _call_ended(self) -> None:
         if self._held or self._reading_paused:
             self._take_frames()
-        if not self._calls and self._server._stopping:
-            self._server._check_drained()
+        if not self._calls and not self._held and self._host.stopping:
+            self._host.connection_quiet(self)
 
     # ------------------------------------------------------------- replies
 
@@ -442,12 +471,20 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     @property
     def in_flight(self) -> int:
+        """Calls running plus requests held at max_in_flight."""
         return len(self._calls) + len(self._held)
+
+    @property
+    def running(self) -> int:
+        return len(self._calls)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     def cancel_calls(self) -> None:
         for seq in list(self._held):  # never started: answer them Unavailable
-            request, method, _ = self._held.pop(seq)
-            self._reply(stopped_reply(seq, method))
+            self._reply(stopped_reply(seq, self._held.pop(seq).method))
         self._held_bytes = 0
         for seq in list(self._calls):
             self._cancel(seq, _STOPPING)

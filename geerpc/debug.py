@@ -1,19 +1,15 @@
 """The debug page served at ``GET /debug/geerpc`` on the RPC port (GeeRPC day 5).
 
-Pure rendering: server state in, HTML out. Every name that comes from user code is
+Pure rendering: a ``ServerSnapshot`` in, HTML out. Every name that comes from user code is
 escaped. The page is static (no scripts); reload it to see new numbers.
 """
 
 from __future__ import annotations
 
 import html
-import time
-from typing import TYPE_CHECKING
 
-from .service import LATENCY_WINDOW, Method
-
-if TYPE_CHECKING:
-    from .server import Server
+from .service import LATENCY_WINDOW
+from .snapshot import MethodStats, ServerSnapshot, percentile
 
 __all__ = ["render_debug_page", "percentile"]
 
@@ -42,15 +38,6 @@ footer { color: var(--muted); font-size: .85rem; }
 """
 
 
-def percentile(values: list[float], fraction: float) -> float | None:
-    """The value at ``fraction`` (0..1) of the sorted values; None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, int(fraction * len(ordered)))
-    return ordered[index]
-
-
 def _ms(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -59,44 +46,38 @@ def _ms(seconds: float | None) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
-def _kind(method: Method) -> str:
-    if not method.is_async:
-        return "def · thread"
-    return "async · inline" if method.inline else "async"
+_KINDS = {"def": "def · thread", "async inline": "async · inline", "async": "async"}
 
 
-def _method_row(name: str, method: Method) -> str:
-    signature = method.signature
-    shown = f"{name}{signature}" if signature is not None else f"{name}(...)"
-    latencies = list(method.latencies)
+def _method_row(method: MethodStats) -> str:
+    short = method.name.rpartition(".")[2]
+    shown = f"{short}{method.signature if method.signature is not None else '(...)'}"
     errors = f'<span class="errors">{method.errors}</span>' if method.errors else "0"
     return (
-        f"<tr><td><code>{html.escape(shown)}</code></td><td><span class=\"kind\">{_kind(method)}</span></td>"
+        f"<tr><td><code>{html.escape(shown)}</code></td><td><span class=\"kind\">{_KINDS[method.kind]}</span></td>"
         f'<td class="num">{method.calls}</td><td class="num">{errors}</td>'
-        f'<td class="num">{_ms(percentile(latencies, 0.5))}</td><td class="num">{_ms(percentile(latencies, 0.99))}</td></tr>'
+        f'<td class="num">{_ms(method.p50)}</td><td class="num">{_ms(method.p99)}</td></tr>'
     )
 
 
-def render_debug_page(server: Server) -> str:
-    """The whole HTML page for ``server``."""
+def render_debug_page(snapshot: ServerSnapshot) -> str:
+    """The whole HTML page for a server's ``snapshot()``."""
     sections = []
-    for service_name in sorted(server._services):
-        service = server._services[service_name]
-        rows = "".join(_method_row(name, service.methods[name]) for name in sorted(service.methods))
+    for service in snapshot.services:
+        rows = "".join(_method_row(method) for method in service.methods)
         sections.append(
-            f"<section><h2>{html.escape(service_name)}</h2><table><thead><tr><th>method</th><th>kind</th>"
+            f"<section><h2>{html.escape(service.name)}</h2><table><thead><tr><th>method</th><th>kind</th>"
             f'<th class="num">calls</th><th class="num">errors</th><th class="num">p50</th>'
             f'<th class="num">p99</th></tr></thead><tbody>{rows}</tbody></table></section>'
         )
     if not sections:
         sections.append("<p>No services are registered.</p>")
-    uptime = time.monotonic() - server.started_at if server.started_at else 0.0
-    address = html.escape(server.address or "not listening")
+    address = html.escape(snapshot.address or "not listening")
     facts = (
-        f"<span>address <b>{address}</b></span><span>up <b>{uptime:.0f} s</b></span>"
-        f"<span>connections <b>{len(server._connections)}</b></span>"
-        f"<span>calls in flight <b>{sum(c.in_flight for c in server._connections)}</b></span>"
-        f"<span>protocol errors <b>{server.protocol_errors}</b></span>"
+        f"<span>address <b>{address}</b></span><span>up <b>{snapshot.uptime:.0f} s</b></span>"
+        f"<span>connections <b>{len(snapshot.connections)}</b></span>"
+        f"<span>calls in flight <b>{snapshot.calls_in_flight}</b></span>"
+        f"<span>protocol errors <b>{snapshot.protocol_errors}</b></span>"
     )
     return (
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -9,12 +9,16 @@ message is cut to fit. Nothing here knows about sockets or tasks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 from . import protocol as p
 from .service import Method, argument_error
 
-__all__ = ["result_reply", "failure_reply", "timeout_reply", "stopped_reply", "run_inline"]
+__all__ = [
+    "result_reply", "failure_reply", "timeout_reply", "stopped_reply", "stopping_reply", "not_found_reply",
+    "bad_request_reply", "run_inline",
+]
 
 log = logging.getLogger("geerpc.server")
 MAX_ERROR_MESSAGE: Final = 64 * 1024  # characters of an exception's message sent to the caller
@@ -31,17 +35,19 @@ def run_inline(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
     raise RuntimeError(f"{method.name} suspended although it has no await")
 
 
-def result_reply(seq: int, method: Method, result: Any, limit: int) -> bytes:
-    """The success frame, or a SerializationError when the result cannot be sent."""
+def result_reply(seq: int, method: Method, result: Any, limit: int) -> tuple[bytes, bool]:
+    """The success frame and True, or a SerializationError frame and False when the
+    result cannot be sent (logged at WARNING: the handler ran, but its caller gets an error)."""
     try:
         reply = p.encode_response(seq, result)
     except (TypeError, ValueError, OverflowError) as exc:
-        return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
-                              f"result of {method.name} cannot be encoded: {describe(exc)}")
-    if len(reply) - 4 > limit:
-        return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError",
-                              f"result of {method.name} is {len(reply) - 4} bytes, over the {limit}-byte frame limit")
-    return reply
+        problem = f"result of {method.name} cannot be encoded: {describe(exc)}"
+    else:
+        if len(reply) - 4 <= limit:
+            return reply, True
+        problem = f"result of {method.name} is {len(reply) - 4} bytes, over the {limit}-byte frame limit"
+    log.warning("%s", problem)
+    return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError", problem), False
 
 
 def failure_reply(seq: int, method: Method, args: list[Any], kwargs: dict[str, Any],
@@ -66,13 +72,37 @@ def failure_reply(seq: int, method: Method, args: list[Any], kwargs: dict[str, A
     return reply
 
 
-def timeout_reply(seq: int, method: Method, timeout: float) -> bytes:
+def timeout_reply(seq: int, method: Method, budget: float) -> bytes:
+    """The call's deadline passed on the server; ``budget`` is the time it was given."""
     return p.encode_error(seq, p.ErrorCode.TIMEOUT, "Timeout",
-                          f"{method.name} timed out: did not finish within {timeout:g} s on the server")
+                          f"{method.name} timed out: did not finish within {budget:g} s on the server")
 
 
 def stopped_reply(seq: int, method: Method) -> bytes:
     return p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", f"server stopped before {method.name} finished")
+
+
+def stopping_reply(seq: int) -> bytes:
+    """A request that arrived after the server began to stop: it never ran."""
+    return p.encode_error(seq, p.ErrorCode.UNAVAILABLE, "Unavailable", "server is stopping")
+
+
+def bad_request_reply(bad: p.BadRequest) -> bytes:
+    """A request that was framed and numbered but could not be taken apart."""
+    return p.encode_error(bad.seq, bad.code, bad.type, bad.message)
+
+
+def not_found_reply(seq: int, service_method: str, has_service: Callable[[str], bool]) -> bytes:
+    """No such method: say whether the name, the service or only the method is wrong."""
+    service, dot, method = service_method.rpartition(".")
+    shown = service_method if len(service_method) <= 80 else service_method[:80] + "..."
+    if not dot or not service or not method:
+        return p.encode_error(seq, p.ErrorCode.NOT_FOUND, "MethodNotFound",
+                              f"malformed service_method {shown!r}: want 'Service.method'")
+    if not has_service(service):
+        return p.encode_error(seq, p.ErrorCode.NOT_FOUND, "ServiceNotFound", f"can't find service {service!r}")
+    return p.encode_error(seq, p.ErrorCode.NOT_FOUND, "MethodNotFound",
+                          f"can't find method {method!r} of service {service!r}")
 
 
 def describe(exc: BaseException) -> str:

@@ -1,8 +1,9 @@
 """The Server: services, listening sockets, registry announcement and graceful stop.
 
-Per-connection work lives in ``connection.ServerConnection``; this module owns what
-is shared: the method table, limits, the thread pool for plain ``def`` handlers,
-and the life cycle (start, serve_forever, stop).
+Per-connection work lives in ``connection.ServerConnection``, which sees the server
+only through ``host.ConnectionHost``; this module implements that interface and owns
+what is shared: the method table, limits, the thread pool for plain ``def``
+handlers, the life cycle (start, serve_forever, stop) and ``snapshot()``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ import os
 import socket
 import time
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
+from . import http
 from . import protocol as p
 from .connection import ServerConnection
+from .debug import render_debug_page
+from .host import Limits
 from .service import Method, Service, build_service
-from .workers import WorkerPool
+from .snapshot import ConnectionStats, ServerSnapshot, service_stats
+from .workers import Job, WorkerPool
 
 __all__ = ["Server"]
 
@@ -66,6 +71,10 @@ class Server:
                 raise ValueError(f"{name} must be a positive integer")
         if max_frame_size > 2**32 - 1:
             raise ValueError("max_frame_size must fit the 4-byte length prefix")
+        for name, limit in (("handshake_timeout", handshake_timeout), ("frame_timeout", frame_timeout),
+                            ("idle_timeout", idle_timeout)):
+            if limit is not None and not (isinstance(limit, (int, float)) and 0 < limit < float("inf")):
+                raise ValueError(f"{name} must be a positive number of seconds")
         self.handle_timeout = handle_timeout
         self.max_frame_size = max_frame_size
         self.max_in_flight = max_in_flight
@@ -73,6 +82,9 @@ class Server:
         self.handshake_timeout = handshake_timeout
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
+        self.limits = Limits(max_frame_size=max_frame_size, max_in_flight=max_in_flight,
+                             handle_timeout=handle_timeout, handshake_timeout=handshake_timeout,
+                             frame_timeout=frame_timeout, idle_timeout=idle_timeout)
         self.protocol_errors = 0  # connections closed because the peer broke the protocol
         self._services: dict[str, Service] = {}
         self._methods: dict[str, Method] = {}
@@ -110,16 +122,55 @@ class Server:
         """Service name -> sorted method names."""
         return {name: sorted(s.methods) for name, s in self._services.items()}
 
-    def _not_found(self, seq: int, service_method: str) -> bytes:
-        service, dot, method = service_method.rpartition(".")
-        shown = service_method if len(service_method) <= 80 else service_method[:80] + "..."
-        if not dot or not service or not method:
-            return p.encode_error(seq, p.ErrorCode.NOT_FOUND, "MethodNotFound",
-                                  f"malformed service_method {shown!r}: want 'Service.method'")
-        if service not in self._services:
-            return p.encode_error(seq, p.ErrorCode.NOT_FOUND, "ServiceNotFound", f"can't find service {service!r}")
-        return p.encode_error(seq, p.ErrorCode.NOT_FOUND, "MethodNotFound",
-                              f"can't find method {method!r} of service {service!r}")
+    def snapshot(self, now: float | None = None) -> ServerSnapshot:
+        """The server's state now: services and their methods' counters and latencies,
+        connections and the calls each has in flight. ``now`` is ``time.monotonic()``."""
+        if now is None:
+            now = time.monotonic()
+        return ServerSnapshot(
+            address=self.address,
+            uptime=max(0.0, now - self.started_at) if self.started_at is not None else 0.0,
+            stopping=self._stopping,
+            services=tuple(service_stats(self._services[name]) for name in sorted(self._services)),
+            connections=tuple(ConnectionStats(c.running, c.held) for c in self._connections),
+            protocol_errors=self.protocol_errors,
+        )
+
+    # ------------------------------------------------------------- ConnectionHost
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def lookup(self, service_method: str) -> Method | None:
+        return self._methods.get(service_method)
+
+    def has_service(self, name: str) -> bool:
+        return name in self._services
+
+    def submit(self, job: Job) -> None:
+        self._workers.submit(job)
+
+    def connection_opened(self, connection: object) -> str | None:
+        if len(self._connections) >= self.max_connections:
+            log.warning("refusing connection: %d connections open", len(self._connections))
+            return "server has too many connections"
+        assert isinstance(connection, ServerConnection)
+        self._connections.add(connection)
+        return None
+
+    def connection_closed(self, connection: object) -> None:
+        self._connections.discard(cast(ServerConnection, connection))
+        self._check_drained()
+
+    def connection_quiet(self, connection: object) -> None:
+        self._check_drained()
+
+    def protocol_error(self) -> None:
+        self.protocol_errors += 1
+
+    def http_answer(self, request: http.Request) -> bytes | None:
+        return http.route(request, lambda: render_debug_page(self.snapshot()))
 
     # ------------------------------------------------------------- life cycle
 
