@@ -4,7 +4,8 @@ Register any object on a ``Server``; its public methods become ``"Service.method
 endpoints. ``await geerpc.dial("tcp@host:port")`` gives a ``Client``.
 """
 
-from .client import Client, dial
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CallTimeout,
     ConnectError,
@@ -21,8 +22,37 @@ from .errors import (
     Timeout,
     Unavailable,
 )
-from .server import Server
-from .sync import SyncClient, SyncXClient
+
+if TYPE_CHECKING:
+    from .client import Client, dial
+    from .server import Server
+    from .sync import SyncClient, SyncXClient
+
+# A lazy face: ``import geerpc`` (or ``import geerpc.protocol``) loads neither asyncio
+# nor aiohttp; each of these is imported on first use.
+_LAZY = {
+    "Client": "client",
+    "dial": "client",
+    "Server": "server",
+    "SyncClient": "sync",
+    "SyncXClient": "sync",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -1,10 +1,17 @@
 """The Client: one connection, many calls in flight, matched by seq.
 
-``_ClientConnection`` is the thin transport (an ``asyncio.Protocol`` feeding the
-sans-IO decoders); ``Client`` holds the public API. The pending-call table maps seq
-to a future. A call that times out or is cancelled removes its entry and tells the
-server to cancel the handler; a late reply for a seq no longer pending is read and
-dropped. When the connection goes, every pending future fails at once with
+Three layers, each below the next:
+
+- ``handshake.ClientHandshake`` (sans-IO): the CONNECT switch for ``http@`` and the
+  Option exchange.
+- ``pending.PendingCalls`` (sans-IO): numbers calls, builds request frames, matches
+  replies, turns error replies into exceptions.
+- ``_ClientConnection``, the thin ``asyncio.BufferedProtocol`` that feeds them bytes
+  and resolves futures; ``Client`` holds the public API.
+
+A call has one ``Deadline`` and one timer, at that deadline: it removes the call and
+tells the server to cancel the handler; a late reply for a seq no longer pending is
+read and dropped. When the connection goes, every pending future fails at once with
 ConnectionClosed (GeeRPC's ``terminateCalls``), never at its timeout.
 """
 
@@ -13,62 +20,35 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, cast
 
-from . import http
 from . import protocol as p
 from .address import parse_address
-from .errors import (
-    CallTimeout,
-    ConnectError,
-    ConnectionClosed,
-    ConnectTimeout,
-    GeeRPCError,
-    InvalidArguments,
-    MethodNotFound,
-    ProtocolError,
-    RemoteError,
-    ServiceNotFound,
-    Unavailable,
-)
+from .deadline import Deadline
+from .errors import ConnectError, ConnectionClosed, ConnectTimeout, GeeRPCError, ProtocolError
+from .handshake import ClientHandshake
+from .pending import PendingCalls
 from .tcp import enable_keepalive
 
 __all__ = ["Client", "dial"]
 
-_ERROR_TYPES: dict[str, type[RemoteError]] = {
-    "ServiceNotFound": ServiceNotFound,
-    "MethodNotFound": MethodNotFound,
-    "InvalidArguments": InvalidArguments,
-    "Unavailable": Unavailable,
-}
 _WRITE_HIGH_WATER = 1024 * 1024
-_OWN_CODES = (p.ErrorCode.NOT_FOUND, p.ErrorCode.INVALID_ARGUMENT, p.ErrorCode.UNAVAILABLE)
-
-
-def _remote_error(code: int, type_name: str, message: str) -> GeeRPCError:
-    if code == p.ErrorCode.TIMEOUT:
-        return CallTimeout(message)
-    cls = _ERROR_TYPES.get(type_name, RemoteError) if code in _OWN_CODES else RemoteError
-    return cls(type_name, message)
 
 
 class _ClientConnection(asyncio.BufferedProtocol):
-    def __init__(self, address: str, max_frame_size: int, option: bytes, via_http: bool) -> None:
+    def __init__(self, address: str, max_frame_size: int, handshake: ClientHandshake) -> None:
         self.address = address
-        self._option_line = option
-        # http@ addresses: CONNECT first, and the Option only once the switch is
-        # confirmed (GeeRPC's Go server drops bytes sent behind the CONNECT).
-        self._http = http.HeadReader(check_request=False) if via_http else None
+        self._handshake: ClientHandshake | None = handshake
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.pending: dict[int, asyncio.Future[Any]] = {}
-        self.handshake: asyncio.Future[p.Option] = self.loop.create_future()
+        self.calls: PendingCalls[asyncio.Future[Any]] = PendingCalls()
+        self.ready: asyncio.Future[p.Option] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.error: ConnectionClosed | None = None  # set once the connection is unusable
         self.writable = asyncio.Event()
         self.writable.set()
-        self._option: p.OptionReader | None = p.OptionReader()
         self._frames = p.FrameDecoder(max_frame_size)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,7 +58,8 @@ class _ClientConnection(asyncio.BufferedProtocol):
         # asyncio's default high-water mark (64 KiB) is below one 64 KiB request, so
         # every large call would wait for a drain; wait only when a real backlog builds.
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
-        transport.write(http.connect_request() if self._http is not None else self._option_line)
+        assert self._handshake is not None
+        transport.write(self._handshake.start())
 
     # asyncio.BufferedProtocol: the transport reads straight into the frame decoder's
     # buffer, so a read costs no allocation (large replies otherwise cost an mmap each).
@@ -87,74 +68,50 @@ class _ClientConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._frames.buffer_updated(nbytes)
-        if self._http is not None or self._option is not None:
-            self._handshake(self._frames.take_all())
+        if self._handshake is not None:
+            self._shake(self._frames.take_all())
         else:
             self._take_replies()
 
-    def _handshake(self, data: bytes) -> None:
-        if self._http is not None:
-            try:
-                head, data = self._http.feed(data)
-                if head is None:
-                    return
-                status, reason = http.parse_response_status(head)
-            except ProtocolError as exc:
-                self._fail_handshake(ConnectError(f"{self.address}: bad answer to CONNECT ({exc})"))
-                return
-            if status != 200:
-                self._fail_handshake(ConnectError(f"{self.address} answered CONNECT with {status} {reason}"))
-                return
-            self._http = None
-            assert self.transport is not None
-            self.transport.write(self._option_line)
-            if not data:
-                return
-        if self._option is not None:
-            try:
-                line, data = self._option.feed(data)
-                if line is None:
-                    return
-                option = p.decode_option(line)
-            except ProtocolError as exc:
-                self._fail_handshake(ConnectError(f"{self.address}: not a geerpc server ({exc})"))
-                return
-            self._option = None
-            if option.error is not None:
-                self._fail_handshake(ConnectError(f"{self.address} refused the connection: {option.error}"))
-                return
-            if not self.handshake.done():
-                self.handshake.set_result(option)
-            if not data:
-                return
-        self._frames.feed(data)
-        self._take_replies()
+    def _shake(self, data: bytes) -> None:
+        assert self._handshake is not None and self.transport is not None
+        step = self._handshake.feed(data)
+        if step.write:
+            self.transport.write(step.write)
+        if step.error is not None:
+            self._fail_handshake(step.error)
+            return
+        if step.option is None:
+            return
+        self._handshake = None
+        if not self.ready.done():
+            self.ready.set_result(step.option)
+        if step.rest:
+            self._frames.feed(step.rest)
+            self._take_replies()
 
     def _take_replies(self) -> None:
         frames = self._frames
-        pending = self.pending
+        resolve = self.calls.resolve
         try:
             while (payload := frames.next_frame()) is not None:
-                try:
-                    seq, error, result = p.decode_response(payload)
-                except p.BadResponse as bad:  # framed and numbered, but its value won't decode
-                    seq, error, result = bad.seq, (p.ErrorCode.INTERNAL, "SerializationError", str(bad)), None
-                future = pending.pop(seq, None)
-                if future is None or future.done():
+                outcome = resolve(payload)
+                if outcome is None or outcome.waiter.done():
                     continue  # a late reply to a call that timed out or was cancelled
-                if error is None:
-                    future.set_result(result)
+                if outcome.error is None:
+                    outcome.waiter.set_result(outcome.result)
                 else:
-                    future.set_exception(_remote_error(*error))
+                    outcome.waiter.set_exception(outcome.error)
         except ProtocolError as exc:
             self.lose(ConnectionClosed(f"{self.address} broke the protocol: {exc}"), exc)
             if self.transport is not None:
                 self.transport.abort()
 
     def _fail_handshake(self, exc: GeeRPCError) -> None:
-        if not self.handshake.done():
-            self.handshake.set_exception(exc)
-            self.handshake.exception()  # mark retrieved: dial() may already have given up
+        self._handshake = None
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()  # mark retrieved: dial() may already have given up
         if self.transport is not None:
             self.transport.abort()
 
@@ -166,9 +123,9 @@ class _ClientConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lose(ConnectionClosed(f"connection to {self.address} lost" + (f": {exc}" if exc else "")), exc)
-        if not self.handshake.done():
-            self.handshake.set_exception(ConnectError(f"{self.address} closed the connection during the handshake"))
-            self.handshake.exception()  # retrieved here: dial() may already have given up
+        if not self.ready.done():
+            self.ready.set_exception(ConnectError(f"{self.address} closed the connection during the handshake"))
+            self.ready.exception()  # retrieved here: dial() may already have given up
         self.writable.set()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -178,20 +135,26 @@ class _ClientConnection(asyncio.BufferedProtocol):
         if self.error is None:
             error.__cause__ = cause
             self.error = error
-        pending, self.pending = self.pending, {}
-        for future in pending.values():
+        for future in self.calls.fail_all():
             if not future.done():
                 future.set_exception(self.error)
 
-    def expire(self, seq: int, service_method: str, timeout: float) -> None:
-        future = self.pending.pop(seq, None)
-        if future is not None and not future.done():
-            future.set_exception(CallTimeout(f"{service_method} timed out after {timeout:g} s"))
-            self.send_cancel(seq)
+    def expire(self, seq: int) -> None:
+        expired = self.calls.expire(seq)
+        if expired is not None:
+            future, error, cancel = expired
+            if not future.done():
+                future.set_exception(error)
+            self.send(cancel)
 
-    def send_cancel(self, seq: int) -> None:
+    def cancel(self, seq: int) -> None:
+        cancel = self.calls.cancel(seq)
+        if cancel is not None:
+            self.send(cancel)
+
+    def send(self, frame: bytes) -> None:
         if self.error is None and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(p.encode_cancel(seq))
+            self.transport.write(frame)
 
 
 class Client:
@@ -203,15 +166,27 @@ class Client:
 
     def __init__(self, connection: _ClientConnection, option: p.Option) -> None:
         self._conn = connection
-        self._seq = 0
         self.address = connection.address
-        #: the largest frame this client sends: the server's stated limit when given
-        self.max_frame_size = option.max_frame_size or p.DEFAULT_MAX_FRAME_SIZE
+        connection.calls.max_frame_size = option.max_frame_size or p.DEFAULT_MAX_FRAME_SIZE
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame this client sends: the server's stated limit when given."""
+        return self._conn.calls.max_frame_size
+
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        self._conn.calls.max_frame_size = value
 
     @property
     def closed(self) -> bool:
         """True once the connection is closed or lost: calls then raise ConnectionClosed."""
         return self._conn.error is not None
+
+    @property
+    def pending(self) -> int:
+        """Calls sent on this connection that await their reply."""
+        return len(self._conn.calls)
 
     async def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call ``"Service.method"`` with ``args``/``kwargs`` and return its result.
@@ -229,59 +204,50 @@ class Client:
             TypeError: the arguments cannot be encoded with msgpack.
             ValueError: the request is larger than the frame limit.
         """
+        return await self.call_until(Deadline.after(timeout, self._conn.loop.time()), service_method, args, kwargs)
+
+    async def call_until(self, deadline: Deadline | None, service_method: str, args: Sequence[Any] = (),
+                         kwargs: dict[str, Any] | None = None) -> Any:
+        """``call()`` with a deadline made earlier (``Deadline.after(timeout, loop.time())``).
+
+        Callers that spend part of a call's time elsewhere (discovery, dialing,
+        failover) pass the same deadline on, instead of re-deriving a timeout.
+        """
         conn = self._conn
         if conn.error is not None:
             raise conn.error
-        if timeout is not None and not timeout > 0:
-            raise ValueError("timeout must be a positive number of seconds or None")
         if not conn.writable.is_set():
-            timeout = await self._wait_writable(service_method, timeout)
-        self._seq = seq = self._seq + 1
-        try:
-            data = p.encode_request(seq, service_method, args, kwargs, timeout)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"arguments of {service_method!r} cannot be encoded: {exc}") from exc
-        if len(data) - 4 > self.max_frame_size:
-            raise ValueError(f"request of {len(data) - 4} bytes exceeds the {self.max_frame_size}-byte frame limit")
+            await self._wait_writable(service_method, deadline)
         future: asyncio.Future[Any] = conn.loop.create_future()
-        conn.pending[seq] = future
+        seq, frame = conn.calls.add(service_method, args, kwargs if kwargs is not None else {}, deadline,
+                                    conn.loop.time(), future)
         assert conn.transport is not None
-        conn.transport.write(data)
-        timer = None if timeout is None else conn.loop.call_later(timeout, conn.expire, seq, service_method, timeout)
+        conn.transport.write(frame)
+        timer = None if deadline is None else conn.loop.call_at(deadline.at, conn.expire, seq)
         try:
             return await future
         except asyncio.CancelledError:
-            if conn.pending.pop(seq, None) is not None:
-                conn.send_cancel(seq)
+            conn.cancel(seq)
             raise
         finally:
             if timer is not None:
                 timer.cancel()
 
-    async def _wait_writable(self, service_method: str, timeout: float | None) -> float | None:
-        """The server is not reading: wait, within the call's timeout, before writing more.
+    async def _wait_writable(self, service_method: str, deadline: Deadline | None) -> None:
+        """The server is not reading: wait, within the call's deadline, before writing more.
 
-        Returns the time left of ``timeout``. Raises CallTimeout, or ConnectionClosed
-        if the connection goes meanwhile.
+        Raises CallTimeout, or ConnectionClosed if the connection goes meanwhile.
         """
         conn = self._conn
-        loop = conn.loop
-        start = loop.time()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(None if deadline is None else deadline.at):
                 while not conn.writable.is_set():
                     await conn.writable.wait()
         except TimeoutError:
-            raise CallTimeout(f"{service_method} timed out after {timeout:g} s: the server is not "
-                              "reading its connection") from None
+            assert deadline is not None
+            raise deadline.expired_error(service_method, "while the server is not reading its connection") from None
         if conn.error is not None:
             raise conn.error
-        if timeout is None:
-            return None
-        left = timeout - (loop.time() - start)
-        if left <= 0:
-            raise CallTimeout(f"{service_method} timed out after {timeout:g} s")
-        return left
 
     async def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionClosed. Idempotent."""
@@ -334,8 +300,11 @@ async def dial(
     option = p.Option(connect_timeout=int(connect_timeout * 1e9),
                       handle_timeout=0 if handle_timeout is None else int(handle_timeout * 1e9),
                       max_frame_size=max_frame_size)
-    line = p.encode_option(option)
-    factory = lambda: _ClientConnection(address, max_frame_size, line, parsed.scheme == "http")  # noqa: E731
+
+    def factory() -> _ClientConnection:
+        handshake = ClientHandshake(address, option, via_http=parsed.scheme == "http")
+        return _ClientConnection(address, max_frame_size, handshake)
+
     conn: _ClientConnection | None = None
     try:
         async with asyncio.timeout(connect_timeout):
@@ -343,7 +312,7 @@ async def dial(
                 _, conn = await loop.create_unix_connection(factory, parsed.path)
             else:
                 _, conn = await loop.create_connection(factory, parsed.host, parsed.port)
-            ack = await conn.handshake
+            ack = await conn.ready
     except TimeoutError:
         _abort(conn)
         raise ConnectTimeout(f"dialing {address} took longer than {connect_timeout:g} s") from None

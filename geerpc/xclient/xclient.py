@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from ..client import Client, dial
+from ..deadline import Deadline
 from ..errors import CallTimeout, ConnectError, ConnectionClosed, ConnectTimeout, NoServerAvailable, Unavailable
 from .discovery import Discovery, MultiServerDiscovery
 from .selection import SelectMode
@@ -120,7 +121,7 @@ class XClient:
         self._seen_version = version
         current = set(await self.discovery.get_all())
         for address, client in list(self._clients.items()):
-            if address not in current and not client._conn.pending:
+            if address not in current and not client.pending:
                 self._forget(address, client)
 
     # ------------------------------------------------------------- calls
@@ -134,25 +135,25 @@ class XClient:
         """
         self._check_open()
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = Deadline.after(timeout, loop.time())  # one deadline for discovery, dials and calls
+        at = None if deadline is None else deadline.at
         service = service_method.rpartition(".")[0] or None
         tried: set[str] = set()
         last_error: BaseException | None = None
         while True:
             client: Client | None = None
-            # one deadline for discovery, dial and call alike
             try:
-                async with asyncio.timeout(_remaining(deadline, loop)):
+                async with asyncio.timeout_at(at):
                     address = await self._pick(service, tried, last_error)  # raises when all failed
             except TimeoutError as exc:
-                if isinstance(exc, CallTimeout):
+                if isinstance(exc, CallTimeout) or deadline is None:
                     raise
-                raise CallTimeout(f"{service_method} timed out after {timeout:g} s finding a server") from None
+                raise deadline.expired_error(service_method, "finding a server") from None
             tried.add(address)
             try:
-                async with asyncio.timeout(_remaining(deadline, loop)):
+                async with asyncio.timeout_at(at):
                     client = await self._client(address)
-                return await client.call(service_method, *args, timeout=_remaining(deadline, loop), **kwargs)
+                return await client.call_until(deadline, service_method, args, kwargs)
             except _FAILOVER_ERRORS as exc:
                 if not isinstance(exc, Unavailable):
                     # Unavailable: the server is stopping but drains calls others have on
@@ -163,10 +164,9 @@ class XClient:
                 log.info("%s failed on %s (%s); failing over", service_method, address, exc)
                 last_error = exc
             except TimeoutError as exc:
-                if isinstance(exc, CallTimeout):
+                if isinstance(exc, CallTimeout) or deadline is None:
                     raise
-                raise CallTimeout(f"{service_method} timed out after {timeout:g} s "
-                                  f"dialing {address}") from None
+                raise deadline.expired_error(service_method, f"dialing {address}") from None
             await self._prune()
 
     async def _pick(self, service: str | None, tried: set[str], last_error: BaseException | None) -> str:
@@ -191,16 +191,16 @@ class XClient:
         self._check_open()
         service = service_method.rpartition(".")[0] or None
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = Deadline.after(timeout, loop.time())
+        at = None if deadline is None else deadline.at
         try:
-            async with asyncio.timeout(_remaining(deadline, loop)):
+            async with asyncio.timeout_at(at):
                 servers = await self.discovery.get_all(service)
                 await self._prune()
         except TimeoutError as exc:
-            if isinstance(exc, CallTimeout):
+            if isinstance(exc, CallTimeout) or deadline is None:
                 raise
-            raise CallTimeout(f"broadcast of {service_method} timed out after {timeout:g} s "
-                              "finding the servers") from None
+            raise deadline.expired_error(f"broadcast of {service_method}", "finding the servers") from None
         if not servers:
             what = f" offering {service!r}" if service else ""
             raise NoServerAvailable(f"no server{what} to broadcast {service_method} to")
@@ -208,7 +208,7 @@ class XClient:
         async def one(address: str) -> Any:
             client = await self._client(address)
             try:
-                return await client.call(service_method, *args, timeout=_remaining(deadline, loop), **kwargs)
+                return await client.call_until(deadline, service_method, args, kwargs)
             except ConnectionClosed:
                 self._forget(address, client)
                 raise
@@ -218,13 +218,13 @@ class XClient:
             pending: set[asyncio.Future[Any]] = set(tasks)
             result: Any = None
             while pending:
-                done, pending = await asyncio.wait(pending, timeout=_remaining(deadline, loop),
-                                                   return_when=asyncio.FIRST_EXCEPTION)
+                left = None if deadline is None else max(0.0, deadline.left(loop.time()))
+                done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
                     if task.cancelled():  # only close() cancels these from outside
                         raise ConnectionClosed("XClient closed during the broadcast")
                     error = task.exception()
-                    if isinstance(error, CallTimeout) and deadline is not None and loop.time() >= deadline:
+                    if isinstance(error, CallTimeout) and deadline is not None and deadline.expired(loop.time()):
                         error = None  # the broadcast's own deadline: reported below
                         done = set()
                     elif error is not None:
@@ -232,8 +232,8 @@ class XClient:
                     else:
                         result = task.result()
                 if not done:
-                    raise CallTimeout(f"broadcast of {service_method} to {len(servers)} servers "
-                                      f"timed out after {timeout:g} s")
+                    assert deadline is not None
+                    raise deadline.expired_error(f"broadcast of {service_method}", f"on {len(servers)} servers")
             return result
         finally:
             for task in tasks:
@@ -266,15 +266,6 @@ class XClient:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
-
-
-def _remaining(deadline: float | None, loop: asyncio.AbstractEventLoop) -> float | None:
-    if deadline is None:
-        return None
-    left = deadline - loop.time()
-    if left <= 0:
-        raise CallTimeout("the call's deadline passed")
-    return left
 
 
 def _as_discovery(discovery: Discovery | str | list[str]) -> Discovery:

@@ -1,0 +1,131 @@
+"""The client's calls awaiting a reply, sans I/O.
+
+``PendingCalls`` numbers calls, builds their request frames, matches reply frames to
+them by seq, and turns error replies into exceptions. It holds one opaque *waiter*
+per call (the asyncio client keeps a future there) and never touches a socket, a
+loop or a clock: the caller passes ``now``. A reply for a seq no longer pending (its
+call timed out or was cancelled) is read and dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from . import protocol as p
+from .deadline import Deadline
+from .errors import (
+    CallTimeout,
+    GeeRPCError,
+    InvalidArguments,
+    MethodNotFound,
+    RemoteError,
+    ServiceNotFound,
+    Unavailable,
+)
+
+__all__ = ["PendingCalls", "Outcome", "remote_error"]
+
+W = TypeVar("W")
+
+_ERROR_TYPES: dict[str, type[RemoteError]] = {
+    "ServiceNotFound": ServiceNotFound,
+    "MethodNotFound": MethodNotFound,
+    "InvalidArguments": InvalidArguments,
+    "Unavailable": Unavailable,
+}
+_OWN_CODES = (p.ErrorCode.NOT_FOUND, p.ErrorCode.INVALID_ARGUMENT, p.ErrorCode.UNAVAILABLE)
+
+
+def remote_error(code: int, type_name: str, message: str) -> GeeRPCError:
+    """The exception for an error reply: geerpc's own kinds by code, RemoteError otherwise."""
+    if code == p.ErrorCode.TIMEOUT:
+        return CallTimeout(message)
+    cls = _ERROR_TYPES.get(type_name, RemoteError) if code in _OWN_CODES else RemoteError
+    return cls(type_name, message)
+
+
+class _Call(NamedTuple, Generic[W]):
+    service_method: str
+    deadline: Deadline | None
+    waiter: W
+
+
+class Outcome(NamedTuple, Generic[W]):
+    """A reply matched to its call: ``error`` is None for a result."""
+
+    waiter: W
+    result: Any
+    error: GeeRPCError | None
+
+
+class PendingCalls(Generic[W]):
+    def __init__(self, max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size  # the largest request frame we send
+        self._calls: dict[int, _Call[W]] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, service_method: str, args: Sequence[Any], kwargs: dict[str, Any],
+            deadline: Deadline | None, now: float, waiter: W) -> tuple[int, bytes]:
+        """Register a call; return its seq and the request frame to send.
+
+        The frame carries the deadline as the time left at ``now``. Raises
+        CallTimeout when the deadline has passed already, TypeError when the
+        arguments cannot be encoded, ValueError when the frame is over the limit.
+        """
+        timeout = None
+        if deadline is not None:
+            timeout = deadline.left(now)
+            if timeout <= 0:
+                raise deadline.expired_error(service_method)
+        seq = self._seq + 1
+        try:
+            frame = p.encode_request(seq, service_method, args, kwargs, timeout)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"arguments of {service_method!r} cannot be encoded: {exc}") from exc
+        if len(frame) - 4 > self.max_frame_size:
+            raise ValueError(f"request of {len(frame) - 4} bytes exceeds the {self.max_frame_size}-byte frame limit")
+        self._seq = seq
+        self._calls[seq] = _Call(service_method, deadline, waiter)
+        return seq, frame
+
+    def resolve(self, payload: bytes) -> Outcome[W] | None:
+        """Match one reply frame's payload; None for a reply nobody waits for.
+
+        Raises ProtocolError when the payload is not a response at all.
+        """
+        try:
+            seq, error, result = p.decode_response(payload)
+        except p.BadResponse as bad:  # framed and numbered, but its value won't decode
+            seq, error, result = bad.seq, (p.ErrorCode.INTERNAL, "SerializationError", str(bad)), None
+        call = self._calls.pop(seq, None)
+        if call is None:
+            return None
+        if error is None:
+            return Outcome(call.waiter, result, None)
+        if error[0] == p.ErrorCode.TIMEOUT and call.deadline is not None:
+            # The server gave up at the deadline we sent: say it as our own timer would.
+            return Outcome(call.waiter, None, call.deadline.expired_error(call.service_method))
+        return Outcome(call.waiter, None, remote_error(*error))
+
+    def expire(self, seq: int) -> tuple[W, CallTimeout, bytes] | None:
+        """The call's deadline passed: forget it; return its waiter, the error and a Cancel frame."""
+        call = self._calls.pop(seq, None)
+        if call is None:
+            return None
+        assert call.deadline is not None, "only calls with a deadline expire"
+        return call.waiter, call.deadline.expired_error(call.service_method), p.encode_cancel(seq)
+
+    def cancel(self, seq: int) -> bytes | None:
+        """The caller gave up: forget the call; return the Cancel frame to send, if it was pending."""
+        if self._calls.pop(seq, None) is None:
+            return None
+        return p.encode_cancel(seq)
+
+    def fail_all(self) -> list[W]:
+        """The connection is gone: forget every call and return their waiters."""
+        calls, self._calls = self._calls, {}
+        return [call.waiter for call in calls.values()]
