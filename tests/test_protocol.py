@@ -332,8 +332,17 @@ def test_frame_decoder_accepts_exactly_max(limit):
     assert decoder.next_frame() == b"m" * limit
 
 
-def test_frame_decoder_default_limit():
-    assert p.FrameDecoder().max_frame_size == p.DEFAULT_MAX_FRAME_SIZE
+def test_frame_decoder_default_limit_is_16_mib():
+    assert p.DEFAULT_MAX_FRAME_SIZE == 16 * 1024 * 1024
+    decoder = p.FrameDecoder()
+    assert decoder.max_frame_size == 16 * 1024 * 1024
+    # the length alone decides, so neither case needs 16 MiB of body
+    decoder.feed((16 * 1024 * 1024).to_bytes(4, "big"))
+    assert decoder.next_frame() is None  # accepted: waiting for its body
+    over = p.FrameDecoder()
+    over.feed((16 * 1024 * 1024 + 1).to_bytes(4, "big"))
+    with pytest.raises(ProtocolError, match="16777217"):
+        over.next_frame()
 
 
 # --------------------------------------------------------------------------- decode_request: valid
@@ -799,14 +808,25 @@ def test_buffered_receive_grows_for_a_large_frame_then_shrinks_back():
     assert len(decoder._buffer) <= 1024 * 1024  # the memory of the large frame was given back
 
 
-def test_buffered_receive_rejects_bad_length_before_the_body():
-    decoder = p.FrameDecoder(max_frame_size=1024)
-    view = decoder.get_buffer(-1)
-    view[:4] = (1025).to_bytes(4, "big")
-    decoder.buffer_updated(4)
-    with pytest.raises(ProtocolError):
+def _room_after(decoder: p.FrameDecoder, data: bytes) -> int:
+    """Receive ``data`` as asyncio would, then return the room the decoder offers next."""
+    decoder.get_buffer(-1)[: len(data)] = data
+    decoder.buffer_updated(len(data))
+    return len(decoder.get_buffer(-1))
+
+
+@pytest.mark.parametrize("announced", [1024 * 1024 + 1, 2**32 - 1])
+def test_buffered_receive_rejects_bad_length_before_the_body(announced):
+    limit = 1024 * 1024  # far more than the decoder's usual room, so room for it would show
+    # what four bytes of any frame get: the room the length of a 2-byte frame gets
+    usual = _room_after(p.FrameDecoder(limit), (2).to_bytes(4, "big"))
+    assert usual < limit
+    decoder = p.FrameDecoder(limit)
+    # asyncio may ask for the next buffer before the frame is looked at: no room yet either
+    assert _room_after(decoder, announced.to_bytes(4, "big")) <= usual
+    with pytest.raises(ProtocolError, match=str(announced)):
         decoder.next_frame()
-    assert len(decoder.get_buffer(-1)) < 1025 + 1024 * 64  # no room was made for the bogus body
+    assert len(decoder.get_buffer(-1)) <= usual  # no room was made for the bogus body
 
 
 def test_feed_and_buffered_receive_mix():
