@@ -1,30 +1,29 @@
-"""HTTP on the RPC port (GeeRPC day 5): the CONNECT switch and small GET responses.
+"""HTTP on the RPC port (GeeRPC day 5), sans I/O: the CONNECT switch and small answers.
 
-No socket I/O here. A server connection whose first byte is an upper-case letter
-is HTTP: ``HeadReader`` collects the request head, aiohttp's parser parses it, and
-the server either switches the connection to the RPC protocol (``CONNECT
-/_geerpc_``) or answers one response and closes.
+A server connection whose first byte is an upper-case letter is HTTP: ``HeadReader``
+collects the request head, h11 parses it, and ``route`` either switches the
+connection to the RPC protocol (``CONNECT /_geerpc_``) or gives the one response the
+server sends before it closes. A client dialling ``http@`` reads the answer to its
+CONNECT the same way.
 
-Why we delimit the head ourselves: GeeRPC's Go client writes ``CONNECT /_geerpc_
-HTTP/1.0\\n\\n`` with bare line feeds, which aiohttp's parsers refuse, and the bytes
-after the head are RPC frames that no HTTP parser should touch. So this module finds
-the blank line that ends the head (bounded to ``MAX_HEAD`` bytes), turns its line
-endings into CRLF, and hands only the head to aiohttp. It never parses HTTP itself.
+No I/O, no asyncio, and nothing from the server: ``route`` gets the debug page as a
+callable.
+
+Why we delimit the head ourselves: the bytes after it are RPC frames, which no HTTP
+parser should see or buffer. So ``HeadReader`` finds the blank line that ends the head
+(within ``MAX_HEAD`` bytes) and only the head goes to h11, which takes bare line feeds
+(GeeRPC's Go client writes ``CONNECT /_geeprc_ HTTP/1.0\\n\\n``) as well as CRLF.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+import re
+from collections.abc import Callable
+from typing import Final, NamedTuple
 
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.http_parser import HttpRequestParserPy, HttpResponseParserPy
+import h11
 
 from .errors import ProtocolError
-
-if TYPE_CHECKING:
-    from .server import Server
 
 __all__ = [
     "MAX_HEAD", "RPC_PATHS", "CONNECTED", "DEBUG_PATH", "HeadReader", "Request",
@@ -36,22 +35,24 @@ RPC_PATHS: Final = ("/_geerpc_", "/_geeprc_")  # the second is GeeRPC's own spel
 DEBUG_PATH: Final = "/debug/geerpc"
 CONNECTED: Final = b"HTTP/1.0 200 Connected to Gee RPC\r\n\r\n"
 
+_HEAD_END: Final = re.compile(rb"\n\r?\n")  # what h11 takes for the end of a head
+_TOO_LONG: Final = f"malformed HTTP: head longer than {MAX_HEAD} bytes"
+
 
 class Request(NamedTuple):
-    method: str
-    path: str
-
-
-def _normalise(head: bytes) -> bytes:
-    return head.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    method: str  # case-sensitive, as sent
+    path: str  # the request target, as sent (query included)
 
 
 class HeadReader:
     """Collects an HTTP head from chunks; ``feed`` returns ``(head, tail)`` when whole.
 
-    With ``check_request=True`` every complete line is checked as it arrives, so a
-    malformed request line is refused at once instead of waiting for the blank line.
-    Raises ProtocolError for a malformed request or a head over ``MAX_HEAD`` bytes.
+    ``head`` ends with the blank line; ``tail`` is everything after it, untouched.
+    Until then ``feed`` returns ``(None, b"")``. With ``check_request=True`` the first
+    line is parsed as soon as it is complete, so a malformed request line is refused
+    at once instead of waiting for the blank line.
+
+    Raises ProtocolError for a malformed request line or a head over ``MAX_HEAD`` bytes.
     """
 
     def __init__(self, *, check_request: bool) -> None:
@@ -59,55 +60,65 @@ class HeadReader:
         self._check = check_request
 
     def feed(self, data: bytes) -> tuple[bytes | None, bytes]:
-        self._buffer += data
         buffer = self._buffer
-        ends = [i for i in (buffer.find(b"\n\n"), buffer.find(b"\n\r\n")) if i >= 0]
-        if ends:
-            cut = min(ends)
-            cut += 2 if buffer[cut : cut + 2] == b"\n\n" else 3
+        start = max(len(buffer) - 2, 0)  # the blank line may straddle two chunks
+        buffer += data
+        end = _HEAD_END.search(buffer, start)
+        if end is not None:
+            cut = end.end()
             if cut > MAX_HEAD:
-                raise ProtocolError(f"HTTP head longer than {MAX_HEAD} bytes")
-            return bytes(buffer[:cut]), bytes(buffer[cut:])
+                raise ProtocolError(_TOO_LONG)
+            head, tail = bytes(buffer[:cut]), bytes(buffer[cut:])
+            self._buffer = bytearray()
+            return head, tail
         if len(buffer) > MAX_HEAD:
-            raise ProtocolError(f"HTTP head longer than {MAX_HEAD} bytes")
-        first_line = buffer.find(b"\n")
-        if self._check and first_line >= 0:
-            # The request line alone, closed off as a head of its own: aiohttp checks
-            # it now, so a malformed one is refused without waiting for more bytes.
-            _parse(HttpRequestParserPy, bytes(buffer[: first_line + 1]) + b"\n")
+            raise ProtocolError(_TOO_LONG)
+        if self._check and (line_end := buffer.find(b"\n")) >= 0:
             self._check = False
+            # h11 judges whole heads, so the line is closed off as one, with a stand-in
+            # for the Host header HTTP/1.1 requires (the real headers are judged later).
+            parse_request(bytes(buffer[: line_end + 1]) + b"Host: -\r\n\r\n")
         return None, b""
 
 
-def _parse(parser_class: Any, head: bytes) -> Any:
-    loop = asyncio.get_running_loop()
-    parser = parser_class(BaseProtocol(loop), loop, MAX_HEAD, max_line_size=MAX_HEAD, max_field_size=MAX_HEAD)
+def _first_event(role: type[h11.CLIENT] | type[h11.SERVER], head: bytes) -> object:
+    connection = h11.Connection(role, max_incomplete_event_size=MAX_HEAD)
     try:
-        messages, _, _ = parser.feed_data(_normalise(head))
-    except HttpProcessingError as exc:
-        raise ProtocolError(f"malformed HTTP: {exc.message}") from None
-    except ValueError as exc:
-        raise ProtocolError(f"malformed HTTP: {exc}") from None
-    return messages[0][0] if messages else None
+        connection.receive_data(head)
+        return connection.next_event()
+    except h11.ProtocolError as exc:
+        raise ProtocolError(f"malformed HTTP: {str(exc)[:200]}") from None
 
 
 def parse_request(head: bytes) -> Request:
-    """Method and path of a whole request head; ProtocolError when malformed."""
-    message = _parse(HttpRequestParserPy, head)
-    if message is None:
-        raise ProtocolError("incomplete HTTP request head")
-    return Request(message.method, message.path)
+    """Method and path of a whole request head.
+
+    Raises ProtocolError ("malformed HTTP: ...") when the head is malformed or
+    incomplete; HTTP/1.1 without a Host header counts as malformed (RFC 9112, 3.2).
+    """
+    event = _first_event(h11.SERVER, head)
+    if not isinstance(event, h11.Request):
+        raise ProtocolError("malformed HTTP: incomplete request head")
+    # h11 admits only ASCII in both; latin-1 cannot fail
+    return Request(event.method.decode("latin-1"), event.target.decode("latin-1"))
 
 
 def parse_response_status(head: bytes) -> tuple[int, str]:
-    """Status code and reason of a whole response head; ProtocolError when malformed."""
-    message = _parse(HttpResponseParserPy, head)
-    if message is None:
-        raise ProtocolError("incomplete HTTP response head")
-    return message.code, message.reason
+    """Status code and reason of a whole response head (a 1xx one included).
+
+    Raises ProtocolError ("malformed HTTP: ...") when the head is malformed or incomplete.
+    """
+    event = _first_event(h11.CLIENT, head)
+    if not isinstance(event, (h11.Response, h11.InformationalResponse)):
+        raise ProtocolError("malformed HTTP: incomplete response head")
+    return event.status_code, event.reason.decode("latin-1")
 
 
-def connect_request(path: str = RPC_PATHS[0]) -> bytes:
+def connect_request(path: str = RPC_PATHS[1]) -> bytes:
+    """The CONNECT head a client sends; by default to GeeRPC's own ``/_geeprc_``.
+
+    GeeRPC's Go servers answer only that spelling; a geerpc server answers both.
+    """
     return f"CONNECT {path} HTTP/1.0\r\n\r\n".encode()
 
 
@@ -119,8 +130,12 @@ def response(status: int, reason: str, body: str, content_type: str = "text/plai
     return head.encode() + payload
 
 
-def route(request: Request, server: Server) -> bytes | None:
-    """The answer to ``request`` on the RPC port, or None to switch to RPC (CONNECT)."""
+def route(request: Request, debug_page: Callable[[], str]) -> bytes | None:
+    """The answer to ``request`` on the RPC port, or None to switch to RPC.
+
+    CONNECT to one of ``RPC_PATHS`` switches (None); GET or HEAD of ``DEBUG_PATH``
+    answers ``debug_page()`` as HTML; other paths get 404, other methods 405.
+    """
     path = request.path.split("?", 1)[0]
     if request.method == "CONNECT":
         if path in RPC_PATHS:
@@ -128,8 +143,6 @@ def route(request: Request, server: Server) -> bytes | None:
         return response(404, "Not Found", f"no RPC endpoint at {path[:100]}; use {RPC_PATHS[0]}\n")
     if request.method in ("GET", "HEAD"):
         if path == DEBUG_PATH:
-            from .debug import render_debug_page
-
-            return response(200, "OK", render_debug_page(server), "text/html; charset=utf-8")
+            return response(200, "OK", debug_page(), "text/html; charset=utf-8")
         return response(404, "Not Found", f"nothing at {path[:100]}; try {DEBUG_PATH}\n")
     return response(405, "Method Not Allowed", "this port answers CONNECT and GET only\n")

@@ -33,7 +33,7 @@ async def test_dial_http_address_switches_with_connect(server):
 @pytest.mark.parametrize("path", ["/_geerpc_", "/_geeprc_"])
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
 async def test_go_style_connect_then_option_and_call_in_one_write(server, path, newline):
-    # GeeRPC's Go client writes "CONNECT /_geerpc_ HTTP/1.0\n\n"; here the Option and
+    # GeeRPC's Go client writes "CONNECT /_geeprc_ HTTP/1.0\n\n"; here the Option and
     # a request follow in the same packet and must not be lost.
     host, port = server.address.split("@")[1].rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -130,3 +130,100 @@ async def test_dial_http_to_a_non_geerpc_http_server_fails_clearly():
     finally:
         other.close()
         await other.wait_closed()
+
+
+# ------------------------------------------------------------- parsing, no sockets
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["bare LF", "CRLF"])
+def test_head_reader_hands_the_bytes_after_the_head_on_untouched(newline):
+    head = b"CONNECT /_geeprc_ HTTP/1.0" + newline + b"X-A: b" + newline * 2
+    tail = b"\n\n\r\n{frames}\r\n\r\n"
+    assert gh.HeadReader(check_request=True).feed(head + tail) == (head, tail)
+    reader = gh.HeadReader(check_request=True)
+    for i in range(len(head) - 1):
+        assert reader.feed(head[i : i + 1]) == (None, b"")
+    assert reader.feed(head[-1:] + tail) == (head, tail)
+
+
+def test_head_reader_takes_a_head_of_max_head_bytes_and_refuses_one_more():
+    def head(size: int) -> bytes:
+        start = b"GET / HTTP/1.0\r\nX: "
+        return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    assert gh.HeadReader(check_request=True).feed(head(gh.MAX_HEAD))[0] == head(gh.MAX_HEAD)
+    with pytest.raises(geerpc.ProtocolError, match="malformed HTTP: head longer than 8192 bytes"):
+        gh.HeadReader(check_request=True).feed(head(gh.MAX_HEAD + 1))
+    with pytest.raises(geerpc.ProtocolError, match="malformed HTTP: head longer than 8192 bytes"):
+        gh.HeadReader(check_request=False).feed(b"HTTP/1.0 200 OK\r\n" + b"a" * gh.MAX_HEAD)
+
+
+@pytest.mark.parametrize("line", [b"GARBAGE /x\r\n", b"GET /x\r\n", b"GET  HTTP/1.0\n", b"GET /x HTTP/1.0x\r\n"])
+def test_head_reader_refuses_a_malformed_request_line_once_it_is_complete(line):
+    reader = gh.HeadReader(check_request=True)
+    assert reader.feed(line[:-1]) == (None, b"")
+    with pytest.raises(geerpc.ProtocolError, match="^malformed HTTP: "):
+        reader.feed(line[-1:])
+
+
+def test_head_reader_checks_only_the_request_line_early():
+    # HTTP/1.1 needs a Host header, which may come on the next line
+    assert gh.HeadReader(check_request=True).feed(b"GET / HTTP/1.1\r\n") == (None, b"")
+    assert gh.HeadReader(check_request=False).feed(b"GARBAGE\r\n") == (None, b"")
+
+
+@pytest.mark.parametrize(("head", "parsed"), [
+    (b"CONNECT /_geerpc_ HTTP/1.0\n\n", gh.Request("CONNECT", "/_geerpc_")),
+    (b"GET /debug/geerpc?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", gh.Request("GET", "/debug/geerpc?x=1")),
+    (b"get /debug/geerpc HTTP/1.0\r\n\r\n", gh.Request("get", "/debug/geerpc")),  # case kept
+])
+def test_parse_request(head, parsed):
+    assert gh.parse_request(head) == parsed
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /debug/geerpc HTTP/1.1\r\nBad header line\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
+    b"GET /\xff HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.0\r\n",  # no blank line
+])
+def test_parse_request_refuses_malformed_heads(head):
+    with pytest.raises(geerpc.ProtocolError, match="^malformed HTTP: "):
+        gh.parse_request(head)
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    (gh.CONNECTED, (200, "Connected to Gee RPC")),
+    (b"HTTP/1.0 200 Connected to Gee RPC\n\n", (200, "Connected to Gee RPC")),
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", (404, "Not Found")),
+    (b"HTTP/1.0 200\r\n\r\n", (200, "")),
+])
+def test_parse_response_status(head, status):
+    assert gh.parse_response_status(head) == status
+
+
+@pytest.mark.parametrize("head", [b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b"\r\n\r\n", b"HTTP/1.0 2000 OK\r\n\r\n",
+                                  b"HTTP/1.0 200 OK\r\n"])
+def test_parse_response_status_refuses_malformed_heads(head):
+    with pytest.raises(geerpc.ProtocolError, match="^malformed HTTP: "):
+        gh.parse_response_status(head)
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("CONNECT", "/_geerpc_", None), ("CONNECT", "/_geeprc_", None), ("CONNECT", "/elsewhere", b"404"),
+    ("GET", "/debug/geerpc", b"200"), ("HEAD", "/debug/geerpc?x", b"200"), ("GET", "/", b"404"),
+    ("get", "/debug/geerpc", b"405"), ("DELETE", "/debug/geerpc", b"405"),
+])
+def test_route(method, path, status):
+    answer = gh.route(gh.Request(method, path), lambda: "<p>page</p>")
+    assert (answer if answer is None else answer.split(b" ")[1]) == status
+    if status == b"200":
+        assert answer is not None and b"text/html" in answer and answer.endswith(b"\r\n\r\n<p>page</p>")
+
+
+def test_route_renders_the_debug_page_only_when_asked():
+    def page() -> str:
+        raise AssertionError("rendered")
+
+    assert gh.route(gh.Request("CONNECT", "/_geerpc_"), page) is None
+    assert gh.route(gh.Request("GET", "/"), page) is not None
