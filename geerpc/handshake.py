@@ -1,11 +1,16 @@
-"""The server's side of a connection's first bytes, sans I/O.
+"""Both sides of a connection's first bytes, sans I/O: no sockets, no event loop.
 
-The first byte decides what the peer speaks: ``{`` opens GeeRPC's Option line, an
-upper-case letter an HTTP request (a ``CONNECT /_geerpc_`` switch, after which the
-Option follows, or a plain request such as the debug page, answered once), and
-anything else is a protocol error. ``ServerHandshake.feed`` takes whatever arrived
-and returns a ``Step``: what to write, whether to close, and, once the Option is in,
-the Option and the bytes after it (the first frames).
+Server: the first byte decides what the peer speaks: ``{`` opens GeeRPC's Option
+line, an upper-case letter an HTTP request (a ``CONNECT /_geerpc_`` switch, after
+which the Option follows, or a plain request such as the debug page, answered once),
+and anything else is a protocol error. ``ServerHandshake.feed`` takes whatever
+arrived and returns a ``Step``: what to write, whether to close, and, once the Option
+is in, the Option and the bytes after it (the first frames).
+
+Client: ``ClientHandshake.start`` gives the first bytes to send (the Option, or a
+CONNECT for ``http@`` addresses), ``feed`` returns a ``ClientStep``: the Option to
+send once the CONNECT is answered, or the server's acknowledging Option and the
+bytes after it, or the ConnectError to raise.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from dataclasses import dataclass
 
 from . import http
 from . import protocol as p
-from .errors import ProtocolError
+from .errors import ConnectError, ProtocolError
 
-__all__ = ["ServerHandshake", "Step"]
+__all__ = ["ClientHandshake", "ClientStep", "ServerHandshake", "Step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,8 @@ class ServerHandshake:
         self._http_allowed = True
 
     def feed(self, data: bytes) -> Step:
+        if not data:
+            return Step()
         prefix = b""
         if self._http is None and not self._started and self._http_allowed and b"A" <= data[:1] <= b"Z":
             self._http = http.HeadReader(check_request=True)
@@ -86,3 +93,92 @@ class ServerHandshake:
             reason = f"unsupported codec {option.codec_type[:64]!r}, this server speaks {p.CODEC_TYPE}"
             return Step(prefix + p.encode_option(p.Option(error=reason)), close=reason)
         return Step(prefix, option=option, rest=rest)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStep:
+    """What the client must do after feeding some bytes to the handshake.
+
+    Send ``write`` first (it is empty when ``error`` is set); then ``error`` set means
+    abort the connection and raise it, ``option`` set means the handshake is done.
+    """
+
+    write: bytes = b""  # send this next (the Option line once a CONNECT is answered 200)
+    error: ConnectError | None = None  # the handshake failed: abort the connection and raise this
+    option: p.Option | None = None  # the server's acknowledging Option: handshake done
+    rest: bytes = b""  # bytes after the server's Option line (first reply frames)
+
+
+class ClientHandshake:
+    """Sends the client's Option (behind an HTTP CONNECT with ``via_http``), reads the answer.
+
+    With ``via_http`` the Option goes out only after a ``200`` answer to the CONNECT:
+    GeeRPC's Go server drops bytes sent behind the CONNECT head. The CONNECT asks for
+    GeeRPC's own path spelling, ``/_geeprc_``, the only one its Go servers answer.
+
+    Call ``start()`` once, then ``feed()`` what arrives until a step has ``option`` or
+    ``error`` set. After an error every later ``feed`` returns the same error step
+    (a transport may deliver one more chunk before its abort takes effect); feeding
+    after the handshake is done raises RuntimeError, because those bytes are reply
+    frames and belong to the frame decoder. ``start`` twice, or ``feed`` before
+    ``start``, raises RuntimeError too.
+
+    Args:
+        address: the server's address, as the error messages name it.
+        option: the client's Option, sent as one line.
+        via_http: switch with ``CONNECT /_geeprc_ HTTP/1.0`` first (``http@`` addresses).
+    """
+
+    def __init__(self, address: str, option: p.Option, *, via_http: bool) -> None:
+        self._address = address
+        self._line = p.encode_option(option)
+        self._http = http.HeadReader(check_request=False) if via_http else None
+        self._option = p.OptionReader()
+        self._started = False
+        self._done = False
+        self._failed: ClientStep | None = None
+
+    def start(self) -> bytes:
+        """The first bytes to send: the CONNECT request (``via_http``) or the Option line."""
+        if self._started:
+            raise RuntimeError("ClientHandshake.start() called twice")
+        self._started = True
+        return http.connect_request() if self._http is not None else self._line
+
+    def feed(self, data: bytes) -> ClientStep:
+        """Take bytes from the server; see the class docstring for what the step means."""
+        if self._failed is not None:
+            return self._failed
+        if self._done or not self._started:
+            raise RuntimeError("ClientHandshake.feed() " + ("after the handshake is done" if self._done
+                                                           else "before start()"))
+        write = b""
+        if self._http is not None:
+            try:
+                head, data = self._http.feed(data)
+                if head is None:
+                    return ClientStep()
+                status, reason = http.parse_response_status(head)
+            except ProtocolError as exc:
+                return self._fail(f"{self._address}: bad answer to CONNECT ({exc})")
+            if status != 200:
+                return self._fail(f"{self._address} answered CONNECT with {status} {reason}")
+            self._http = None
+            write = self._line
+            if not data:
+                return ClientStep(write)
+        try:
+            line, rest = self._option.feed(data)
+            if line is None:
+                return ClientStep(write)
+            option = p.decode_option(line)
+        except ProtocolError as exc:
+            return self._fail(f"{self._address}: not a geerpc server ({exc})")
+        if option.error is not None:
+            return self._fail(f"{self._address} refused the connection: {option.error}")
+        self._done = True
+        return ClientStep(write, option=option, rest=rest)
+
+    def _fail(self, message: str) -> ClientStep:
+        self._failed = ClientStep(error=ConnectError(message))
+        return self._failed

@@ -1,12 +1,13 @@
-"""The server handshake without sockets: Option line, HTTP CONNECT switch, HTTP answers."""
+"""Both handshakes without sockets or an event loop: Option line, HTTP CONNECT switch, HTTP answers."""
 
 from __future__ import annotations
 
 import pytest
 
+import geerpc
 from geerpc import http
 from geerpc import protocol as p
-from geerpc.handshake import ServerHandshake
+from geerpc.handshake import ClientHandshake, ClientStep, ServerHandshake, Step
 
 OPTION = p.encode_option(p.Option())
 FRAME = p.encode_request(1, "Arith.add", [1, 2], {}, None)
@@ -28,65 +29,213 @@ def feed_bytewise(handshake: ServerHandshake, data: bytes):
     raise AssertionError("handshake never finished")
 
 
-# Async tests: aiohttp's HTTP parser, used for the HTTP variants, wants a running loop.
 
-
-async def test_option_whole_hands_on_the_frames_after_it():
+def test_option_whole_hands_on_the_frames_after_it():
     step = ServerHandshake(route).feed(OPTION + FRAME)
     assert step.option == p.Option() and step.rest == FRAME and step.close is None and step.write == b""
 
 
-async def test_option_byte_by_byte():
+def test_option_byte_by_byte():
     step, written, rest = feed_bytewise(ServerHandshake(route), OPTION + FRAME)
     assert step.option is not None and written == b""
     assert step.rest + rest == FRAME
 
 
 @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
-async def test_connect_switch_then_option_in_one_chunk(newline):
+def test_connect_switch_then_option_in_one_chunk(newline):
     data = b"CONNECT /_geerpc_ HTTP/1.0" + newline * 2 + OPTION + FRAME
     step = ServerHandshake(route).feed(data)
     assert step.write == http.CONNECTED and step.option is not None and step.rest == FRAME
 
 
-async def test_connect_switch_byte_by_byte():
+def test_connect_switch_byte_by_byte():
     step, written, rest = feed_bytewise(ServerHandshake(route), b"CONNECT /_geeprc_ HTTP/1.0\n\n" + OPTION + FRAME)
     assert written == http.CONNECTED and step.option is not None and step.rest + rest == FRAME
 
 
-async def test_plain_http_request_is_answered_and_closed():
+def test_plain_http_request_is_answered_and_closed():
     step = ServerHandshake(route).feed(b"GET /debug/geerpc HTTP/1.0\r\n\r\n")
     assert step.write.startswith(b"HTTP/1.0 200 OK") and step.write.endswith(b"GET /debug/geerpc")
     assert step.close is not None and not step.abort and not step.protocol_error
 
 
-async def test_malformed_request_line_is_400_before_the_head_ends():
+def test_malformed_request_line_is_400_before_the_head_ends():
     handshake = ServerHandshake(route)
     assert handshake.feed(b"GET /x HTTP/1.0").close is None  # no newline yet: nothing to judge
     step = handshake.feed(b"x\r\n")  # "HTTP/1.0x": the line is complete and bad
     assert step.write.startswith(b"HTTP/1.0 400") and step.protocol_error and step.close is not None
 
 
-async def test_a_second_http_request_after_connect_is_not_http():
+def test_a_second_http_request_after_connect_is_not_http():
     step = ServerHandshake(route).feed(b"CONNECT /_geerpc_ HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n")
     assert step.write == http.CONNECTED and step.abort and step.protocol_error
 
 
 @pytest.mark.parametrize("data", [b"\x00garbage", b"hello", b"\x96\x00\x01", b"[1,2]\n"])
-async def test_anything_else_first_is_aborted(data):
+def test_anything_else_first_is_aborted(data):
     step = ServerHandshake(route).feed(data)
     assert step.abort and step.protocol_error and step.write == b""
 
 
-async def test_unknown_codec_is_refused_with_a_reason():
+def test_unknown_codec_is_refused_with_a_reason():
     line = b'{"MagicNumber":3927900,"CodecType":"application/gob"}\n'
     step = ServerHandshake(route).feed(line)
     refusal = p.decode_option(step.write.strip())
     assert "application/gob" in (refusal.error or "") and step.close is not None and not step.abort
 
 
-async def test_wrong_magic_and_overlong_option_are_aborted():
+def test_wrong_magic_and_overlong_option_are_aborted():
     assert ServerHandshake(route).feed(b'{"MagicNumber":1}\n').abort
     handshake = ServerHandshake(route)
     assert handshake.feed(b"{" + b" " * 500).close is None
     assert handshake.feed(b" " * 600).abort  # past 1024 bytes without a newline
+
+
+def test_empty_feed_is_a_no_op():
+    handshake = ServerHandshake(route)
+    assert handshake.feed(b"") == Step()
+    assert handshake.feed(OPTION).option is not None
+
+
+# ------------------------------------------------------------------ the client's side
+
+ADDRESS = "http@example:1"
+MINE = p.Option(handle_timeout=5_000_000_000)
+ACK = p.encode_option(p.Option(max_frame_size=1 << 20))
+REPLY = p.frame(b"\x93\x01\xc0\x03")  # whatever follows the ack: handed on unread
+
+
+def client(via_http: bool = True) -> ClientHandshake:
+    handshake = ClientHandshake(ADDRESS, MINE, via_http=via_http)
+    handshake.start()
+    return handshake
+
+
+def client_bytewise(handshake: ClientHandshake, data: bytes) -> tuple[ClientStep, bytes, bytes]:
+    """Feed one byte at a time until the handshake ends: (last step, all writes, bytes not fed)."""
+    written = b""
+    for i in range(len(data)):
+        step = handshake.feed(data[i : i + 1])
+        written += step.write
+        if step.option is not None or step.error is not None:
+            return step, written, data[i + 1 :]
+    raise AssertionError("client handshake never finished")
+
+
+def error_of(step: ClientStep) -> str:
+    assert step.error is not None and isinstance(step.error, geerpc.ConnectError)
+    assert step.option is None and step.write == b""
+    return str(step.error)
+
+
+def test_client_over_tcp_starts_with_the_option_line():
+    assert ClientHandshake(ADDRESS, MINE, via_http=False).start() == p.encode_option(MINE)
+
+
+def test_client_via_http_starts_with_connect_to_geerpcs_own_spelling():
+    assert ClientHandshake(ADDRESS, MINE, via_http=True).start() == b"CONNECT /_geeprc_ HTTP/1.0\r\n\r\n"
+    assert http.connect_request() == b"CONNECT /_geeprc_ HTTP/1.0\r\n\r\n"
+
+
+def test_client_over_tcp_ack_whole_hands_on_the_replies_after_it():
+    step = client(via_http=False).feed(ACK + REPLY)
+    assert step == ClientStep(option=p.decode_option(ACK), rest=REPLY)
+
+
+def test_client_over_tcp_ack_byte_by_byte():
+    step, written, unfed = client_bytewise(client(via_http=False), ACK + REPLY)
+    assert step.option == p.decode_option(ACK) and written == b"" and step.rest + unfed == REPLY
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["bare LF", "CRLF"])
+def test_client_sends_the_option_only_once_connect_is_answered_200(newline):
+    handshake = client()
+    assert handshake.feed(b"HTTP/1.0 200 Connected to Gee RPC" + newline) == ClientStep()
+    assert handshake.feed(newline) == ClientStep(write=p.encode_option(MINE))
+    assert handshake.feed(ACK + REPLY) == ClientStep(option=p.decode_option(ACK), rest=REPLY)
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["bare LF", "CRLF"])
+def test_client_via_http_whole_answer_and_ack_in_one_chunk(newline):
+    step = client().feed(b"HTTP/1.0 200 Connected to Gee RPC" + newline * 2 + ACK + REPLY)
+    assert step == ClientStep(write=p.encode_option(MINE), option=p.decode_option(ACK), rest=REPLY)
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"], ids=["bare LF", "CRLF"])
+def test_client_via_http_byte_by_byte(newline):
+    answer = b"HTTP/1.0 200 Connected to Gee RPC" + newline * 2
+    step, written, unfed = client_bytewise(client(), answer + ACK + REPLY)
+    assert written == p.encode_option(MINE) and step.option == p.decode_option(ACK)
+    assert step.rest + unfed == REPLY
+
+
+def test_client_and_server_handshakes_talk_to_each_other():
+    server, mine = ServerHandshake(route), ClientHandshake(ADDRESS, MINE, via_http=True)
+    answer = server.feed(mine.start())
+    assert answer.write == http.CONNECTED and answer.option is None
+    step = mine.feed(answer.write)
+    assert server.feed(step.write).option == MINE
+    assert mine.feed(ACK).option == p.decode_option(ACK)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "byte by byte"])
+def test_client_via_http_404_is_a_connect_error(split):
+    answer = b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    step = client_bytewise(client(), answer)[0] if split else client().feed(answer)
+    assert error_of(step) == f"{ADDRESS} answered CONNECT with 404 Not Found"
+
+
+@pytest.mark.parametrize("answer", [b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b"\n\n", b"HTTP/1.0 20 OK\n\n",
+                                    b"HTTP/1.0 200 OK\r\nBad header line\r\n\r\n", b'{"MagicNumber":3927900}\n\n'])
+def test_client_via_http_garbage_is_a_bad_answer(answer):
+    message = error_of(client().feed(answer))
+    assert message.startswith(f"{ADDRESS}: bad answer to CONNECT (malformed HTTP: ") and message.endswith(")")
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "byte by byte"])
+def test_client_via_http_head_over_max_head_is_a_bad_answer(split):
+    answer = b"HTTP/1.0 200 OK\r\nX-Big: " + b"a" * http.MAX_HEAD
+    step = client_bytewise(client(), answer)[0] if split else client().feed(answer)
+    assert error_of(step) == (f"{ADDRESS}: bad answer to CONNECT "
+                              f"(malformed HTTP: head longer than {http.MAX_HEAD} bytes)")
+
+
+@pytest.mark.parametrize("via_http", [False, True], ids=["tcp", "http"])
+def test_client_refusal_option_is_a_connect_error(via_http):
+    handshake = client(via_http)
+    if via_http:
+        handshake.feed(http.CONNECTED)
+    assert error_of(handshake.feed(b'{"Error":"too many connections"}\n' + REPLY)) == (
+        f"{ADDRESS} refused the connection: too many connections")
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    (b'{"MagicNumber":1}\n', "invalid magic number"),
+    (b"[]\n", "Option must be a JSON object"),
+    (b"A" * 5000, "Option line longer than"),
+])
+def test_client_bad_option_line_is_not_a_geerpc_server(answer, reason):
+    message = error_of(client(via_http=False).feed(answer))
+    assert message.startswith(f"{ADDRESS}: not a geerpc server (") and reason in message
+
+
+def test_client_after_an_error_every_feed_returns_the_same_error():
+    handshake = client()
+    first = handshake.feed(b"HTTP/1.0 403 Forbidden\r\n\r\n")
+    assert handshake.feed(ACK) is first and first.error is not None
+
+
+def test_client_feed_after_the_ack_raises():
+    handshake = client(via_http=False)
+    assert handshake.feed(ACK).option is not None
+    with pytest.raises(RuntimeError, match="done"):
+        handshake.feed(REPLY)
+
+
+def test_client_start_twice_or_feed_before_start_raises():
+    handshake = ClientHandshake(ADDRESS, MINE, via_http=True)
+    with pytest.raises(RuntimeError, match="before start"):
+        handshake.feed(b"HTTP/1.0 200 OK\r\n\r\n")
+    handshake.start()
+    with pytest.raises(RuntimeError, match="twice"):
+        handshake.start()
