@@ -140,11 +140,16 @@ async def test_graceful_stop_waits_even_after_an_earlier_disconnect(serve):
         call = asyncio.ensure_future(client.call("Svc.wait"))
         await eventually(lambda: svc.started == ["wait"])
         stopping = asyncio.ensure_future(server.stop(grace=5))
-        await asyncio.sleep(0)
-        assert not stopping.done()
+        with pytest.raises(geerpc.Unavailable, match="stopping"):  # the stop has begun
+            await client.call("Svc.add", 1, 2, timeout=2)
+        # A stop that does not wait cancels the call within milliseconds; this one
+        # waits up to its 5 s grace. Returns at once if either ends.
+        done, _ = await asyncio.wait([call, stopping], timeout=0.3, return_when=asyncio.FIRST_COMPLETED)
+        assert not done and svc.cancelled == []
         svc.release.set()
         assert await call == "released"
-        await stopping
+        async with asyncio.timeout(2):
+            await stopping
 
 
 async def test_call_timeout_holds_while_the_server_does_not_read():
@@ -251,12 +256,16 @@ async def test_heartbeat_stop_lets_the_callers_cancellation_through():
             await stopping
 
 
-@pytest.mark.parametrize("what", ["call", "broadcast"])
-async def test_call_timeout_bounds_discovery_too(what):
+@pytest.mark.parametrize(("what", "message"), [
+    ("call", "Svc.add timed out after 0.5 s finding a server"),
+    ("broadcast", "broadcast of Svc.add timed out after 0.5 s finding the servers"),
+])
+async def test_call_timeout_bounds_discovery_too(what, message):
     async with SilentPeer() as address:  # a registry that never answers
         async with XClient(f"http://{address}/_geerpc_/registry") as xc:
             loop = asyncio.get_running_loop()
             start = loop.time()
-            with pytest.raises((geerpc.CallTimeout, geerpc.NoServerAvailable)):
+            with pytest.raises(geerpc.CallTimeout) as info:
                 await getattr(xc, what)("Svc.add", 1, 2, timeout=0.5)
+            assert str(info.value) == message
             assert loop.time() - start < 1.5
