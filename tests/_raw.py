@@ -189,9 +189,14 @@ async def fake_server(behaviour: Behaviour) -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-async def read_request(reader: asyncio.StreamReader) -> p.Request:
+async def read_message(reader: asyncio.StreamReader) -> p.Request | p.Cancel:
+    """The next frame a client sent, decoded: a Request or a Cancel."""
     header = await reader.readexactly(4)
-    message = p.decode_request(await reader.readexactly(int.from_bytes(header, "big")))
+    return p.decode_request(await reader.readexactly(int.from_bytes(header, "big")))
+
+
+async def read_request(reader: asyncio.StreamReader) -> p.Request:
+    message = await read_message(reader)
     assert type(message) is p.Request
     return message
 
