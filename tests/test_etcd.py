@@ -21,7 +21,7 @@ import pytest
 from etcd_server import EtcdProcess, etcd_binary, etcd_required, free_port
 
 from geerpc.errors import NoServerAvailable, RegistryError
-from geerpc.registry.etcd import EtcdClients, EtcdURL, _import_aetcd, parse_etcd_url, register
+from geerpc.registry.etcd import EtcdClients, EtcdURL, import_aetcd, parse_etcd_url, register
 from geerpc.xclient.etcd_discovery import EtcdDiscovery
 from geerpc.xclient.selection import SelectMode
 
@@ -116,7 +116,7 @@ def _missing(problem: str) -> None:
 def _aetcd_or_skip() -> ModuleType:
     """aetcd; skips (or fails, with GEERPC_REQUIRE_ETCD=1) without it."""
     try:
-        return _import_aetcd()  # imported as geerpc does, without protobuf's version warning
+        return import_aetcd()  # imported as geerpc does, without protobuf's version warning
     except ImportError:
         _missing("aetcd is not installed (the etcd extra: pip install -e '.[etcd]')")
         raise

@@ -16,14 +16,15 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Self
 
 from ..address import parse_address
+from ..backoff import Backoff, FailureLog
 from ..errors import RegistryError
 from .etcd_client import (
-    DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_TTL, REGISTER_TIMEOUT, STOP_TIMEOUT, EtcdClients, EtcdURL,
-    _Backoff, _cancel_and_wait, _import_aetcd, _Trouble, parse_etcd_url,
+    DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_TTL, REGISTER_TIMEOUT, STOP_TIMEOUT, EtcdClients, EtcdURL, cancel_and_wait,
+    import_aetcd, parse_etcd_url,
 )
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_TTL", "EtcdClients", "EtcdRegistration", "EtcdURL",
-           "parse_etcd_url", "register", "_import_aetcd"]
+           "import_aetcd", "parse_etcd_url", "register"]
 
 if TYPE_CHECKING:
     import aetcd
@@ -54,7 +55,7 @@ class EtcdRegistration:
         self._granted_ttl = url.ttl
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
-        self._trouble = _Trouble(logger, f"etcd registration of {address}")
+        self._trouble = FailureLog(every=60.0)  # warn at the first failure, then once a minute
 
     @property
     def lease_id(self) -> int:
@@ -83,7 +84,7 @@ class EtcdRegistration:
         await self._grant_and_put(client)
 
     async def _start(self, timeout: float) -> None:
-        backoff = _Backoff()
+        backoff = Backoff(0.1, 2.0)
         last: RegistryError | None = None
         try:
             async with asyncio.timeout(timeout):
@@ -93,7 +94,7 @@ class EtcdRegistration:
                         break
                     except RegistryError as exc:
                         last = exc
-                    await asyncio.sleep(backoff.next())
+                    await asyncio.sleep(backoff.next_delay())
         except TimeoutError:
             detail = f"; last attempt: {last}" if last else ""
             raise RegistryError(f"cannot register {self.address} in etcd at {self.url.describe()}: "
@@ -104,7 +105,7 @@ class EtcdRegistration:
 
     async def _keep_alive(self) -> None:
         loop = asyncio.get_running_loop()
-        backoff = _Backoff()
+        backoff = Backoff(0.1, 2.0)
         delay = self._granted_ttl / 3
         while True:
             await asyncio.sleep(delay)
@@ -113,11 +114,16 @@ class EtcdRegistration:
             except Exception as exc:  # RegistryError: no endpoint answered; anything else is a bug
                 if not isinstance(exc, RegistryError):  # ... which must not end the keep-alive
                     logger.exception("etcd keep-alive of %s failed unexpectedly", self.address)
-                self._trouble.failed(exc, loop.time())
+                level = logging.WARNING if self._trouble.failed(loop.time()) else logging.DEBUG
+                logger.log(level, "etcd registration of %s: %s (failure %d, retrying)",
+                           self.address, exc, self._trouble.failures)
                 # Retry well inside the TTL, so a short outage never costs us the lease.
-                delay = min(backoff.next(), self._granted_ttl / 3)
+                delay = min(backoff.next_delay(), self._granted_ttl / 3)
                 continue
-            self._trouble.recovered()
+            recovery = self._trouble.recovered(loop.time())
+            if recovery is not None:
+                logger.info("etcd registration of %s: etcd answers again after %d failed attempt(s) in %.1f s",
+                            self.address, recovery.failures, recovery.seconds)
             backoff.reset()
             delay = self._granted_ttl / 3
 
@@ -132,7 +138,7 @@ class EtcdRegistration:
         task, self._task = self._task, None
         try:
             if task is not None:
-                await _cancel_and_wait(task)
+                await cancel_and_wait(task)
             await self._revoke()
         finally:
             await self._clients.close()

@@ -19,8 +19,9 @@ import logging
 from typing import TYPE_CHECKING, Final, Self
 
 from ..address import parse_address
+from ..backoff import Backoff, FailureLog
 from ..errors import RegistryError
-from ..registry.etcd_client import EtcdClients, _Backoff, _cancel_and_wait, _Trouble, parse_etcd_url
+from ..registry.etcd_client import EtcdClients, cancel_and_wait, parse_etcd_url
 from .discovery import ServerList
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class EtcdDiscovery(ServerList):
         self._first_deadline = 0.0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._trouble = _Trouble(logger, f"etcd discovery at {self.url.describe()}")
+        self._trouble = FailureLog(every=60.0)  # warn at the first failure, then once a minute
 
     # ------------------------------------------------------------ Discovery interface
 
@@ -90,7 +91,7 @@ class EtcdDiscovery(ServerList):
         task, self._task = self._task, None
         try:
             if task is not None:
-                await _cancel_and_wait(task)
+                await cancel_and_wait(task)
         finally:
             await self._clients.close()
 
@@ -126,7 +127,7 @@ class EtcdDiscovery(ServerList):
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        backoff = _Backoff(cap=1.0)
+        backoff = Backoff(0.1, 1.0)
         while True:
             started = loop.time()
             try:
@@ -138,10 +139,12 @@ class EtcdDiscovery(ServerList):
                 problem = RegistryError(f"the etcd watch broke ({type(exc).__name__}: {exc})")
                 if not isinstance(exc, self._clients.failures):
                     logger.exception("etcd discovery failed unexpectedly")
-            self._trouble.failed(problem, loop.time())
+            level = logging.WARNING if self._trouble.failed(loop.time()) else logging.DEBUG
+            logger.log(level, "etcd discovery at %s: %s (failure %d, retrying)",
+                       self.url.describe(), problem, self._trouble.failures)
             if loop.time() - started > _STABLE_WATCH:
                 backoff.reset()
-            await asyncio.sleep(backoff.next())
+            await asyncio.sleep(backoff.next_delay())
 
     async def _list_and_watch(self) -> None:
         listing = await self._clients.call(self._list)
@@ -158,7 +161,11 @@ class EtcdDiscovery(ServerList):
                 await self._clients.reset()
                 raise
             _raise_if_cancelled()
-            self._trouble.recovered()  # only now: a listing alone does not keep us current
+            # Only now: a listing alone does not keep us current.
+            recovery = self._trouble.recovered(asyncio.get_running_loop().time())
+            if recovery is not None:
+                logger.info("etcd discovery at %s: etcd answers again after %d failed attempt(s) in %.1f s",
+                            self.url.describe(), recovery.failures, recovery.seconds)
             async for event in watch:
                 self._apply_event(event)
         finally:
