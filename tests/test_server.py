@@ -115,8 +115,10 @@ async def test_serve_forever_returns_after_stop():
     server.register(Arith())
     await server.start("127.0.0.1", 0)
     forever = asyncio.ensure_future(server.serve_forever())
-    await asyncio.sleep(0)
-    assert not forever.done()
+    async with await geerpc.dial(server.address) as client:  # it serves meanwhile
+        assert await client.call("Arith.add", 1, 2) == 3
+    done, _ = await asyncio.wait([forever], timeout=0.1)  # at once if it returned early
+    assert not done
     await server.stop()
     async with asyncio.timeout(2):
         await forever
@@ -127,7 +129,9 @@ async def test_cancelling_serve_forever_stops_the_server():
     server.register(Arith())
     await server.start("127.0.0.1", 0)
     forever = asyncio.ensure_future(server.serve_forever())
-    await asyncio.sleep(0)
+    async with await geerpc.dial(server.address) as client:  # serve_forever is waiting by now
+        assert await client.call("Arith.add", 1, 2) == 3
+    assert not forever.done()
     forever.cancel()
     with pytest.raises(asyncio.CancelledError):
         await forever
