@@ -206,7 +206,7 @@ async def test_stop_during_registration_stops_the_heartbeat():
         starting = asyncio.ensure_future(server.start("127.0.0.1", 0, registry=f"http://127.0.0.1:{port}/_geerpc_/registry"))
         await eventually(lambda: seen == ["POST"])
         stopping = asyncio.ensure_future(server.stop(grace=0))  # while start() waits on the registry
-        await asyncio.sleep(0)
+        await eventually(lambda: server.stopping, what="stop() begun")
         hold.set()
         with pytest.raises(RuntimeError, match="stopped while"):
             await starting
@@ -223,7 +223,7 @@ async def test_unavailable_from_a_stopping_server_does_not_cut_its_draining_call
         long = asyncio.ensure_future(xc.call("Svc.wait", timeout=5))
         await eventually(lambda: svc.started == ["wait"])
         stopping = asyncio.ensure_future(server.stop(grace=5))
-        await eventually(lambda: server._stopping)
+        await eventually(lambda: server.stopping, what="stop() begun")
         with pytest.raises(geerpc.Unavailable):
             await xc.call("Svc.add", 1, 2, timeout=5)
         svc.release.set()
