@@ -1,5 +1,6 @@
 """Shared test tools for the registry: a registry in a child process, a GeeRPC-like
-registry, and polling with a deadline (tests never sleep to wait for readiness)."""
+registry, a fake clock, and polling with a deadline (tests never sleep to wait for
+readiness)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,62 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interva
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when a test says, and a ``sleep`` that waits on it.
+
+    Pass the clock as ``clock=`` and ``clock.sleep`` as ``sleep=``: the code under test
+    then parks in ``sleep`` until ``advance()`` moves the clock past its wake-up time.
+    ``sleeping()`` waits for somebody to park and returns the delay asked for;
+    ``wake()`` advances to the earliest wake-up. ``sleeps`` records every delay asked.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+        self._sleepers: list[tuple[float, float, asyncio.Future[None]]] = []  # (wake at, delay, future)
+        self._parked = asyncio.Event()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        future = asyncio.get_running_loop().create_future()
+        entry = (self.now + delay, delay, future)
+        self._sleepers.append(entry)
+        self._parked.set()
+        try:
+            await future
+        finally:
+            if entry in self._sleepers:  # cancelled while parked
+                self._sleepers.remove(entry)
+
+    async def sleeping(self, timeout: float = 5.0) -> float:
+        """Wait until somebody sleeps on this clock; the delay the earliest sleeper asked for."""
+        async with asyncio.timeout(timeout):
+            while not self._sleepers:
+                self._parked.clear()
+                await self._parked.wait()
+        return min(self._sleepers, key=lambda entry: entry[0])[1]
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on; wake every sleeper whose time has come."""
+        self._move_to(self.now + seconds)
+
+    def _move_to(self, now: float) -> None:
+        self.now = max(self.now, now)
+        for entry in [entry for entry in self._sleepers if entry[0] <= self.now]:
+            self._sleepers.remove(entry)
+            if not entry[2].done():
+                entry[2].set_result(None)
+
+    async def wake(self, timeout: float = 5.0) -> float:
+        """Wait for a sleeper, move the clock to its wake-up time; return the delay it asked for."""
+        delay = await self.sleeping(timeout)
+        self._move_to(min(entry[0] for entry in self._sleepers))
+        return delay
 
 
 def free_port() -> int:

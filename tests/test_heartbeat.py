@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import random
 import sys
 import time
 import types
 
 import aiohttp
 import pytest
-from _registry_helpers import RegistryProcess, free_port, wait_until
+from _registry_helpers import FakeClock, RegistryProcess, free_port
 
 from aiohttp import web
 
-from geerpc.registry import DEFAULT_PERIOD, Heartbeat, Registry, announce, heartbeat, period_for
-from geerpc.registry.heartbeat import MIN_PERIOD, _retry_delay
+from geerpc.registry import DEFAULT_PERIOD, DEFAULT_TIMEOUT, Heartbeat, Registry, announce, heartbeat, period_for
+from geerpc.registry.heartbeat import MIN_PERIOD
 
 A = "tcp@127.0.0.1:9001"
 
 
 @pytest.fixture
 async def beats():
+    """Starts heartbeats (on ``clock=`` when given) and stops every one of them afterwards."""
     started: list[Heartbeat] = []
 
-    def make(*args, **kwargs) -> Heartbeat:
-        beat = heartbeat(*args, **kwargs)
+    def make(*args, clock: FakeClock | None = None, **kwargs) -> Heartbeat:
+        if clock is not None:
+            kwargs.update(clock=clock, sleep=clock.sleep)
+        beat = Heartbeat(*args, **kwargs)
+        beat.start()
         started.append(beat)
         return beat
 
@@ -54,12 +56,20 @@ def test_period_for(timeout, period):
     assert period_for(timeout) == pytest.approx(period)
 
 
-@pytest.mark.parametrize("period", [MIN_PERIOD, 0.2, 1.0, 240.0])
-def test_retry_delay_never_below_a_quarter_second(period):
-    rng = random.Random(1)
-    delays = [_retry_delay(failures, period, rng) for failures in range(1, 40) for _ in range(20)]
-    assert min(delays) >= 0.25
+@pytest.mark.parametrize("period", [0.001, 0.2, 1.0, 240.0])
+async def test_failed_beats_back_off_from_a_quarter_second_up_to_the_period(geerpc_like, beats, period):
+    geerpc_like.status = 500
+    clock = FakeClock()
+    beat = beats(geerpc_like.url, A, period=period, clock=clock)
+    assert beat.period == max(period, MIN_PERIOD)  # 0.001 is raised to MIN_PERIOD
+    assert await beat.wait_first() is False
+    delays = [await clock.wake() for _ in range(12)]
+    await clock.sleeping()
+    assert beat.failures == 13  # one POST per wake: no retry without a wait
+    assert min(delays) >= 0.25  # never a POST loop, whatever the period
     assert max(delays) <= max(period, 0.5)
+    if period == 240.0:
+        assert delays[-1] >= 64  # exponential: 0.5 s doubled eight times and more, half of it fixed
 
 
 async def test_tiny_registry_timeout_does_not_make_a_post_loop(beats):
@@ -72,21 +82,14 @@ async def test_tiny_registry_timeout_does_not_make_a_post_loop(beats):
         return web.Response(headers={"X-Geerpc-Timeout": "0.0001"})
 
     async with _Fake(reply) as url:
-        beat = beats(url, A)
+        clock = FakeClock()
+        beat = beats(url, A, clock=clock)
         assert await beat.wait_first()
         assert beat.period == MIN_PERIOD
-        await asyncio.sleep(0.5)  # an observation window, not a readiness wait
-        assert posts <= 8  # one every 0.1 s; thousands without the floor
+        assert [await clock.wake() for _ in range(3)] == [MIN_PERIOD] * 3
+        await clock.sleeping()
+        assert posts == 4  # one a period: the floor holds
         await beat.stop()
-
-
-async def test_failures_back_off_at_least_a_quarter_second(geerpc_like, beats):
-    geerpc_like.status = 500
-    beat = beats(geerpc_like.url, A, period=0.001)  # raised to MIN_PERIOD
-    assert beat.period == MIN_PERIOD
-    assert await beat.wait_first() is False
-    await asyncio.sleep(0.6)  # an observation window, not a readiness wait
-    assert beat.failures <= 4  # retries 0.25 s apart at the least; hundreds without the floor
 
 
 class _Fake:
@@ -136,20 +139,21 @@ async def test_first_beat_registers_with_services(registry, beats):
     assert await listed(registry.url + "?service=Other") == []
 
 
-async def test_heartbeat_keeps_a_server_alive_past_the_timeout():
-    async with Registry(timeout=0.6) as registry:
-        beat = heartbeat(registry.url, A)
-        try:
-            assert await beat.wait_first()
-            assert beat.period == pytest.approx(0.2)
-            # Watch for three timeouts: the server must be listed at every look.
-            deadline = time.monotonic() + 1.8
-            while time.monotonic() < deadline:
-                assert await listed(registry.url) == [A]
-                await asyncio.sleep(0.05)
-            assert beat.beats >= 6
-        finally:
-            await beat.stop()
+async def test_heartbeat_keeps_a_server_alive_past_the_timeout(beats):
+    clock = FakeClock()
+    async with Registry(timeout=0.6, clock=clock) as registry:
+        beat = beats(registry.url, A, clock=clock)
+        assert await beat.wait_first()
+        assert beat.period == pytest.approx(0.2)
+        # Three timeouts go by: the server must be listed after every beat.
+        for _ in range(9):
+            assert await clock.wake() == pytest.approx(0.2)
+            await clock.sleeping()  # the beat is done
+            assert await listed(registry.url) == [A]
+        assert beat.beats == 10
+        await beat.stop()
+        clock.advance(0.6)
+        assert await listed(registry.url) == []
 
 
 async def test_stop_deregisters_at_once(registry):
@@ -179,39 +183,53 @@ async def test_stop_before_the_first_beat(registry):
 async def test_registry_down_at_start_then_up(beats):
     port = free_port()
     url = f"http://127.0.0.1:{port}/_geerpc_/registry"
-    beat = beats(url, A, period=1.0)
+    clock = FakeClock()
+    beat = beats(url, A, period=1.0, clock=clock)
     assert await beat.wait_first() is False
-    await wait_until(lambda: beat.failures >= 2, timeout=5)
+    await clock.wake()
+    await clock.sleeping()
+    assert beat.failures == 2
     registry = Registry(timeout=300)
     await registry.start("127.0.0.1", port)
     async with registry:
-        await wait_until(lambda: beat.failures == 0, timeout=3)  # backoff is capped at the period
+        assert await clock.wake() <= 1.0  # backoff is capped at the period
+        await clock.sleeping()
+        assert beat.failures == 0
         assert await listed(registry.url) == [A]
 
 
 async def test_http_errors_are_retried_and_logged_without_spam(geerpc_like, beats, caplog):
     caplog.set_level(logging.DEBUG, logger="geerpc.registry")
     geerpc_like.status = 500
-    beat = beats(geerpc_like.url, A, period=0.5)
+    clock = FakeClock()
+    beat = beats(geerpc_like.url, A, period=0.5, clock=clock)
     assert await beat.wait_first() is False
-    await wait_until(lambda: beat.failures >= 3, timeout=5)
+    for _ in range(2):
+        await clock.wake()
+    await clock.sleeping()
+    assert beat.failures == 3
     geerpc_like.status = None
-    await wait_until(lambda: beat.failures == 0 and geerpc_like.servers == [A], timeout=3)
+    await clock.wake()
+    assert await clock.sleeping() == 0.5  # a good beat: the period again
+    assert beat.failures == 0 and geerpc_like.servers == [A]
     records = [r for r in caplog.records if r.name == "geerpc.registry" and A in r.getMessage()]
     warnings = [r for r in records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "HTTP 500" in warnings[0].getMessage()
-    assert any(r.levelno == logging.DEBUG for r in records)
-    assert any(r.levelno == logging.INFO and "works again" in r.getMessage() for r in records)
+    assert [r.levelno for r in records if "failed" in r.getMessage()] == [logging.WARNING] + [logging.DEBUG] * 2
+    assert any(r.levelno == logging.INFO and "works again after 3 failure(s)" in r.getMessage() for r in records)
 
 
 async def test_post_that_hangs_times_out_and_loop_continues(geerpc_like, beats):
     geerpc_like.delay = 10
-    beat = beats(geerpc_like.url, A, period=0.3, timeout=0.2)
+    clock = FakeClock()
+    beat = beats(geerpc_like.url, A, period=0.3, timeout=0.2, clock=clock)
     started = time.monotonic()
     assert await beat.wait_first() is False
     assert time.monotonic() - started < 2
     geerpc_like.delay = 0
-    await wait_until(lambda: beat.beats >= 1, timeout=3)
+    await clock.wake()
+    await clock.sleeping()
+    assert beat.beats == 1
 
 
 async def test_stop_tolerates_a_registry_that_is_down(beats):
@@ -228,25 +246,26 @@ async def test_stop_tolerates_a_registry_that_is_down(beats):
         await process.stop()
 
 
-async def test_heartbeat_survives_registry_kill_and_restart_on_the_same_port():
+async def test_heartbeat_survives_registry_kill_and_restart_on_the_same_port(beats):
     process = RegistryProcess(timeout=1.5)  # period 0.5 s
-    beat: Heartbeat | None = None
+    clock = FakeClock()
     try:
         url = await process.start()
-        beat = heartbeat(url, A)
+        beat = beats(url, A, clock=clock)
         assert await beat.wait_first()
         assert beat.period == pytest.approx(0.5)
         await process.kill()
-        await wait_until(lambda: beat.failures >= 2, timeout=5)
+        for _ in range(2):
+            await clock.wake()
+        await clock.sleeping()
+        assert beat.failures == 2
         assert await process.start() == url  # same port
-        restarted = time.monotonic()
-        await wait_until(lambda: _is_listed(url), timeout=5)
-        # Back within one period (backoff is capped at it) plus the request itself.
-        assert time.monotonic() - restarted < beat.period + 1.0
+        # Back within one period (backoff is capped at it).
+        assert await clock.wake() <= beat.period
+        await clock.sleeping()
         assert beat.failures == 0
+        assert await _is_listed(url)
     finally:
-        if beat is not None:
-            await beat.stop()
         await process.stop()
 
 
@@ -334,5 +353,14 @@ async def test_announce_other_scheme_is_value_error():
         await announce("zk://127.0.0.1/x", A, None)
 
 
-def test_default_period_is_geerpcs():
-    assert DEFAULT_PERIOD == 240
+async def test_default_period_is_geerpcs(geerpc_like, beats):
+    # GeeRPC drops a server after 5 minutes and beats every 4 (the timeout less a minute).
+    assert DEFAULT_TIMEOUT == 300.0
+    assert DEFAULT_PERIOD == 240.0
+    assert period_for(None) == period_for(300.0) == 240.0
+    # GeeRPC's registry sends no X-Geerpc-Timeout: the heartbeat beats every 240 s.
+    clock = FakeClock()
+    beat = beats(geerpc_like.url, A, clock=clock)
+    assert beat.period == 240.0
+    assert await beat.wait_first()
+    assert await clock.sleeping() == 240.0

@@ -172,7 +172,9 @@ async def test_watch_wakes_on_registration_within_a_second(make_registry, http):
     registry = await make_registry()
     index = await _index(http, registry.url)
     watch = asyncio.create_task(get(http, registry.url, {"index": str(index), "wait": "20"}))
-    await asyncio.sleep(0.1)  # give the watch time to park; the assertion below does not depend on it
+    # Parked with the current index, the watch can only end early by being woken (its
+    # wait is 20 s); registering before it parked would answer it at once instead.
+    await wait_until(lambda: registry.watchers == 1, timeout=2)
     started = time.monotonic()
     await post(http, registry.url)
     status, headers, _ = await asyncio.wait_for(watch, 1.0)
@@ -235,7 +237,7 @@ async def test_stop_answers_pending_watches(make_registry, http):
     registry = await make_registry()
     index = await _index(http, registry.url)
     watch = asyncio.create_task(get(http, registry.url, {"index": str(index), "wait": "30"}))
-    await wait_until(lambda: registry._watchers == 1)
+    await wait_until(lambda: registry.watchers == 1)
     started = time.monotonic()
     await registry.stop()
     assert time.monotonic() - started < 2
@@ -248,11 +250,11 @@ async def test_watcher_that_hangs_up_frees_its_slot(make_registry):
     async with aiohttp.ClientSession() as session:
         index = await _index(session, registry.url)
         watch = asyncio.create_task(get(session, registry.url, {"index": str(index), "wait": "30"}))
-        await wait_until(lambda: registry._watchers == 1)
+        await wait_until(lambda: registry.watchers == 1)
         watch.cancel()
         with pytest.raises(asyncio.CancelledError):
             await watch
-    await wait_until(lambda: registry._watchers == 0)
+    await wait_until(lambda: registry.watchers == 0)
 
 
 # -- bad input: always 4xx with a reason, never 500 -----------------------------------
@@ -379,7 +381,7 @@ async def test_too_many_watchers_is_429(make_registry, http):
     registry = await make_registry(max_watchers=2)
     index = await _index(http, registry.url)
     watches = [asyncio.create_task(get(http, registry.url, {"index": str(index), "wait": "30"})) for _ in range(2)]
-    await wait_until(lambda: registry._watchers == 2)
+    await wait_until(lambda: registry.watchers == 2)
     status, headers, _ = await get(http, registry.url, {"index": str(index), "wait": "30"})
     assert status == 429
     assert "Retry-After" in headers

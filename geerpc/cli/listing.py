@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple
 import aiohttp
 
 from ..errors import GeeRPCError
+from ..registry.contract import H_SERVERS
 from . import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
 
 __all__ = ["Row", "format_table", "rows_from_header", "rows_from_json", "run"]
@@ -31,7 +32,6 @@ __all__ = ["Row", "format_table", "rows_from_header", "rows_from_json", "run"]
 # 8 KiB aiohttp (or the 64 KiB http.client) accepts by default.
 _MAX_BODY: Final = 16 * 1024 * 1024
 _MAX_HEADER: Final = 16 * 1024 * 1024
-_SERVERS_HEADER: Final = "X-Geerpc-Servers"  # GeeRPC's contract, spelled as in registry.server
 ANY: Final = "(any)"  # declared no services: it is sent calls for every service
 UNKNOWN: Final = "(unknown)"
 NONE: Final = "(none)"
@@ -123,7 +123,7 @@ async def _get_rows(url: str) -> list[Row]:
             first = (await response.content.read(200)).decode("utf-8", "replace").strip().splitlines()
             detail = f": {first[0]}" if first else ""
             raise CommandError(f"registry {url} answered {response.status} {response.reason}{detail}")
-        header = response.headers.get(_SERVERS_HEADER)
+        header = response.headers.get(H_SERVERS)
         json_reply = "json" in response.headers.get("Content-Type", "")
         body = await _read_capped(response) if json_reply else None
     if body is not None:
@@ -134,7 +134,7 @@ async def _get_rows(url: str) -> list[Row]:
         if rows is not None:
             return rows
     if header is None:
-        raise CommandError(f"{url} is not a geerpc registry (no {_SERVERS_HEADER} header)")
+        raise CommandError(f"{url} is not a geerpc registry (no {H_SERVERS} header)")
     return rows_from_header(header)
 
 

@@ -4,13 +4,21 @@
 refresh, GET answers ``X-Geerpc-Servers``) and adds deregistration, services per
 server and watches; see ``docs/registry.md``. ``heartbeat()`` keeps a server
 listed; ``announce()`` picks a heartbeat or etcd from the registry URL.
+
+``Registry`` (an aiohttp server) is imported on first use, so a server that only
+heartbeats, or a client that only reads the contract, never loads aiohttp.web.
 """
 
 from __future__ import annotations
 
-from .heartbeat import DEFAULT_PERIOD, Announcement, Heartbeat, announce, heartbeat, period_for
-from .server import DEFAULT_PATH, DEFAULT_TIMEOUT, Registry
+from typing import TYPE_CHECKING, Any
+
+from .contract import DEFAULT_PATH, DEFAULT_PERIOD, DEFAULT_TIMEOUT, period_for
+from .heartbeat import Announcement, Heartbeat, announce, heartbeat
 from .table import LivenessTable, ServerInfo, TableFull
+
+if TYPE_CHECKING:
+    from .server import Registry
 
 __all__ = [
     "DEFAULT_PATH",
@@ -26,3 +34,11 @@ __all__ = [
     "heartbeat",
     "period_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Registry":
+        from .server import Registry
+
+        return Registry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

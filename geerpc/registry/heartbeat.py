@@ -1,7 +1,9 @@
 """Heartbeats: how a server proves to a registry that it is alive, and how it leaves.
 
 This layer is an HTTP client of the registry (``server.py`` here, GeeRPC's own, or
-anything speaking its two headers). It imports nothing from the RPC layers.
+anything speaking its two headers); what both sides agree on is in ``contract.py``.
+It imports nothing from the RPC layers or from the registry's server, and aiohttp
+only once a heartbeat starts.
 
 Unlike GeeRPC, whose heartbeat goroutine gives up after one failed POST, a
 ``Heartbeat`` retries with exponential backoff and jitter until it is stopped, and
@@ -13,15 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
-from typing import Final, Protocol, Self
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, Protocol, Self
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from ..address import parse_address
-from .server import H_SERVER, H_SERVICES, H_TIMEOUT
-from .table import MAX_SERVICES, check_service_name
+from ..backoff import Backoff, FailureLog
+from .contract import (
+    DEFAULT_PERIOD, H_SERVER, H_SERVICES, H_TIMEOUT, MAX_SERVICES, MIN_PERIOD, check_service_name, parse_seconds,
+    period_for,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = [
     "DEFAULT_PERIOD",
@@ -35,53 +42,8 @@ __all__ = [
 
 log = logging.getLogger("geerpc.registry")
 
-#: GeeRPC's default: the default registry timeout (5 minutes) less one minute.
-DEFAULT_PERIOD: Final = 240.0
-#: The shortest period, whatever the registry's timeout or the ``period`` argument:
-#: the period comes from a reply, and a registry that says "0.0001" (hostile or
-#: misconfigured) must not turn a heartbeat into a POST loop.
-MIN_PERIOD: Final = 0.1
 _FIRST_BACKOFF: Final = 0.5  # also the floor of the backoff cap: a retry waits 0.25 s or more
 _STOP_TIMEOUT: Final = 2.0
-
-
-def period_for(timeout: float | None) -> float:
-    """The heartbeat period for a registry that drops servers after ``timeout`` seconds.
-
-    The timeout less a minute when it is 180 s or more (GeeRPC's 300 -> 240), else a
-    third of it (30 -> 10), so a server survives a missed beat; 240 s when the
-    registry says nothing (``None``, GeeRPC's registry) or never expires (0). Never
-    less than ``MIN_PERIOD``: a registry whose timeout is below 0.3 s cannot keep
-    anybody listed anyway. A failed beat is retried within seconds, not a period
-    later, so 240 of 300 is safe.
-    """
-    if timeout is None or not math.isfinite(timeout) or timeout <= 0:
-        return DEFAULT_PERIOD
-    if timeout >= 180:
-        return timeout - 60
-    return max(MIN_PERIOD, timeout / 3)
-
-
-def _retry_delay(failures: int, period: float, rng: random.Random | None = None) -> float:
-    """How long to wait after ``failures`` failed beats in a row (``failures >= 1``).
-
-    Exponential from 0.5 s, capped at the period, or at 0.5 s when the period is
-    shorter, with equal jitter: half fixed, so we never spin (at least 0.25 s), half
-    random, so a fleet of servers does not hit a restarted registry in lockstep.
-    """
-    cap = max(period, _FIRST_BACKOFF)
-    backoff = min(cap, _FIRST_BACKOFF * 2.0 ** min(max(failures, 1) - 1, 30))
-    return backoff / 2 + (rng or random).uniform(0, backoff / 2)
-
-
-def _parse_timeout(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        timeout = float(value)
-    except ValueError:
-        return None
-    return timeout if math.isfinite(timeout) and timeout >= 0 else None
 
 
 class Announcement(Protocol):
@@ -100,7 +62,14 @@ class Heartbeat:
     not sent, the server counts as offering every service); each name must pass the
     registry's rule (``check_service_name``). ``timeout`` bounds each POST (finite,
     above 0). Create it with ``heartbeat()``, or call ``start()`` yourself;
-    ``stop()`` ends it and deregisters. Usable as ``async with``.
+    ``stop()`` ends it and deregisters. Usable as ``async with``. ``clock`` (a
+    monotonic clock in seconds) and ``sleep`` are what the background task reads
+    and waits with; tests pass a fake pair.
+
+    A failed beat is retried with exponential backoff from 0.5 s, capped at the
+    period (at 0.5 s when the period is shorter), with equal jitter: half fixed, so
+    it never spins (0.25 s at the least), half random, so a fleet of servers does
+    not hit a restarted registry in lockstep.
 
     Raises ``ValueError`` for a bad URL, address, period, timeout or service name,
     so a mistake fails here rather than as a heartbeat retried forever.
@@ -114,6 +83,8 @@ class Heartbeat:
         *,
         services: list[str] | tuple[str, ...] | frozenset[str] | None = None,
         timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"registry URL must be http:// or https://, not {url!r}")
@@ -135,14 +106,22 @@ class Heartbeat:
         self.timeout = float(timeout)
         self._fixed_period = None if period is None else max(MIN_PERIOD, float(period))
         self.period = DEFAULT_PERIOD if self._fixed_period is None else self._fixed_period
-        self.failures = 0  # consecutive failed POSTs; 0 after a success
         self.beats = 0  # successful POSTs so far
+        self._clock = clock
+        self._sleep = sleep
+        self._backoff = Backoff(_FIRST_BACKOFF, max(self.period, _FIRST_BACKOFF))
+        self._trouble = FailureLog()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._first = asyncio.Event()
         self._first_ok = False
         self._attempted = False
         self._stopped = False
+
+    @property
+    def failures(self) -> int:
+        """Consecutive failed POSTs; 0 after a success."""
+        return self._trouble.failures
 
     def start(self) -> None:
         """Start the background task (needs a running loop). Idempotent."""
@@ -187,6 +166,8 @@ class Heartbeat:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            import aiohttp  # at first use: importing geerpc.registry stays cheap
+
             self._session = aiohttp.ClientSession()
         return self._session
 
@@ -202,33 +183,38 @@ class Heartbeat:
             if not self._first.is_set():
                 self._first_ok = ok
                 self._first.set()
-            await asyncio.sleep(self.period if ok else _retry_delay(self.failures, self.period))
+            await self._sleep(self.period if ok else self._backoff.delay(self.failures))
 
     async def _beat(self) -> bool:
+        import aiohttp
+
         self._attempted = True
+        session = self._get_session()
         try:
             async with asyncio.timeout(self.timeout):
-                async with self._get_session().post(self.url, headers=self._headers()) as response:
+                async with session.post(self.url, headers=self._headers()) as response:
                     if response.status != 200:
                         reason = (await response.content.read(200)).decode("utf-8", "replace").strip()
                         raise _HTTPStatus(f"HTTP {response.status} {reason}".strip())
-                    registry_timeout = _parse_timeout(response.headers.get(H_TIMEOUT))
+                    registry_timeout = parse_seconds(response.headers.get(H_TIMEOUT))
         except (aiohttp.ClientError, OSError, TimeoutError, _HTTPStatus) as exc:
-            self.failures += 1
-            level = logging.WARNING if self.failures == 1 else logging.DEBUG
+            level = logging.WARNING if self._trouble.failed(self._clock()) else logging.DEBUG
             log.log(level, "heartbeat of %s to %s failed (%d in a row): %s",
                     self.address, self.url, self.failures, _describe(exc))
             return False
-        if self.failures:
-            log.info("heartbeat of %s to %s works again after %d failure(s)",
-                     self.address, self.url, self.failures)
-        self.failures = 0
+        recovery = self._trouble.recovered(self._clock())
+        if recovery is not None:
+            log.info("heartbeat of %s to %s works again after %d failure(s) in %.1f s",
+                     self.address, self.url, recovery.failures, recovery.seconds)
         self.beats += 1
         if self._fixed_period is None:
             self.period = period_for(registry_timeout)
+            self._backoff.maximum = max(self.period, _FIRST_BACKOFF)
         return True
 
     async def _deregister(self) -> None:
+        import aiohttp
+
         try:
             async with asyncio.timeout(_STOP_TIMEOUT):
                 async with self._get_session().delete(self.url, headers={H_SERVER: self.address}) as response:

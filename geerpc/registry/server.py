@@ -1,8 +1,9 @@
 """The registry's HTTP endpoint: GeeRPC's two-header contract on top of the liveness table.
 
 This layer owns the aiohttp server, the clock and the watchers; every decision about
-who is alive is made by ``table.LivenessTable``. It imports nothing from the RPC
-layers. The HTTP API is described precisely in ``docs/registry.md``.
+who is alive is made by ``table.LivenessTable``; the headers and defaults it shares
+with its clients are in ``contract.py``. It imports nothing from the RPC layers. The
+HTTP API is described precisely in ``docs/registry.md``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from typing import Final, Self
 
 from aiohttp import web
 
+from .contract import (
+    DEFAULT_PATH, DEFAULT_TIMEOUT, DEFAULT_WAIT, H_INDEX, H_SERVER, H_SERVERS, H_SERVICES, H_TIMEOUT, MAX_SERVICES,
+    Q_INDEX, Q_SERVICE, Q_WAIT, format_seconds, parse_services,
+)
 from .dashboard import PAGE_HEADERS, accepts_json, prefers_html, render_dashboard
-from .table import MAX_SERVERS, MAX_SERVICES, LivenessTable, TableFull, canonical_address, parse_services
+from .table import MAX_SERVERS, LivenessTable, TableFull, canonical_address
 
 __all__ = [
     "DEFAULT_PATH",
@@ -35,9 +40,6 @@ __all__ = [
 
 log = logging.getLogger("geerpc.registry")
 
-DEFAULT_PATH: Final = "/_geerpc_/registry"
-DEFAULT_TIMEOUT: Final = 300.0
-DEFAULT_WAIT: Final = 30.0  # a watch that names an index but no wait (at most max_wait)
 MAX_WAIT: Final = 300.0
 MAX_WATCHERS: Final = 1024
 # aiohttp keeps an idle connection for an hour by default. Its keepalive timer also runs
@@ -45,23 +47,12 @@ MAX_WATCHERS: Final = 1024
 # slow header read too (a slowloris ties up a socket for this long, not forever).
 KEEPALIVE_TIMEOUT: Final = 75.0
 
-H_SERVER: Final = "X-Geerpc-Server"
-H_SERVERS: Final = "X-Geerpc-Servers"
-H_SERVICES: Final = "X-Geerpc-Services"
-H_TIMEOUT: Final = "X-Geerpc-Timeout"
-H_INDEX: Final = "X-Geerpc-Index"
-
 _MAX_INDEX_DIGITS: Final = 16  # indexes are below 2**53
 _JSON_REUSE: Final = 0.1  # seconds a rendered JSON list may be served again
 # Filtered X-Geerpc-Servers values kept per index. ``service=`` is chosen by the
 # client, so the cache must be bounded: otherwise each distinct name costs a copy
 # of the list until the next change.
 _FILTERED_CACHE: Final = 16
-
-
-def format_seconds(seconds: float) -> str:
-    """``300.0`` -> ``"300"``, ``0.5`` -> ``"0.5"``: what X-Geerpc-Timeout carries."""
-    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
 
 
 class _BadRequest(Exception):
@@ -129,6 +120,11 @@ class Registry:
     @property
     def timeout(self) -> float:
         return self.table.timeout
+
+    @property
+    def watchers(self) -> int:
+        """How many watches are parked now, waiting for a change (or their ``wait``)."""
+        return self._watchers
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -394,7 +390,7 @@ def _one_param(request: web.Request, name: str) -> str | None:
 
 
 def _query_service(request: web.Request) -> str | None:
-    raw = _one_param(request, "service")
+    raw = _one_param(request, Q_SERVICE)
     if raw is None:
         return None
     try:
@@ -407,7 +403,7 @@ def _query_service(request: web.Request) -> str | None:
 
 
 def _query_index(request: web.Request) -> int | None:
-    raw = _one_param(request, "index")
+    raw = _one_param(request, Q_INDEX)
     if raw is None:
         return None
     if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_INDEX_DIGITS:
@@ -416,7 +412,7 @@ def _query_index(request: web.Request) -> int | None:
 
 
 def _query_wait(request: web.Request, max_wait: float) -> float | None:
-    raw = _one_param(request, "wait")
+    raw = _one_param(request, Q_WAIT)
     if raw is None:
         return None
     text = raw.removesuffix("s")  # Consul writes waits as "30s"

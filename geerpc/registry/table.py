@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from ..address import parse_address
+from .contract import MAX_SERVICE_NAME, MAX_SERVICES, check_service_name, parse_services
 
 __all__ = [
     "MAX_SERVERS",
@@ -35,12 +35,8 @@ __all__ = [
 ]
 
 MAX_SERVERS: Final = 100_000
-MAX_SERVICES: Final = 64
-# 64 names of 100 characters plus commas still fit in aiohttp's 8190-byte header field.
-MAX_SERVICE_NAME: Final = 100
 # Indexes stay below 2**53 so that JSON readers with float numbers (JavaScript) keep them exact.
 _MAX_INDEX: Final = 2**53 - 1
-_SERVICE_NAME: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*\Z")
 
 
 class TableFull(Exception):
@@ -59,41 +55,6 @@ class ServerInfo(NamedTuple):
 class _Entry:
     services: frozenset[str] | None
     last_seen: float
-
-
-def parse_services(header: str | None, *, max_services: int = MAX_SERVICES) -> frozenset[str] | None:
-    """Parse an ``X-Geerpc-Services`` value: comma-separated service names.
-
-    ``None`` (no header) means unknown, which counts as every service; an empty or
-    blank value means none. Raises ``ValueError`` naming the problem for too many
-    names, a name that is too long, or one with characters outside ``[A-Za-z0-9_.-]``.
-    """
-    if header is None:
-        return None
-    names = [name.strip() for name in header.split(",")]
-    if names == [""]:
-        return frozenset()
-    if len(names) > max_services:
-        raise ValueError(f"too many services: {len(names)} (at most {max_services})")
-    for name in names:
-        check_service_name(name)
-    return frozenset(names)
-
-
-def check_service_name(name: str) -> None:
-    """Raise ``ValueError`` naming the problem unless ``name`` is a valid service name.
-
-    At most ``MAX_SERVICE_NAME`` characters from ``[A-Za-z0-9_.-]``, not starting
-    with ``.`` or ``-``: the rule the registry applies to ``X-Geerpc-Services``.
-    """
-    if not isinstance(name, str):  # callers catch ValueError for every bad name
-        raise ValueError(f"service name must be a str, not {type(name).__name__}")  # noqa: TRY004
-    if not name:
-        raise ValueError("empty service name in the list")
-    if len(name) > MAX_SERVICE_NAME:
-        raise ValueError(f"service name {name[:32]!r}... longer than {MAX_SERVICE_NAME} characters")
-    if not _SERVICE_NAME.match(name):
-        raise ValueError(f"service name {name[:32]!r}: use letters, digits, '_', '.' and '-'")
 
 
 class LivenessTable:
