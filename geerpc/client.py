@@ -282,7 +282,7 @@ async def dial(
 ) -> Client:
     """Connect to a server at ``tcp@host:port``, ``unix@/path`` or ``http@host:port``.
 
-    ``http@`` dials the server's port and switches with ``CONNECT /_geerpc_`` first,
+    ``http@`` dials the server's port and switches with ``CONNECT /_geeprc_`` first,
     as GeeRPC does (a geerpc server answers both on one port).
 
     ``connect_timeout`` covers the dial and the handshake. ``handle_timeout`` asks

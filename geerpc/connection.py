@@ -1,75 +1,46 @@
-"""Server side of one connection: bytes from the socket to handler tasks and back.
+"""Server side of one connection: bytes from the socket to calls and back.
 
-A thin ``asyncio.Protocol``: it feeds the sans-IO decoders in ``protocol``, starts one
-task per call, and writes replies. Design notes:
+A thin ``asyncio.BufferedProtocol``: it feeds the sans-IO decoders in ``protocol``,
+hands requests to ``dispatch.Calls``, and writes replies. It knows its server only
+through ``host.ConnectionHost``. Design notes:
 
 - Replies are collected and written once per read (and once per loop iteration for
   calls that finish later), so a read that carried 64 requests is usually answered
   by one ``write``: the biggest single win on the per-call path.
-- Three ways to run a handler. An ``async def`` with no ``await`` cannot suspend, so
-  it runs inline, in a copy of the context, and is answered before the read callback
-  returns: a task and an extra loop iteration would cost more than the call (its
-  ``asyncio.current_task()`` is None). Other coroutines get a task (an eager one
-  on Python 3.12+). Plain ``def`` methods may block, so they run on worker threads.
 - The first bytes (Option line, or an HTTP request first) go through the sans-IO
   ``handshake.ServerHandshake``; this class only carries out what it decides.
+- A request's deadline starts when it arrives (the caller's time left, or the handle
+  timeout), so time spent held at ``max_in_flight`` counts against it.
 - Backpressure instead of rejection: at ``max_in_flight`` calls, or while the peer
   does not read our replies, we stop taking frames from the buffer and pause reading
-  the socket; finishing calls resume it. Memory per connection stays at most one
-  frame plus one socket read.
-- A handler may raise anything, KeyboardInterrupt and SystemExit included: ``_run``
-  catches it so it can never escape into the event loop.
+  the socket; finishing calls resume it. Requests held meanwhile are bounded in count
+  and bytes, so Cancels and EOF are still seen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
-import functools
 import logging
-import sys
-from time import perf_counter
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple, cast
 
 from . import protocol as p
 from .errors import ProtocolError
 from .handshake import ServerHandshake
+from .dispatch import STOPPING, Calls, budget
 from .host import ConnectionHost
-from .replies import (
-    bad_request_reply,
-    failure_reply,
-    not_found_reply,
-    result_reply,
-    run_inline,
-    stopped_reply,
-    stopping_reply,
-    timeout_reply,
-)
+from .replies import bad_request_reply, not_found_reply, stopped_reply, stopping_reply
 from .service import Method
 from .tcp import enable_keepalive
-from .workers import Job
 
 __all__ = ["ServerConnection"]
 
 log = logging.getLogger("geerpc.server")
 _CLIENT_CANCELLED = "cancelled by the client"
 _CONNECTION_LOST = "connection lost"
-_STOPPING = "server stopping"
-_EAGER = sys.version_info >= (3, 12)
 _FLUSH_AT = 256 * 1024  # queued reply bytes that are written without waiting for the read's end
 _HOLD_BYTES = 4 * 1024 * 1024  # request bytes held per connection beyond max_in_flight
 _HOLD_MIN = 16  # requests held at least, whatever max_in_flight, so Cancels and EOF get through
-
-
-class _SyncCall(Job):
-    """A plain ``def`` call handed to the worker threads."""
-
-    __slots__ = ("seq", "method", "timer", "start")
-    seq: int
-    method: Method
-    timer: asyncio.TimerHandle | None
-    start: float
 
 
 class _Held(NamedTuple):
@@ -81,13 +52,6 @@ class _Held(NamedTuple):
     deadline: float | None  # loop time, set when the request arrived
 
 
-def _budget(timeout: float | None, handle_timeout: float | None) -> float | None:
-    """Seconds a call may take: the caller's time left or the handle timeout, whichever is smaller."""
-    if handle_timeout is not None and (timeout is None or handle_timeout < timeout):
-        return handle_timeout
-    return timeout
-
-
 class ServerConnection(asyncio.BufferedProtocol):
     def __init__(self, host: ConnectionHost) -> None:
         self._host = host
@@ -97,7 +61,9 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._handshake: ServerHandshake | None = ServerHandshake(host.http_answer)
         self._frames = p.FrameDecoder(limits.max_frame_size)
-        self._calls: dict[int, asyncio.Task[None] | _SyncCall] = {}
+        self._calls = Calls(self._loop, queue=self._queue, reply=self._reply, submit=host.submit,
+                            stopping=lambda: host.stopping, ended=self._call_ended,
+                            frame_limit=limits.max_frame_size, handle_timeout=limits.handle_timeout)
         # Requests received while max_in_flight calls run: started as calls finish.
         # Reading goes on meanwhile (so Cancels and EOF are still seen) until the hold
         # is full, then the socket is paused: that is the backpressure.
@@ -106,11 +72,9 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._lost = False
         self._out: list[bytes] = []
         self._out_size = 0
-        self._frame_limit = limits.max_frame_size  # lowered to the client's own limit if smaller
         self._flush_scheduled = False
         self._reading_paused = False
         self._writing_paused = False
-        self._handle_timeout = limits.handle_timeout
         self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
@@ -165,7 +129,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._lost = True  # from here on nothing new starts
         self._host.connection_closed(self)
         self._held.clear()
-        for seq in list(self._calls):
+        for seq in self._calls.seqs():
             self._cancel(seq, _CONNECTION_LOST)
         self._out.clear()
         self._out_size = 0
@@ -201,12 +165,12 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._transport.close()
             return b""
         if option.max_frame_size:
-            self._frame_limit = min(self._frame_limit, max(option.max_frame_size, 1024))
+            self._calls.frame_limit = min(self._calls.frame_limit, max(option.max_frame_size, 1024))
         if option.handle_timeout:
             # The smaller of the client's and the server's handle timeout applies.
             client = option.handle_timeout / 1e9
-            ours = self._handle_timeout
-            self._handle_timeout = client if ours is None else min(client, ours)
+            ours = self._calls.handle_timeout
+            self._calls.handle_timeout = client if ours is None else min(client, ours)
         ack = p.Option(handle_timeout=option.handle_timeout, max_frame_size=self._limits.max_frame_size)
         self._transport.write(p.encode_option(ack))
         if self._limits.idle_timeout is not None:
@@ -247,7 +211,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             while self._held and len(self._calls) < limit and not self._writing_paused:
                 _, held = self._held.popitem(last=False)
                 self._held_bytes -= held.size
-                self._start(held.request, held.method, held.deadline)
+                self._calls.start(held.request, held.method, held.deadline)
             while not self._writing_paused and len(self._held) < hold and self._held_bytes < _HOLD_BYTES:
                 payload = frames.next_frame()
                 if payload is None:
@@ -297,133 +261,23 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._queue(stopping_reply(seq))
             return
         if method.inline:  # cannot suspend: runs to the end now, needs no slot and no deadline
-            self._start(message, method, None)
+            self._calls.start(message, method, None)
             return
         # The deadline starts when the request arrives: time held at the cap counts.
-        budget = _budget(message.timeout, self._handle_timeout)
-        deadline = None if budget is None else self._loop.time() + budget
+        seconds = budget(message.timeout, self._calls.handle_timeout)
+        deadline = None if seconds is None else self._loop.time() + seconds
         if len(self._calls) < self._limits.max_in_flight and not self._held:
-            self._start(message, method, deadline)
+            self._calls.start(message, method, deadline)
         else:
             self._held[seq] = _Held(message, method, len(payload), deadline)
             self._held_bytes += len(payload)
-
-    def _start(self, message: p.Request, method: Method, deadline: float | None) -> None:
-        seq, args, kwargs = message.seq, message.args, message.kwargs
-        start = perf_counter()
-        if method.inline:  # cannot suspend: runs to the end now, needs no slot
-            try:
-                result = contextvars.copy_context().run(run_inline, method, args, kwargs)
-            except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
-                self._queue(failure_reply(seq, method, args, kwargs, exc, self._frame_limit))
-                method.record(perf_counter() - start, False)
-            else:
-                frame, ok = result_reply(seq, method, result, self._frame_limit)
-                self._queue(frame)
-                method.record(perf_counter() - start, ok)
-            return
-        if deadline is not None and deadline <= self._loop.time():  # ran out while held
-            self._queue(timeout_reply(seq, method, _budget(message.timeout, self._handle_timeout) or 0.0))
-            method.record(0.0, False)
-            return
-        if method.is_async:
-            coroutine = self._run(message, method, deadline, start)
-            if _EAGER:
-                task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
-                if task.done():
-                    return
-            else:
-                task = self._loop.create_task(coroutine)
-            self._calls[seq] = task
-            # Cleaned up by a callback, not in _run: a task cancelled before its first
-            # step (a Cancel in the same read as its Request) never runs _run at all.
-            task.add_done_callback(functools.partial(self._task_done, seq))
-            return
-        call = _SyncCall(method.func, args, kwargs, self._sync_done)
-        call.seq, call.method, call.timer, call.start = seq, method, None, start
-        if deadline is not None:
-            call.timer = self._loop.call_at(deadline, self._sync_timeout, call, message)
-        self._calls[seq] = call
-        self._host.submit(call)
-
-    async def _run(self, message: p.Request, method: Method, deadline: float | None, start: float) -> None:
-        seq, args, kwargs = message.seq, message.args, message.kwargs
-        ok = False
-        try:
-            if deadline is None:
-                result = await method.func(*args, **kwargs)
-            else:
-                scope = asyncio.timeout_at(deadline)
-                try:
-                    async with scope:
-                        result = await method.func(*args, **kwargs)
-                except TimeoutError:
-                    if not scope.expired():
-                        raise  # the handler's own TimeoutError, not our deadline
-                    self._reply(timeout_reply(seq, method, _budget(message.timeout, self._handle_timeout) or 0.0))
-                    return
-            frame, ok = result_reply(seq, method, result, self._frame_limit)
-            self._reply(frame)
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and not task.cancelling():
-                # Nobody cancelled this call: the handler raised CancelledError itself
-                # (say, it awaited a future someone else cancelled). Answer it.
-                self._reply(failure_reply(seq, method, args, kwargs, exc, self._frame_limit))
-                return
-            if self._host.stopping:
-                self._reply(stopped_reply(seq, method))
-            raise
-        except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
-            self._reply(failure_reply(seq, method, args, kwargs, exc, self._frame_limit))
-        finally:
-            method.record(perf_counter() - start, ok)
-
-    def _task_done(self, seq: int, task: asyncio.Task[None]) -> None:
-        if self._calls.get(seq) is task:
-            del self._calls[seq]
-            self._call_ended()
-
-    def _sync_done(self, job: Job, ok: bool, value: Any) -> None:
-        call = job
-        assert isinstance(call, _SyncCall)
-        if call.timer is not None:
-            call.timer.cancel()
-        del self._calls[call.seq]
-        if ok:
-            frame, ok = result_reply(call.seq, call.method, value, self._frame_limit)
-            self._reply(frame)
-        else:
-            self._reply(failure_reply(call.seq, call.method, call.args, call.kwargs, value, self._frame_limit))
-        call.method.record(perf_counter() - call.start, ok)
-        self._call_ended()
-
-    def _sync_timeout(self, call: _SyncCall, message: p.Request) -> None:
-        # A thread cannot be stopped: the handler runs on, and its result is dropped.
-        call.abandoned = True
-        del self._calls[call.seq]
-        self._reply(timeout_reply(call.seq, call.method, _budget(message.timeout, self._handle_timeout) or 0.0))
-        call.method.record(perf_counter() - call.start, False)
-        self._call_ended()
 
     def _cancel(self, seq: int, reason: str) -> None:
         held = self._held.pop(seq, None)
         if held is not None:  # never started: forget it (no reply: the caller gave up)
             self._held_bytes -= held.size
             return
-        call = self._calls.get(seq)
-        if call is None:
-            return
-        if isinstance(call, asyncio.Task):
-            call.cancel(reason)  # _run replies (when the server is stopping) and cleans up
-            return
-        call.abandoned = True
-        if call.timer is not None:
-            call.timer.cancel()
-        del self._calls[seq]
-        if reason == _STOPPING:
-            self._reply(stopped_reply(seq, call.method))
-        self._call_ended()
+        self._calls.cancel(seq, reason)
 
     def _call_ended(self) -> None:
         if self._held or self._reading_paused:
@@ -486,8 +340,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         for seq in list(self._held):  # never started: answer them Unavailable
             self._reply(stopped_reply(seq, self._held.pop(seq).method))
         self._held_bytes = 0
-        for seq in list(self._calls):
-            self._cancel(seq, _STOPPING)
+        for seq in self._calls.seqs():
+            self._cancel(seq, STOPPING)
 
     def close(self) -> None:
         self._flush()

@@ -1,0 +1,197 @@
+"""Running the calls of one connection: each handler under its deadline, and its
+outcome turned into a reply frame.
+
+Three ways to run a handler. An ``async def`` with no ``await`` cannot suspend, so it
+runs inline, in a copy of the context, and is answered before the read callback
+returns: a task and an extra loop iteration would cost more than the call (its
+``asyncio.current_task()`` is None). Other coroutines get a task (an eager one on
+Python 3.12+) under ``asyncio.timeout_at(deadline)``. Plain ``def`` methods may block,
+so they run on worker threads; past the deadline their result is dropped.
+
+A handler may raise anything, KeyboardInterrupt and SystemExit included: ``_run``
+catches it so it can never escape into the event loop. Nothing here reads the
+socket; the connection passes in what to call to queue or send a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import sys
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from . import protocol as p
+from .replies import failure_reply, result_reply, run_inline, stopped_reply, timeout_reply
+from .service import Method
+from .workers import Job
+
+__all__ = ["Calls", "STOPPING", "budget"]
+
+STOPPING = "server stopping"  # the cancel reason that answers Unavailable
+_EAGER = sys.version_info >= (3, 12)
+
+
+def budget(timeout: float | None, handle_timeout: float | None) -> float | None:
+    """Seconds a call may take: the caller's time left or the handle timeout, whichever is smaller."""
+    if handle_timeout is not None and (timeout is None or handle_timeout < timeout):
+        return handle_timeout
+    return timeout
+
+
+class _SyncCall(Job):
+    """A plain ``def`` call handed to the worker threads."""
+
+    __slots__ = ("seq", "method", "timer", "start")
+    seq: int
+    method: Method
+    timer: asyncio.TimerHandle | None
+    start: float
+
+
+class Calls:
+    """The calls running on one connection, by seq.
+
+    Args:
+        queue: adds a reply frame to the batch written at the end of this read.
+        reply: adds a reply frame and makes sure it is written soon.
+        submit: runs a job on a worker thread.
+        stopping: whether the server is stopping (cancelled calls then answer Unavailable).
+        ended: called after a running call ended, so held requests can start.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, queue: Callable[[bytes], None],
+                 reply: Callable[[bytes], None], submit: Callable[[Job], None],
+                 stopping: Callable[[], bool], ended: Callable[[], None],
+                 frame_limit: int, handle_timeout: float | None) -> None:
+        self._loop = loop
+        self._queue, self._reply, self._submit = queue, reply, submit
+        self._stopping, self._ended = stopping, ended
+        self._running: dict[int, asyncio.Task[None] | _SyncCall] = {}
+        self.frame_limit = frame_limit  # lowered to the client's own limit if smaller
+        self.handle_timeout = handle_timeout  # lowered to the client's HandleTimeout if smaller
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._running
+
+    def seqs(self) -> list[int]:
+        return list(self._running)
+
+    def start(self, message: p.Request, method: Method, deadline: float | None) -> None:
+        seq, args, kwargs = message.seq, message.args, message.kwargs
+        start = perf_counter()
+        if method.inline:  # cannot suspend: runs to the end now, needs no slot
+            try:
+                result = contextvars.copy_context().run(run_inline, method, args, kwargs)
+            except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
+                self._queue(failure_reply(seq, method, args, kwargs, exc, self.frame_limit))
+                method.record(perf_counter() - start, False)
+            else:
+                frame, ok = result_reply(seq, method, result, self.frame_limit)
+                self._queue(frame)
+                method.record(perf_counter() - start, ok)
+            return
+        if deadline is not None and deadline <= self._loop.time():  # ran out while held
+            self._queue(timeout_reply(seq, method, budget(message.timeout, self.handle_timeout) or 0.0))
+            method.record(0.0, False)
+            return
+        if method.is_async:
+            coroutine = self._run(message, method, deadline, start)
+            if _EAGER:
+                task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
+                if task.done():
+                    return
+            else:
+                task = self._loop.create_task(coroutine)
+            self._running[seq] = task
+            # Cleaned up by a callback, not in _run: a task cancelled before its first
+            # step (a Cancel in the same read as its Request) never runs _run at all.
+            task.add_done_callback(functools.partial(self._task_done, seq))
+            return
+        call = _SyncCall(method.func, args, kwargs, self._sync_done)
+        call.seq, call.method, call.timer, call.start = seq, method, None, start
+        if deadline is not None:
+            call.timer = self._loop.call_at(deadline, self._sync_timeout, call, message)
+        self._running[seq] = call
+        self._submit(call)
+
+    async def _run(self, message: p.Request, method: Method, deadline: float | None, start: float) -> None:
+        seq, args, kwargs = message.seq, message.args, message.kwargs
+        ok = False
+        try:
+            if deadline is None:
+                result = await method.func(*args, **kwargs)
+            else:
+                scope = asyncio.timeout_at(deadline)
+                try:
+                    async with scope:
+                        result = await method.func(*args, **kwargs)
+                except TimeoutError:
+                    if not scope.expired():
+                        raise  # the handler's own TimeoutError, not our deadline
+                    self._reply(timeout_reply(seq, method, budget(message.timeout, self.handle_timeout) or 0.0))
+                    return
+            frame, ok = result_reply(seq, method, result, self.frame_limit)
+            self._reply(frame)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and not task.cancelling():
+                # Nobody cancelled this call: the handler raised CancelledError itself
+                # (say, it awaited a future someone else cancelled). Answer it.
+                self._reply(failure_reply(seq, method, args, kwargs, exc, self.frame_limit))
+                return
+            if self._stopping():
+                self._reply(stopped_reply(seq, method))
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
+            self._reply(failure_reply(seq, method, args, kwargs, exc, self.frame_limit))
+        finally:
+            method.record(perf_counter() - start, ok)
+
+    def _task_done(self, seq: int, task: asyncio.Task[None]) -> None:
+        if self._running.get(seq) is task:
+            del self._running[seq]
+            self._ended()
+
+    def _sync_done(self, job: Job, ok: bool, value: Any) -> None:
+        call = job
+        assert isinstance(call, _SyncCall)
+        if call.timer is not None:
+            call.timer.cancel()
+        del self._running[call.seq]
+        if ok:
+            frame, ok = result_reply(call.seq, call.method, value, self.frame_limit)
+            self._reply(frame)
+        else:
+            self._reply(failure_reply(call.seq, call.method, call.args, call.kwargs, value, self.frame_limit))
+        call.method.record(perf_counter() - call.start, ok)
+        self._ended()
+
+    def _sync_timeout(self, call: _SyncCall, message: p.Request) -> None:
+        # A thread cannot be stopped: the handler runs on, and its result is dropped.
+        call.abandoned = True
+        del self._running[call.seq]
+        self._reply(timeout_reply(call.seq, call.method, budget(message.timeout, self.handle_timeout) or 0.0))
+        call.method.record(perf_counter() - call.start, False)
+        self._ended()
+
+    def cancel(self, seq: int, reason: str) -> None:
+        call = self._running.get(seq)
+        if call is None:
+            return
+        if isinstance(call, asyncio.Task):
+            call.cancel(reason)  # _run replies (when the server is stopping) and cleans up
+            return
+        call.abandoned = True
+        if call.timer is not None:
+            call.timer.cancel()
+        del self._running[seq]
+        if reason == STOPPING:
+            self._reply(stopped_reply(seq, call.method))
+        self._ended()
+
