@@ -96,8 +96,7 @@ async def test_calls_cancelled_before_they_start_free_their_slots(serve):
             await asyncio.sleep(0)  # let the request be written, then give up on it
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        (conn,) = server._connections
-        await eventually(lambda: not conn._calls)
+        await eventually(lambda: server.snapshot().calls_in_flight == 0, what="no call left in flight")
         assert await client.call("Svc.add", 1, 2, timeout=2) == 3
 
 
@@ -118,7 +117,7 @@ async def test_nothing_starts_on_a_connection_after_it_is_lost(serve):
     await eventually(lambda: svc.started == ["wait"])  # 1 runs, 2 and 3 are held
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()  # RST
-    await eventually(lambda: not server._connections and svc.cancelled == ["wait"])
+    await eventually(lambda: not server.snapshot().connections and svc.cancelled == ["wait"])
     assert svc.started == ["wait"]  # the held requests were dropped, not started
 
 
@@ -128,14 +127,14 @@ async def test_eof_cancels_calls_even_at_max_in_flight(serve):
     await eventually(lambda: svc.started == ["wait"])
     writer.close()
     await writer.wait_closed()
-    await eventually(lambda: svc.cancelled == ["wait"] and not server._connections)
+    await eventually(lambda: svc.cancelled == ["wait"] and not server.snapshot().connections)
 
 
 async def test_graceful_stop_waits_even_after_an_earlier_disconnect(serve):
     server, svc = await serve()
     first = await geerpc.dial(server.address)
     await first.close()  # a connection closing while idle must not pre-set "drained"
-    await eventually(lambda: not server._connections)
+    await eventually(lambda: not server.snapshot().connections)
     async with await geerpc.dial(server.address) as client:
         call = asyncio.ensure_future(client.call("Svc.wait"))
         await eventually(lambda: svc.started == ["wait"])

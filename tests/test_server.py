@@ -203,8 +203,8 @@ async def test_blocking_def_past_its_deadline_times_out_and_its_late_result_is_d
             async with await geerpc.dial(server.address) as client:
                 with pytest.raises(geerpc.CallTimeout, match="within 0.1"):
                     await client.call("Slow.block", 0.3)  # a thread cannot be stopped
-                (conn,) = server._connections
-                assert not conn._calls  # the slot is free at the deadline, not when the thread ends
+                # the slot is free at the deadline, not when the thread ends
+                assert server.snapshot().calls_in_flight == 0
                 assert await client.call("Arith.mul", 6, 7) == 42
                 await eventually(slow.finished.is_set)  # the thread ends; its result goes nowhere
                 assert await client.call("Arith.add", 1, 1) == 2
@@ -220,11 +220,10 @@ async def test_cancelling_a_blocking_def_call_frees_its_slot(arith):
         await server.start("127.0.0.1", 0)
         async with await geerpc.dial(server.address) as client:
             blocked = asyncio.ensure_future(client.call("Arith.block", 0.5))
-            (conn,) = await _connections(server)
-            await eventually(lambda: len(conn._calls) == 1)
+            await eventually(lambda: server.snapshot().calls_in_flight == 1, what="the blocking call running")
             blocked.cancel()
             await asyncio.gather(blocked, return_exceptions=True)
-            await eventually(lambda: not conn._calls)
+            await eventually(lambda: server.snapshot().calls_in_flight == 0, what="its slot free")
             async with asyncio.timeout(0.4):  # well before the blocked thread is done
                 assert await client.call("Arith.add", 2, 3) == 5
 
@@ -239,13 +238,8 @@ async def test_stop_answers_running_and_held_calls_unavailable(arith):
         calls = [asyncio.ensure_future(client.call("Gate.wait", i)) for i in range(3)]
         blocking = asyncio.ensure_future(client.call("Arith.block", 0.3))
         await gate.all_entered.wait()  # one runs; the others are held at the cap
-        (conn,) = server._connections
-        await eventually(lambda: len(conn._held) == 3)
+        await eventually(lambda: [c.held for c in server.snapshot().connections] == [3], what="three held")
         await server.stop(grace=0.05)
         results = await asyncio.gather(*calls, blocking, return_exceptions=True)
         assert all(isinstance(r, geerpc.Unavailable) for r in results), results
 
-
-async def _connections(server):
-    await eventually(lambda: bool(server._connections))
-    return list(server._connections)

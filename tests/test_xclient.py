@@ -106,7 +106,7 @@ async def test_one_connection_per_server_even_for_concurrent_first_calls(nodes):
     async with XClient([node.address]) as xc:
         await asyncio.gather(*(xc.call("Node.whoami", timeout=2) for _ in range(50)))
         assert len(xc._clients) == 1
-        assert len(node.server._connections) == 1
+        assert len(node.server.snapshot().connections) == 1
 
 
 async def test_no_server_available(nodes):
