@@ -55,6 +55,21 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """``clock=`` and ``sleep=`` arguments that put a heartbeat or discovery on this clock."""
+        return {"clock": self, "sleep": self.sleep}
+
+    async def run_until(self, predicate: Callable[[], Any], max_wakes: int = 100) -> int:
+        """Wake sleepers one after another until ``predicate()`` holds; how many wakes it took."""
+        for wakes in range(max_wakes + 1):
+            if predicate():
+                return wakes
+            if wakes < max_wakes:
+                await self.wake()
+                await self.sleeping()  # whatever the sleeper woke up to do is done
+        raise AssertionError(f"condition not met within {max_wakes} wakes")
+
     async def sleep(self, delay: float) -> None:
         self.sleeps.append(delay)
         future = asyncio.get_running_loop().create_future()

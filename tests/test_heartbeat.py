@@ -11,10 +11,17 @@ import types
 import aiohttp
 import pytest
 from _registry_helpers import FakeClock, RegistryProcess, free_port
-
 from aiohttp import web
 
-from geerpc.registry import DEFAULT_PERIOD, DEFAULT_TIMEOUT, Heartbeat, Registry, announce, heartbeat, period_for
+from geerpc.registry import (
+    DEFAULT_PERIOD,
+    DEFAULT_TIMEOUT,
+    Heartbeat,
+    Registry,
+    announce,
+    heartbeat,
+    period_for,
+)
 from geerpc.registry.heartbeat import MIN_PERIOD
 
 A = "tcp@127.0.0.1:9001"

@@ -9,11 +9,11 @@ import time
 
 import aiohttp
 import pytest
-from _registry_helpers import RegistryProcess, free_port, wait_until
+from _registry_helpers import FakeClock, RegistryProcess, free_port, wait_until
 from aiohttp import web
 
 from geerpc.errors import NoServerAvailable, RegistryError
-from geerpc.registry import Registry, heartbeat
+from geerpc.registry import Heartbeat, Registry
 from geerpc.xclient.discovery import ServerList
 from geerpc.xclient.registry_discovery import RegistryDiscovery
 from geerpc.xclient.selection import SelectMode
@@ -59,7 +59,7 @@ async def test_no_server_raises(registry, discoveries):
 async def test_watch_delivers_a_registration_within_a_second(registry, discoveries):
     discovery = discoveries(registry.url, update_interval=60)
     assert await discovery.get_all() == []  # starts the watch
-    await wait_until(lambda: discovery._watch_live, timeout=2)
+    await wait_until(lambda: discovery.watching, timeout=2)
     started = time.monotonic()
     await post(registry.url, A)
     # services() does not refresh: only the watch can bring A in.
@@ -113,37 +113,46 @@ async def test_registry_with_1000_servers(registry, discoveries):
 
 
 async def test_serves_last_good_list_while_registry_is_down(discoveries, caplog):
+    caplog.set_level(logging.DEBUG, logger="geerpc.xclient.registry_discovery")
+    clock = FakeClock()
     registry = Registry(timeout=300)
     url = await registry.start()
     try:
         await post(url, A)
-        discovery = discoveries(url, update_interval=0.1, watch=False)
+        discovery = discoveries(url, update_interval=0.1, watch=False, **clock.kwargs)
         assert await discovery.get_all() == [A]
     finally:
         await registry.stop()
-    await asyncio.sleep(0.15)  # let the list go stale: the next read must try the registry
+    clock.advance(0.15)  # the list is stale: the next read must try the registry
     assert await discovery.get(SelectMode.RANDOM) == A
     with pytest.raises(RegistryError):
         await discovery.refresh()
     assert discovery.last_error
-    # In backoff, reads answer from the cache without waiting on the network.
-    started = time.monotonic()
+    failures = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert [r.levelno for r in failures] == [logging.WARNING, logging.DEBUG]
+    # In backoff (the clock stands still), reads answer from the cache without asking.
     for _ in range(20):
         assert await discovery.get_all() == [A]
-    assert time.monotonic() - started < 0.5
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "failed" in r.getMessage()]
-    assert len(warnings) == 1
+    assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 2
+    clock.advance(0.1)  # the backoff is capped at update_interval
+    assert await discovery.get_all() == [A]
+    assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 3
 
 
 async def test_watch_backs_off_while_registry_fails(geerpc_like, discoveries):
     geerpc_like.status = 500
-    discovery = discoveries(geerpc_like.url, update_interval=1.0)
+    clock = FakeClock()
+    discovery = discoveries(geerpc_like.url, update_interval=1.0, **clock.kwargs)
     assert await discovery.get_all() == []
-    window = time.monotonic() + 1.0
-    while time.monotonic() < window:  # an observation window, not a readiness wait
-        await discovery.get_all()
-        await asyncio.sleep(0.01)
-    assert geerpc_like.gets <= 8  # ~100 reads, a handful of requests
+    delays = []
+    for _ in range(6):
+        delays.append(await clock.wake())
+        for _ in range(10):
+            await discovery.get_all()  # reads share the retry or wait for the backoff: no more requests
+    await clock.sleeping()
+    assert geerpc_like.gets == 7  # the first GET, then one per retry
+    assert 0.25 <= delays[0] <= 0.5  # equal jitter on 0.5 s ...
+    assert all(0.5 <= delay <= 1.0 for delay in delays[1:])  # ... doubling, capped at update_interval
 
 
 async def test_unreachable_registry_first_read_is_empty_and_names_the_error(discoveries):
@@ -153,33 +162,31 @@ async def test_unreachable_registry_first_read_is_empty_and_names_the_error(disc
 
 
 async def test_empty_list_from_a_restarted_registry_is_held_until_its_timeout(discoveries):
-    # The first registry's clock says it has been up for 100 s; the second one, started
-    # on the same port, has just started. No request fails in between: the registry's
-    # start time moving is what shows the restart.
-    now = [0.0]
-    first = Registry(timeout=300, clock=lambda: now[0])
+    # The first registry has been up for 100 s; the second one, started on the same
+    # port, has just started. No request fails in between: the registry's start time
+    # moving is what shows the restart. Both registries and the discovery share a clock.
+    clock = FakeClock()
+    first = Registry(timeout=300, clock=clock)
     url = await first.start()
-    now[0] += 100.0
+    clock.advance(100.0)
     port = int(url.split(":")[2].split("/")[0])
     await post(url, A)
-    discovery = discoveries(url, watch=False)
+    discovery = discoveries(url, watch=False, **clock.kwargs)
     assert await discovery.get_all() == [A]
     await first.stop()
-    second = Registry(timeout=0.6)
+    second = Registry(timeout=0.6, clock=clock)
     await second.start("127.0.0.1", port)
-    started = time.monotonic()
     try:
         await discovery.refresh()
         assert await discovery.get_all() == [A]  # empty answer from a registry up for < 0.6 s
-        await wait_until(lambda: _refreshed_empty(discovery), timeout=3)
-        assert time.monotonic() - started >= 0.5
+        clock.advance(0.5)
+        await discovery.refresh()
+        assert await discovery.get_all() == [A]  # still held
+        clock.advance(0.25)
+        await discovery.refresh()
+        assert await discovery.get_all() == []  # up for its timeout: every live server has beaten again
     finally:
         await second.stop()
-
-
-async def _refreshed_empty(discovery: RegistryDiscovery) -> bool:
-    await discovery.refresh()
-    return await discovery.get_all() == []
 
 
 async def test_non_empty_list_from_a_restarted_registry_is_applied_at_once(discoveries):
@@ -201,25 +208,29 @@ async def test_non_empty_list_from_a_restarted_registry_is_applied_at_once(disco
 
 
 async def test_discovery_follows_a_killed_and_restarted_registry_without_going_empty(discoveries):
-    process = RegistryProcess(timeout=1.5)  # heartbeat period 0.5 s
+    process = RegistryProcess(timeout=300)
+    clock = FakeClock()  # the heartbeat's: it beats again only when the test says
     beat = None
     try:
         url = await process.start()
-        beat = heartbeat(url, A)
+        beat = Heartbeat(url, A, **clock.kwargs)
+        beat.start()
         assert await beat.wait_first()
         discovery = discoveries(url, update_interval=0.2)
         assert await discovery.get_all() == [A]
+        await wait_until(lambda: discovery.watching, timeout=3)
         await process.kill()
-        await wait_until(lambda: not discovery._watch_live, timeout=3)
+        await wait_until(lambda: not discovery.watching, timeout=3)
         assert await discovery.get_all() == [A]
         await process.start()
-        # Until the heartbeat brings A back, the restarted registry answers an empty
-        # list: the discovery must keep serving A throughout.
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
-            assert await discovery.get_all() == [A]
-            await asyncio.sleep(0.05)
-        assert discovery._watch_live
+        # The restarted registry lists nobody until the heartbeat beats again; the
+        # discovery watches it again but keeps serving A.
+        await wait_until(lambda: discovery.watching, timeout=5)
+        assert await discovery.get_all() == [A]
+        await clock.wake()  # the next beat lists A again
+        await clock.sleeping()
+        await post(url, B)
+        await wait_until(lambda: set(discovery.services()) == {A, B}, timeout=2)
     finally:
         if beat is not None:
             await beat.stop()
@@ -231,15 +242,18 @@ async def test_discovery_follows_a_killed_and_restarted_registry_without_going_e
 
 async def test_falls_back_to_polling_a_geerpc_registry(geerpc_like, discoveries):
     geerpc_like.servers = [A]
-    discovery = discoveries(geerpc_like.url, update_interval=0.2)
+    clock = FakeClock()
+    discovery = discoveries(geerpc_like.url, update_interval=0.2, **clock.kwargs)
     assert await discovery.get_all() == [A]
+    assert await clock.sleeping() == 0.2  # no index to watch: poll every update_interval
+    assert not discovery.watching
     geerpc_like.servers = [A, B]
-    await wait_until(lambda: _lists(discovery, [A, B]), timeout=2)
-    assert not discovery._watch_live
-
-
-async def _lists(discovery: RegistryDiscovery, expected: list[str]) -> bool:
-    return await discovery.get_all() == expected
+    assert await discovery.get_all() == [A]  # fresh for update_interval: no request
+    assert geerpc_like.gets == 1
+    assert await clock.wake() == 0.2
+    assert await clock.sleeping() == 0.2
+    assert await discovery.get_all() == [A, B]
+    assert geerpc_like.gets == 2
 
 
 async def test_geerpc_registry_with_1000_servers_in_one_header(geerpc_like, discoveries):
@@ -250,18 +264,22 @@ async def test_geerpc_registry_with_1000_servers_in_one_header(geerpc_like, disc
 
 async def test_empty_answer_after_an_error_is_held_for_restart_grace(geerpc_like, discoveries):
     geerpc_like.servers = [A]
-    discovery = discoveries(geerpc_like.url, watch=False, restart_grace=0.4)
+    clock = FakeClock()
+    discovery = discoveries(geerpc_like.url, watch=False, restart_grace=0.5, **clock.kwargs)
     assert await discovery.get_all() == [A]
     geerpc_like.status = 500
     with pytest.raises(RegistryError):
         await discovery.refresh()
     geerpc_like.status = None
     geerpc_like.servers = []
-    started = time.monotonic()
     await discovery.refresh()
     assert await discovery.get_all() == [A]
-    await wait_until(lambda: _refreshed_empty(discovery), timeout=3)
-    assert time.monotonic() - started >= 0.35
+    clock.advance(0.25)
+    await discovery.refresh()
+    assert await discovery.get_all() == [A]  # still within restart_grace of the first empty answer
+    clock.advance(0.25)
+    await discovery.refresh()
+    assert await discovery.get_all() == []
 
 
 async def test_empty_answer_without_an_error_is_applied(geerpc_like, discoveries):

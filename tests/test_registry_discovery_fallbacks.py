@@ -3,18 +3,18 @@ for good versus a registry restarting, replies with nothing usable, bad argument
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 
 import aiohttp
 import pytest
-from _registry_helpers import RegistryProcess, wait_until
+from _registry_helpers import FakeClock, RegistryProcess, wait_until
 from aiohttp import web
 
 from geerpc.errors import RegistryError
 from geerpc.registry import Registry
 from geerpc.xclient.registry_discovery import RegistryDiscovery
+from geerpc.xclient.registry_policy import MIN_WATCH_GAP
 
 A = "tcp@127.0.0.1:9001"
 B = "tcp@127.0.0.1:9002"
@@ -36,7 +36,6 @@ class _Watches:
             self.watches += 1
             if self.status != 200:
                 return web.Response(status=self.status, text="no watch for you", headers=self.headers)
-            await asyncio.sleep(0.05)
         else:
             self.gets += 1
         return web.json_response(body, headers={"X-Geerpc-Index": "7"})
@@ -54,41 +53,56 @@ async def test_refused_watch_falls_back_to_polling_at_update_interval(geerpc_lik
                                                                       status, headers):
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     watches = geerpc_like.override = _Watches(status, headers)
-    discovery = discoveries(geerpc_like.url, update_interval=2.0)
+    clock = FakeClock()
+    discovery = discoveries(geerpc_like.url, update_interval=2.0, **clock.kwargs)
     assert await discovery.get_all() == [A]
-    await wait_until(lambda: watches.watches == 1)
-    window = asyncio.get_running_loop().time() + 1.2
-    while asyncio.get_running_loop().time() < window:  # an observation window, not a readiness wait
-        assert await discovery.get_all() == [A]
-        await asyncio.sleep(0.05)
-    # One GET and one refused watch, then nothing until update_interval has passed
-    # (without the fallback: a GET and a watch every few hundred milliseconds).
+    assert await clock.wake() == MIN_WATCH_GAP  # the list has an index: watch it
+    assert await clock.sleeping() == 2.0  # refused: poll at update_interval instead
+    assert (watches.gets, watches.watches) == (1, 1)
+    for _ in range(10):
+        assert await discovery.get_all() == [A]  # fresh until update_interval has passed
     assert (watches.gets, watches.watches) == (1, 1)
     assert len(_records(caplog, logging.WARNING)) == 1
     assert discovery.last_error is None  # the registry answers: it is not failing
+    # After the pause (update_interval, as long as Retry-After or longer) the watch is
+    # tried again; refused again, the pause doubles and the repeat is logged at DEBUG.
+    await clock.wake()
+    assert await clock.wake() == MIN_WATCH_GAP
+    assert await clock.sleeping() == 2.0
+    assert (watches.gets, watches.watches) == (2, 2)
+    assert _records(caplog, logging.DEBUG, "watching again in 4 s")
+    assert len(_records(caplog, logging.WARNING)) == 1
 
 
 async def test_retry_after_postpones_the_watch_while_polling_goes_on(geerpc_like, discoveries, caplog):
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     watches = geerpc_like.override = _Watches(429, {"Retry-After": "30"})
-    discovery = discoveries(geerpc_like.url, update_interval=0.1)
+    clock = FakeClock()
+    discovery = discoveries(geerpc_like.url, update_interval=0.1, **clock.kwargs)
     assert await discovery.get_all() == [A]
-    await wait_until(lambda: watches.gets >= 6)  # polling every 0.1 s
-    assert watches.watches == 1  # and no second watch before Retry-After
+    await clock.wake()  # the gap before the watch, which is refused
+    assert [await clock.wake() for _ in range(6)] == [0.1] * 6  # polling every 0.1 s
+    await clock.sleeping()
+    assert (watches.gets, watches.watches) == (7, 1)  # and no second watch before Retry-After
+    clock.advance(30.0)
+    await clock.sleeping()
+    await clock.wake()  # the gap: Retry-After is over, watch again
+    await clock.sleeping()
+    assert watches.watches == 2
 
 
 async def test_watch_resumes_when_no_longer_refused(geerpc_like, discoveries, caplog):
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     watches = geerpc_like.override = _Watches(429)
-    discovery = discoveries(geerpc_like.url, update_interval=0.1)
+    clock = FakeClock()
+    discovery = discoveries(geerpc_like.url, update_interval=0.1, **clock.kwargs)
     assert await discovery.get_all() == [A]
-    await wait_until(lambda: watches.watches >= 2)
-    # the record follows the refusal's handling, a moment after the request arrives
-    await wait_until(lambda: _records(caplog, logging.DEBUG, "refused the watch"))
+    await clock.run_until(lambda: watches.watches >= 2)
+    assert _records(caplog, logging.DEBUG, "refused the watch")
     assert len(_records(caplog, logging.WARNING)) == 1  # repeats go to DEBUG
     watches.status = 200
-    await wait_until(lambda: _records(caplog, logging.INFO, "accepts watches again"))
-    await wait_until(lambda: discovery._watch_live)
+    await clock.run_until(lambda: _records(caplog, logging.INFO, "accepts watches again"))
+    assert discovery.watching
 
 
 async def test_watch_cut_by_a_proxy_backs_off_and_warns_once(geerpc_like, discoveries, caplog):
@@ -96,23 +110,31 @@ async def test_watch_cut_by_a_proxy_backs_off_and_warns_once(geerpc_like, discov
     # watch must not be retried at the first-failure pace nor warned about each time.
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     watches = geerpc_like.override = _Watches(502)
-    discovery = discoveries(geerpc_like.url, update_interval=0.4)
+    clock = FakeClock()
+    discovery = discoveries(geerpc_like.url, update_interval=10.0, **clock.kwargs)
     assert await discovery.get_all() == [A]
-    await wait_until(lambda: watches.watches >= 5, timeout=10)
+    await clock.run_until(lambda: watches.watches >= 5)
+    # Sleeps alternate: the gap before a watch, then the backoff after it failed.
+    assert clock.sleeps[0::2] == [MIN_WATCH_GAP] * 5
+    backoffs = clock.sleeps[1::2]
+    for failures, delay in enumerate(backoffs, 1):
+        step = min(10.0, 0.5 * 2 ** (failures - 1))
+        assert step / 2 <= delay <= step  # doubling although a good GET came in between
     assert len(_records(caplog, logging.WARNING)) == 1
     assert len(_records(caplog, logging.INFO, "answers again")) == 1
-    assert discovery._watch_failures >= 5
 
 
 async def test_registry_with_a_short_max_wait_keeps_the_watch(discoveries, caplog):
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     async with Registry(max_wait=0.2) as registry:
-        discovery = discoveries(registry.url, wait=30.0)
+        clock = FakeClock()
+        discovery = discoveries(registry.url, wait=30.0, **clock.kwargs)
         assert await discovery.get_all() == []
-        await wait_until(lambda: discovery._watch_live)
-        await asyncio.sleep(0.5)  # an observation window: watches come back after 0.2 s, none refused
-        assert discovery._watch_live and discovery.last_error is None
-        assert getattr(discovery, "_watch_failures", 0) == 0
+        for _ in range(3):
+            await clock.wake()  # the gap, then a watch the registry holds for 0.2 s, not 30
+            assert await clock.sleeping() == MIN_WATCH_GAP  # it came back unchanged: watch again
+            assert discovery.watching and discovery.last_error is None
+        assert len(clock.sleeps) == 4
         assert not _records(caplog, logging.WARNING)
 
 
@@ -134,7 +156,7 @@ async def test_last_server_leaving_empties_the_watched_list_at_once(discoveries)
         await _register(registry.url, A)
         discovery = discoveries(registry.url, update_interval=60)
         assert await discovery.get_all() == [A]
-        await wait_until(lambda: discovery._watch_live)
+        await wait_until(lambda: discovery.watching)
         await _deregister(registry.url, A)
         await wait_until(lambda: discovery.services() == {}, timeout=2)
 

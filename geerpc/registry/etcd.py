@@ -19,8 +19,16 @@ from ..address import parse_address
 from ..backoff import Backoff, FailureLog
 from ..errors import RegistryError
 from .etcd_client import (
-    DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_TTL, REGISTER_TIMEOUT, STOP_TIMEOUT, EtcdClients, EtcdURL, cancel_and_wait,
-    import_aetcd, parse_etcd_url,
+    DEFAULT_PORT,
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    REGISTER_TIMEOUT,
+    STOP_TIMEOUT,
+    EtcdClients,
+    EtcdURL,
+    cancel_and_wait,
+    import_aetcd,
+    parse_etcd_url,
 )
 
 __all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_TTL", "EtcdClients", "EtcdRegistration", "EtcdURL",

@@ -23,7 +23,14 @@ from urllib.parse import urlsplit
 from ..address import parse_address
 from ..backoff import Backoff, FailureLog
 from .contract import (
-    DEFAULT_PERIOD, H_SERVER, H_SERVICES, H_TIMEOUT, MAX_SERVICES, MIN_PERIOD, check_service_name, parse_seconds,
+    DEFAULT_PERIOD,
+    H_SERVER,
+    H_SERVICES,
+    H_TIMEOUT,
+    MAX_SERVICES,
+    MIN_PERIOD,
+    check_service_name,
+    parse_seconds,
     period_for,
 )
 

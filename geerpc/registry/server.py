@@ -21,8 +21,20 @@ from typing import Final, Self
 from aiohttp import web
 
 from .contract import (
-    DEFAULT_PATH, DEFAULT_TIMEOUT, DEFAULT_WAIT, H_INDEX, H_SERVER, H_SERVERS, H_SERVICES, H_TIMEOUT, MAX_SERVICES,
-    Q_INDEX, Q_SERVICE, Q_WAIT, format_seconds, parse_services,
+    DEFAULT_PATH,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WAIT,
+    H_INDEX,
+    H_SERVER,
+    H_SERVERS,
+    H_SERVICES,
+    H_TIMEOUT,
+    MAX_SERVICES,
+    Q_INDEX,
+    Q_SERVICE,
+    Q_WAIT,
+    format_seconds,
+    parse_services,
 )
 from .dashboard import PAGE_HEADERS, accepts_json, prefers_html, render_dashboard
 from .table import MAX_SERVERS, LivenessTable, TableFull, canonical_address
