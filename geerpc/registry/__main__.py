@@ -14,7 +14,8 @@ import math
 import signal
 import sys
 
-from .server import DEFAULT_PATH, DEFAULT_TIMEOUT, Registry
+from .contract import DEFAULT_PATH, DEFAULT_TIMEOUT
+from .server import Registry
 from .table import MAX_SERVERS
 
 PROG = "python -m geerpc.registry"

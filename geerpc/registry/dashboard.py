@@ -167,7 +167,7 @@ _SCRIPT: Final = """
     return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
   }
 
-  // The period geerpc's heartbeat uses for this timeout (registry.heartbeat.period_for);
+  // The period geerpc's heartbeat uses for this timeout (registry.contract.period_for);
   // a server silent for longer, plus a little slack, has missed a beat.
   function period(timeout) { return timeout >= 180 ? timeout - 60 : timeout / 3; }
 
