@@ -64,6 +64,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._calls = Calls(self._loop, queue=self._queue, reply=self._reply, submit=host.submit,
                             stopping=lambda: host.stopping, ended=self._call_ended,
                             frame_limit=limits.max_frame_size, handle_timeout=limits.handle_timeout)
+        self._running = self._calls.running  # seq -> running call, read for counts
         # Requests received while max_in_flight calls run: started as calls finish.
         # Reading goes on meanwhile (so Cancels and EOF are still seen) until the hold
         # is full, then the socket is paused: that is the backpressure.
@@ -182,8 +183,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         idle_timeout = self._limits.idle_timeout
         assert idle_timeout is not None and self._transport is not None
         quiet = self._loop.time() - self._last_read
-        if self._calls or quiet < idle_timeout:
-            self._idle_timer = self._loop.call_later(max(idle_timeout - quiet, 0.01) if not self._calls
+        if self._running or quiet < idle_timeout:
+            self._idle_timer = self._loop.call_later(max(idle_timeout - quiet, 0.01) if not self._running
                                                      else idle_timeout, self._check_idle)
             return
         log.debug("closing a connection idle for %.1f s", quiet)
@@ -208,7 +209,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         hold = max(limit, _HOLD_MIN)
         taken = 0
         try:
-            while self._held and len(self._calls) < limit and not self._writing_paused:
+            while self._held and len(self._running) < limit and not self._writing_paused:
                 _, held = self._held.popitem(last=False)
                 self._held_bytes -= held.size
                 self._calls.start(held.request, held.method, held.deadline)
@@ -251,7 +252,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             return
         assert type(message) is p.Request
         seq = message.seq
-        if seq in self._calls or seq in self._held:
+        if seq in self._running or seq in self._held:
             raise ProtocolError(f"seq {seq} is already in flight")
         method = self._lookup(message.service_method)
         if method is None:
@@ -264,9 +265,11 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._calls.start(message, method, None)
             return
         # The deadline starts when the request arrives: time held at the cap counts.
-        seconds = budget(message.timeout, self._calls.handle_timeout)
-        deadline = None if seconds is None else self._loop.time() + seconds
-        if len(self._calls) < self._limits.max_in_flight and not self._held:
+        deadline = None
+        if message.timeout is not None or self._calls.handle_timeout is not None:
+            seconds = budget(message.timeout, self._calls.handle_timeout)
+            deadline = None if seconds is None else self._loop.time() + seconds
+        if len(self._running) < self._limits.max_in_flight and not self._held:
             self._calls.start(message, method, deadline)
         else:
             self._held[seq] = _Held(message, method, len(payload), deadline)
@@ -282,7 +285,7 @@ class ServerConnection(asyncio.BufferedProtocol):
     def _call_ended(self) -> None:
         if self._held or self._reading_paused:
             self._take_frames()
-        if not self._calls and not self._held and self._host.stopping:
+        if not self._running and not self._held and self._host.stopping:
             self._host.connection_quiet(self)
 
     # ------------------------------------------------------------- replies
@@ -326,11 +329,11 @@ class ServerConnection(asyncio.BufferedProtocol):
     @property
     def in_flight(self) -> int:
         """Calls running plus requests held at max_in_flight."""
-        return len(self._calls) + len(self._held)
+        return len(self._running) + len(self._held)
 
     @property
     def running(self) -> int:
-        return len(self._calls)
+        return len(self._running)
 
     @property
     def held(self) -> int:

@@ -69,15 +69,11 @@ class Calls:
         self._loop = loop
         self._queue, self._reply, self._submit = queue, reply, submit
         self._stopping, self._ended = stopping, ended
-        self._running: dict[int, asyncio.Task[None] | _SyncCall] = {}
+        #: seq -> the call's task or worker job; the connection reads it for counts
+        self.running: dict[int, asyncio.Task[None] | _SyncCall] = {}
+        self._running = self.running
         self.frame_limit = frame_limit  # lowered to the client's own limit if smaller
         self.handle_timeout = handle_timeout  # lowered to the client's HandleTimeout if smaller
-
-    def __len__(self) -> int:
-        return len(self._running)
-
-    def __contains__(self, seq: int) -> bool:
-        return seq in self._running
 
     def seqs(self) -> list[int]:
         return list(self._running)

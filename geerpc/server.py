@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from types import TracebackType
+from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from . import http
@@ -93,7 +94,11 @@ class Server:
         self._listener: asyncio.Server | None = None
         self._unix_path: str | None = None
         self._announcement: _Announcement | None = None
-        self._stopping = False
+        #: True from the moment stop() begins (read it; stop() sets it)
+        self.stopping = False
+        # ConnectionHost's lookup and submit, bound once: they are on every call's path
+        self.lookup: Callable[[str], Method | None] = self._methods.get
+        self.submit: Callable[[Job], None] = self._workers.submit
         self._stop_task: asyncio.Task[None] | None = None
         self._starting: asyncio.Future[None] | None = None
         self._drained: asyncio.Event | None = None
@@ -130,7 +135,7 @@ class Server:
         return ServerSnapshot(
             address=self.address,
             uptime=max(0.0, now - self.started_at) if self.started_at is not None else 0.0,
-            stopping=self._stopping,
+            stopping=self.stopping,
             services=tuple(service_stats(self._services[name]) for name in sorted(self._services)),
             connections=tuple(ConnectionStats(c.running, c.held) for c in self._connections),
             protocol_errors=self.protocol_errors,
@@ -138,18 +143,8 @@ class Server:
 
     # ------------------------------------------------------------- ConnectionHost
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def lookup(self, service_method: str) -> Method | None:
-        return self._methods.get(service_method)
-
     def has_service(self, name: str) -> bool:
         return name in self._services
-
-    def submit(self, job: Job) -> None:
-        self._workers.submit(job)
 
     def connection_opened(self, connection: object) -> str | None:
         if len(self._connections) >= self.max_connections:
@@ -184,7 +179,7 @@ class Server:
         attempt (an unreachable HTTP registry is retried in the background; an
         unreachable etcd raises ``RegistryError``).
         """
-        if self._listener is not None or self._stopping:
+        if self._listener is not None or self.stopping:
             raise RuntimeError("server already started (a stopped server cannot be restarted)")
         loop = asyncio.get_running_loop()
         self._drained = asyncio.Event()
@@ -203,7 +198,7 @@ class Server:
             await self.stop(grace=0)
             raise
         self._starting.set_result(None)
-        if self._stopping:
+        if self.stopping:
             raise RuntimeError("server stopped while it was starting")
         self.started_at = time.monotonic()
         log.info("serving %s on %s", ", ".join(sorted(self._services)) or "no services", self.address)
@@ -250,7 +245,7 @@ class Server:
         them (their callers get Unavailable) and closes every connection.
         """
         if self._stop_task is None:
-            self._stopping = True
+            self.stopping = True
             self._stop_task = asyncio.ensure_future(self._stop(grace))
         await asyncio.shield(self._stop_task)
 
@@ -297,7 +292,7 @@ class Server:
 
     def _check_drained(self) -> None:
         # Only while stopping: a connection that closed earlier must not pre-set it.
-        if self._stopping and self._drained is not None and not any(c.in_flight for c in self._connections):
+        if self.stopping and self._drained is not None and not any(c.in_flight for c in self._connections):
             self._drained.set()
 
     async def __aenter__(self) -> Server:

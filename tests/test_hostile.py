@@ -669,8 +669,8 @@ async def test_pipelined_flood_is_backpressured_at_max_in_flight(arith):
         await assert_serving(srv)  # a full round trip elsewhere: the server had time to over-admit
         assert gate.started == 4 and gate.running == 4
         (conn,) = [c for c in srv._connections if c.in_flight]
-        assert len(conn._calls) == 4  # running: exactly the cap
-        assert len(conn._held) <= 16  # received and waiting: a bounded read-ahead, then reading stops
+        assert conn.running == 4  # running: exactly the cap
+        assert conn.held <= 16  # received and waiting: a bounded read-ahead, then reading stops
         assert conn._reading_paused
         gate.release.set()
         responses = [await raw.read_response() for _ in range(200)]
