@@ -96,12 +96,15 @@ class _ClientConnection(asyncio.BufferedProtocol):
         try:
             while (payload := frames.next_frame()) is not None:
                 outcome = resolve(payload)
-                if outcome is None or outcome.waiter.done():
+                if outcome is None:
                     continue  # a late reply to a call that timed out or was cancelled
-                if outcome.error is None:
-                    outcome.waiter.set_result(outcome.result)
+                future, result, error = outcome
+                if future.done():
+                    continue
+                if error is None:
+                    future.set_result(result)
                 else:
-                    outcome.waiter.set_exception(outcome.error)
+                    future.set_exception(error)
         except ProtocolError as exc:
             self.lose(ConnectionClosed(f"{self.address} broke the protocol: {exc}"), exc)
             if self.transport is not None:
@@ -204,7 +207,8 @@ class Client:
             TypeError: the arguments cannot be encoded with msgpack.
             ValueError: the request is larger than the frame limit.
         """
-        return await self.call_until(Deadline.after(timeout, self._conn.loop.time()), service_method, args, kwargs)
+        deadline = None if timeout is None else Deadline.after(timeout, self._conn.loop.time())
+        return await self.call_until(deadline, service_method, args, kwargs)
 
     async def call_until(self, deadline: Deadline | None, service_method: str, args: Sequence[Any] = (),
                          kwargs: dict[str, Any] | None = None) -> Any:
@@ -219,8 +223,8 @@ class Client:
         if not conn.writable.is_set():
             await self._wait_writable(service_method, deadline)
         future: asyncio.Future[Any] = conn.loop.create_future()
-        seq, frame = conn.calls.add(service_method, args, kwargs if kwargs is not None else {}, deadline,
-                                    conn.loop.time(), future)
+        now = 0.0 if deadline is None else conn.loop.time()
+        seq, frame = conn.calls.add(service_method, args, kwargs if kwargs is not None else {}, deadline, now, future)
         assert conn.transport is not None
         conn.transport.write(frame)
         timer = None if deadline is None else conn.loop.call_at(deadline.at, conn.expire, seq)

@@ -25,9 +25,9 @@ import logging
 from typing import NamedTuple, cast
 
 from . import protocol as p
+from .dispatch import STOPPING, Calls, budget
 from .errors import ProtocolError
 from .handshake import ServerHandshake
-from .dispatch import STOPPING, Calls, budget
 from .host import ConnectionHost
 from .replies import bad_request_reply, not_found_reply, stopped_reply, stopping_reply
 from .service import Method

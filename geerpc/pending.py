@@ -10,7 +10,7 @@ call timed out or was cancelled) is read and dropped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, TypeVar
 
 from . import protocol as p
 from .deadline import Deadline
@@ -45,24 +45,16 @@ def remote_error(code: int, type_name: str, message: str) -> GeeRPCError:
     return cls(type_name, message)
 
 
-class _Call(NamedTuple, Generic[W]):
-    service_method: str
-    deadline: Deadline | None
-    waiter: W
-
-
-class Outcome(NamedTuple, Generic[W]):
-    """A reply matched to its call: ``error`` is None for a result."""
-
-    waiter: W
-    result: Any
-    error: GeeRPCError | None
+# A pending call is a plain tuple (service_method, deadline, waiter), and an outcome a
+# plain tuple (waiter, result, error): named tuples cost a Python-level __new__ per
+# call on the client's hottest path.
+Outcome = tuple[W, Any, GeeRPCError | None]  # error is None for a result
 
 
 class PendingCalls(Generic[W]):
     def __init__(self, max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size = max_frame_size  # the largest request frame we send
-        self._calls: dict[int, _Call[W]] = {}
+        self._calls: dict[int, tuple[str, Deadline | None, W]] = {}
         self._seq = 0
 
     def __len__(self) -> int:
@@ -89,7 +81,7 @@ class PendingCalls(Generic[W]):
         if len(frame) - 4 > self.max_frame_size:
             raise ValueError(f"request of {len(frame) - 4} bytes exceeds the {self.max_frame_size}-byte frame limit")
         self._seq = seq
-        self._calls[seq] = _Call(service_method, deadline, waiter)
+        self._calls[seq] = (service_method, deadline, waiter)
         return seq, frame
 
     def resolve(self, payload: bytes) -> Outcome[W] | None:
@@ -105,19 +97,21 @@ class PendingCalls(Generic[W]):
         if call is None:
             return None
         if error is None:
-            return Outcome(call.waiter, result, None)
-        if error[0] == p.ErrorCode.TIMEOUT and call.deadline is not None:
+            return call[2], result, None
+        service_method, deadline, waiter = call
+        if error[0] == p.ErrorCode.TIMEOUT and deadline is not None:
             # The server gave up at the deadline we sent: say it as our own timer would.
-            return Outcome(call.waiter, None, call.deadline.expired_error(call.service_method))
-        return Outcome(call.waiter, None, remote_error(*error))
+            return waiter, None, deadline.expired_error(service_method)
+        return waiter, None, remote_error(*error)
 
     def expire(self, seq: int) -> tuple[W, CallTimeout, bytes] | None:
         """The call's deadline passed: forget it; return its waiter, the error and a Cancel frame."""
         call = self._calls.pop(seq, None)
         if call is None:
             return None
-        assert call.deadline is not None, "only calls with a deadline expire"
-        return call.waiter, call.deadline.expired_error(call.service_method), p.encode_cancel(seq)
+        service_method, deadline, waiter = call
+        assert deadline is not None, "only calls with a deadline expire"
+        return waiter, deadline.expired_error(service_method), p.encode_cancel(seq)
 
     def cancel(self, seq: int) -> bytes | None:
         """The caller gave up: forget the call; return the Cancel frame to send, if it was pending."""
@@ -128,4 +122,4 @@ class PendingCalls(Generic[W]):
     def fail_all(self) -> list[W]:
         """The connection is gone: forget every call and return their waiters."""
         calls, self._calls = self._calls, {}
-        return [call.waiter for call in calls.values()]
+        return [call[2] for call in calls.values()]

@@ -53,9 +53,9 @@ def test_resolve_matches_results_and_errors_by_seq():
     calls.add("Arith.add", [1, 2], {}, None, 0.0, "a")
     calls.add("Arith.nope", [], {}, None, 0.0, "b")
     error = calls.resolve(payload(p.encode_error(2, p.ErrorCode.NOT_FOUND, "MethodNotFound", "no nope")))
-    assert error is not None and error.waiter == "b" and isinstance(error.error, geerpc.MethodNotFound)
+    assert error is not None and error[0] == "b" and isinstance(error[2], geerpc.MethodNotFound)
     result = calls.resolve(payload(p.encode_response(1, 3)))
-    assert result is not None and (result.waiter, result.result, result.error) == ("a", 3, None)
+    assert result == ("a", 3, None)
     assert len(calls) == 0
 
 
@@ -83,12 +83,12 @@ def test_a_server_timeout_reads_as_the_clients_own_when_the_call_had_a_deadline(
     seq, _ = calls.add("Arith.sleep", [1], {}, Deadline.after(0.25, now=0.0), 0.0, "w")
     frame = p.encode_error(seq, p.ErrorCode.TIMEOUT, "Timeout", "Arith.sleep timed out: did not finish within 0.25 s")
     outcome = calls.resolve(payload(frame))
-    assert outcome is not None and str(outcome.error) == "Arith.sleep timed out after 0.25 s"
+    assert outcome is not None and str(outcome[2]) == "Arith.sleep timed out after 0.25 s"
     # without a deadline of its own, the server's handle timeout speaks for itself
     seq, _ = calls.add("Arith.sleep", [1], {}, None, 0.0, "w")
     outcome = calls.resolve(payload(p.encode_error(seq, p.ErrorCode.TIMEOUT, "Timeout", "server's words")))
-    assert outcome is not None and isinstance(outcome.error, geerpc.CallTimeout)
-    assert str(outcome.error) == "server's words"
+    assert outcome is not None and isinstance(outcome[2], geerpc.CallTimeout)
+    assert str(outcome[2]) == "server's words"
 
 
 def test_cancel_forgets_the_call_and_gives_a_cancel_frame_once():

@@ -25,19 +25,16 @@ from .contract import (
     DEFAULT_TIMEOUT,
     DEFAULT_WAIT,
     H_INDEX,
-    H_SERVER,
     H_SERVERS,
     H_SERVICES,
     H_TIMEOUT,
     MAX_SERVICES,
-    Q_INDEX,
-    Q_SERVICE,
-    Q_WAIT,
     format_seconds,
     parse_services,
 )
 from .dashboard import PAGE_HEADERS, accepts_json, prefers_html, render_dashboard
-from .table import MAX_SERVERS, LivenessTable, TableFull, canonical_address
+from .requests import BadRequest, one_header, query_index, query_service, query_wait, server_header
+from .table import MAX_SERVERS, LivenessTable, TableFull
 
 __all__ = [
     "DEFAULT_PATH",
@@ -59,16 +56,11 @@ MAX_WATCHERS: Final = 1024
 # slow header read too (a slowloris ties up a socket for this long, not forever).
 KEEPALIVE_TIMEOUT: Final = 75.0
 
-_MAX_INDEX_DIGITS: Final = 16  # indexes are below 2**53
 _JSON_REUSE: Final = 0.1  # seconds a rendered JSON list may be served again
 # Filtered X-Geerpc-Servers values kept per index. ``service=`` is chosen by the
 # client, so the cache must be bounded: otherwise each distinct name costs a copy
 # of the list until the next change.
 _FILTERED_CACHE: Final = 16
-
-
-class _BadRequest(Exception):
-    """Raised while reading a request; becomes a 400 with this message as the body."""
 
 
 class Registry:
@@ -253,9 +245,9 @@ class Registry:
 
     async def _post(self, request: web.Request) -> web.Response:
         try:
-            address = _server_header(request)
-            services = parse_services(_one_header(request, H_SERVICES), max_services=self.table.max_services)
-        except _BadRequest as exc:
+            address = server_header(request)
+            services = parse_services(one_header(request, H_SERVICES), max_services=self.table.max_services)
+        except BadRequest as exc:
             return self._reply(400, str(exc))
         except ValueError as exc:
             return self._reply(400, f"{H_SERVICES}: {exc}")
@@ -274,8 +266,8 @@ class Registry:
 
     async def _delete(self, request: web.Request) -> web.Response:
         try:
-            address = _server_header(request)
-        except _BadRequest as exc:
+            address = server_header(request)
+        except BadRequest as exc:
             return self._reply(400, str(exc))
         before = self.table.index
         removed = self.table.remove(address, self._clock())
@@ -289,10 +281,10 @@ class Registry:
 
     async def _get(self, request: web.Request) -> web.Response:
         try:
-            service = _query_service(request)
-            index = _query_index(request)
-            wait = _query_wait(request, self.max_wait)
-        except _BadRequest as exc:
+            service = query_service(request)
+            index = query_index(request)
+            wait = query_wait(request, self.max_wait)
+        except BadRequest as exc:
             return self._reply(400, str(exc))
         # A browser gets the dashboard (which watches through JSON), never a long poll.
         html = prefers_html(request.headers.get("Accept", ""))
@@ -372,68 +364,3 @@ class Registry:
         head = (f'{{"index": {self.table.index}, "timeout": {json.dumps(self.timeout)}, '
                 f'"uptime": {now - self._started_at:.3f}, "servers": [')
         return (head + ", ".join(parts) + "]}").encode()
-
-
-# -- reading requests (every problem becomes a 400 naming it) ----------------------
-
-
-def _one_header(request: web.Request, name: str) -> str | None:
-    values = request.headers.getall(name, [])
-    if len(values) > 1:
-        raise _BadRequest(f"{name} given {len(values)} times; send it once")
-    return values[0] if values else None
-
-
-def _server_header(request: web.Request) -> str:
-    raw = _one_header(request, H_SERVER)
-    if raw is None or not raw.strip():
-        raise _BadRequest(f"missing {H_SERVER} header (want e.g. {H_SERVER}: tcp@10.0.0.5:9000)")
-    try:
-        return canonical_address(raw.strip())
-    except ValueError as exc:
-        raise _BadRequest(f"{H_SERVER}: {exc}") from None
-
-
-def _one_param(request: web.Request, name: str) -> str | None:
-    values = request.query.getall(name, [])
-    if len(values) > 1:
-        raise _BadRequest(f"query parameter {name!r} given {len(values)} times")
-    return values[0] if values else None
-
-
-def _query_service(request: web.Request) -> str | None:
-    raw = _one_param(request, Q_SERVICE)
-    if raw is None:
-        return None
-    try:
-        names = parse_services(raw, max_services=1)
-    except ValueError as exc:
-        raise _BadRequest(f"service: {exc}") from None
-    if not names:
-        raise _BadRequest("service: empty name")
-    return next(iter(names))
-
-
-def _query_index(request: web.Request) -> int | None:
-    raw = _one_param(request, Q_INDEX)
-    if raw is None:
-        return None
-    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_INDEX_DIGITS:
-        raise _BadRequest(f"index must be a non-negative integer of at most {_MAX_INDEX_DIGITS} digits")
-    return int(raw)
-
-
-def _query_wait(request: web.Request, max_wait: float) -> float | None:
-    raw = _one_param(request, Q_WAIT)
-    if raw is None:
-        return None
-    text = raw.removesuffix("s")  # Consul writes waits as "30s"
-    try:
-        wait = float(text) if len(text) <= 32 else math.nan
-    except ValueError:
-        wait = math.nan
-    if not (math.isfinite(wait) and wait >= 0):
-        raise _BadRequest("wait must be a number of seconds >= 0")
-    # A longer wait than we allow is not the client's fault (it cannot know our
-    # max_wait): answer sooner, as Consul does, instead of refusing the watch.
-    return min(wait, max_wait)
