@@ -27,7 +27,7 @@ from typing import Any, cast
 from . import protocol as p
 from .address import parse_address
 from .deadline import Deadline
-from .errors import ConnectError, ConnectionClosed, ConnectTimeout, GeeRPCError, ProtocolError
+from .errors import ConnectError, ConnectionClosed, ConnectTimeout, GeeRPCError, HandshakeError, ProtocolError
 from .handshake import ClientHandshake
 from .pending import PendingCalls
 from .tcp import enable_keepalive
@@ -127,7 +127,9 @@ class _ClientConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lose(ConnectionClosed(f"connection to {self.address} lost" + (f": {exc}" if exc else "")), exc)
         if not self.ready.done():
-            self.ready.set_exception(ConnectError(f"{self.address} closed the connection during the handshake"))
+            self.ready.set_exception(HandshakeError(
+                f"{self.address} closed the connection during the handshake: not a geerpc server, "
+                f"or it does not speak {p.CODEC_TYPE}"))
             self.ready.exception()  # retrieved here: dial() may already have given up
         self.writable.set()
         if not self.closed.done():
@@ -293,13 +295,14 @@ async def dial(
     the server to limit every handler to that many seconds (the smaller of it and
     the server's own applies).
 
-    Raises ConnectError (bad address, refused, unreachable, not a geerpc server) or
+    Raises ConnectError (bad address, refused, unreachable; HandshakeError for a
+    server that took the connection but is not a geerpc server or refused us) or
     ConnectTimeout.
     """
     try:
         parsed = parse_address(address)
     except ValueError as exc:
-        raise ConnectError(f"cannot dial {address!r}: {exc}") from None
+        raise ConnectError(str(exc)) from None  # the message names the address
     loop = asyncio.get_running_loop()
     option = p.Option(connect_timeout=int(connect_timeout * 1e9),
                       handle_timeout=0 if handle_timeout is None else int(handle_timeout * 1e9),
@@ -320,6 +323,11 @@ async def dial(
     except TimeoutError:
         _abort(conn)
         raise ConnectTimeout(f"dialing {address} took longer than {connect_timeout:g} s") from None
+    except ConnectError:
+        # The handshake's own error (a ConnectError is an OSError too): it already says
+        # what the server did, naming the address once, so it is not wrapped again.
+        _abort(conn)
+        raise
     except OSError as exc:
         _abort(conn)
         # asyncio words a refusal "Connect call failed (...)": say what the OS says;

@@ -14,6 +14,7 @@ __all__ = [
     "InvalidArguments",
     "Unavailable",
     "ConnectError",
+    "HandshakeError",
     "ConnectionClosed",
     "NoServerAvailable",
     "RegistryError",
@@ -69,6 +70,16 @@ class Unavailable(RemoteError):
 
 class ConnectError(GeeRPCError, ConnectionError):
     """Dialing failed: refused, unreachable or a malformed address. Nothing was sent."""
+
+
+class HandshakeError(ConnectError):
+    """The server took the connection but the handshake failed: it closed it, refused
+    our Option, or answered with something that is not geerpc's.
+
+    Probably not a geerpc server (a GeeRPC Go server speaks gob and closes the
+    connection), or one that refused us for the reason the message gives. Dialing it
+    again soon will most likely fail the same way; no call was sent.
+    """
 
 
 class ConnectionClosed(GeeRPCError, ConnectionError):

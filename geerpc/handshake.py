@@ -10,7 +10,7 @@ is in, the Option and the bytes after it (the first frames).
 Client: ``ClientHandshake.start`` gives the first bytes to send (the Option, or a
 CONNECT for ``http@`` addresses), ``feed`` returns a ``ClientStep``: the Option to
 send once the CONNECT is answered, or the server's acknowledging Option and the
-bytes after it, or the ConnectError to raise.
+bytes after it, or the HandshakeError (a ConnectError) to raise.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from . import http
 from . import protocol as p
-from .errors import ConnectError, ProtocolError
+from .errors import HandshakeError, ProtocolError
 
 __all__ = ["ClientHandshake", "ClientStep", "ServerHandshake", "Step"]
 
@@ -104,7 +104,7 @@ class ClientStep:
     """
 
     write: bytes = b""  # send this next (the Option line once a CONNECT is answered 200)
-    error: ConnectError | None = None  # the handshake failed: abort the connection and raise this
+    error: HandshakeError | None = None  # the handshake failed: abort the connection and raise this
     option: p.Option | None = None  # the server's acknowledging Option: handshake done
     rest: bytes = b""  # bytes after the server's Option line (first reply frames)
 
@@ -162,7 +162,8 @@ class ClientHandshake:
             except ProtocolError as exc:
                 return self._fail(f"{self._address}: bad answer to CONNECT ({exc})")
             if status != 200:
-                return self._fail(f"{self._address} answered CONNECT with {status} {reason}")
+                return self._fail(f"{self._address} answered CONNECT with {status} {reason}: "
+                                  f"an HTTP server, but not a geerpc or GeeRPC RPC port")
             self._http = None
             write = self._line
             if not data:
@@ -180,5 +181,5 @@ class ClientHandshake:
         return ClientStep(write, option=option, rest=rest)
 
     def _fail(self, message: str) -> ClientStep:
-        self._failed = ClientStep(error=ConnectError(message))
+        self._failed = ClientStep(error=HandshakeError(message))
         return self._failed

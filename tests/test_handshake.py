@@ -123,7 +123,7 @@ def client_bytewise(handshake: ClientHandshake, data: bytes) -> tuple[ClientStep
 
 
 def error_of(step: ClientStep) -> str:
-    assert step.error is not None and isinstance(step.error, geerpc.ConnectError)
+    assert step.error is not None and isinstance(step.error, geerpc.HandshakeError)
     assert step.option is None and step.write == b""
     return str(step.error)
 
@@ -182,7 +182,8 @@ def test_client_and_server_handshakes_talk_to_each_other():
 def test_client_via_http_404_is_a_connect_error(split):
     answer = b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"
     step = client_bytewise(client(), answer)[0] if split else client().feed(answer)
-    assert error_of(step) == f"{ADDRESS} answered CONNECT with 404 Not Found"
+    assert error_of(step) == (f"{ADDRESS} answered CONNECT with 404 Not Found: "
+                              f"an HTTP server, but not a geerpc or GeeRPC RPC port")
 
 
 @pytest.mark.parametrize("answer", [b"SSH-2.0-OpenSSH_9.6\r\n\r\n", b"\n\n", b"HTTP/1.0 20 OK\n\n",
