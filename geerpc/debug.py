@@ -11,7 +11,7 @@ import html
 from .service import LATENCY_WINDOW
 from .snapshot import MethodStats, ServerSnapshot, percentile
 
-__all__ = ["render_debug_page", "percentile"]
+__all__ = ["render_debug_page", "percentile", "duration"]
 
 _STYLE = """
 :root { color-scheme: light dark; --line: #d0d7de; --muted: #57606a; --accent: #0969da; --bad: #cf222e; }
@@ -46,6 +46,18 @@ def _ms(seconds: float | None) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
+def duration(seconds: float) -> str:
+    """A duration as the registry dashboard shows one: "42 s", "3 min 5 s", "2 h 1 min", "1 d 4 h"."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
 _KINDS = {"def": "def · thread", "async inline": "async · inline", "async": "async"}
 
 
@@ -74,7 +86,7 @@ def render_debug_page(snapshot: ServerSnapshot) -> str:
         sections.append("<p>No services are registered.</p>")
     address = html.escape(snapshot.address or "not listening")
     facts = (
-        f"<span>address <b>{address}</b></span><span>up <b>{snapshot.uptime:.0f} s</b></span>"
+        f"<span>address <b>{address}</b></span><span>up <b>{duration(snapshot.uptime)}</b></span>"
         f"<span>connections <b>{len(snapshot.connections)}</b></span>"
         f"<span>calls in flight <b>{snapshot.calls_in_flight}</b></span>"
         f"<span>protocol errors <b>{snapshot.protocol_errors}</b></span>"

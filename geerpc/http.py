@@ -122,12 +122,17 @@ def connect_request(path: str = RPC_PATHS[1]) -> bytes:
     return f"CONNECT {path} HTTP/1.0\r\n\r\n".encode()
 
 
-def response(status: int, reason: str, body: str, content_type: str = "text/plain; charset=utf-8") -> bytes:
-    """A whole HTTP/1.0 response that closes the connection after it."""
+def response(status: int, reason: str, body: str, content_type: str = "text/plain; charset=utf-8", *,
+             head_only: bool = False) -> bytes:
+    """A whole HTTP/1.0 response that closes the connection after it.
+
+    ``head_only`` (the answer to a HEAD request) sends the headers a GET would get,
+    Content-Length included, and no body.
+    """
     payload = body.encode()
     head = (f"HTTP/1.0 {status} {reason}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(payload)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
-    return head.encode() + payload
+    return head.encode() if head_only else head.encode() + payload
 
 
 def route(request: Request, debug_page: Callable[[], str]) -> bytes | None:
@@ -142,7 +147,8 @@ def route(request: Request, debug_page: Callable[[], str]) -> bytes | None:
             return None
         return response(404, "Not Found", f"no RPC endpoint at {path[:100]}; use {RPC_PATHS[0]}\n")
     if request.method in ("GET", "HEAD"):
+        head_only = request.method == "HEAD"
         if path == DEBUG_PATH:
-            return response(200, "OK", debug_page(), "text/html; charset=utf-8")
-        return response(404, "Not Found", f"nothing at {path[:100]}; try {DEBUG_PATH}\n")
+            return response(200, "OK", debug_page(), "text/html; charset=utf-8", head_only=head_only)
+        return response(404, "Not Found", f"nothing at {path[:100]}; try {DEBUG_PATH}\n", head_only=head_only)
     return response(405, "Method Not Allowed", "this port answers CONNECT and GET only\n")

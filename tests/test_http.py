@@ -217,8 +217,34 @@ def test_parse_response_status_refuses_malformed_heads(head):
 def test_route(method, path, status):
     answer = gh.route(gh.Request(method, path), lambda: "<p>page</p>")
     assert (answer if answer is None else answer.split(b" ")[1]) == status
-    if status == b"200":
+    if status == b"200" and method == "GET":
         assert answer is not None and b"text/html" in answer and answer.endswith(b"\r\n\r\n<p>page</p>")
+
+
+@pytest.mark.parametrize("path", ["/debug/geerpc", "/elsewhere"])
+def test_a_head_request_gets_the_get_headers_and_no_body(path):
+    get = gh.route(gh.Request("GET", path), lambda: "<p>page</p>")
+    head = gh.route(gh.Request("HEAD", path), lambda: "<p>page</p>")
+    assert get is not None and head is not None
+    headers, _, body = get.partition(b"\r\n\r\n")
+    assert body and head == headers + b"\r\n\r\n"  # Content-Length still names the GET's body
+    assert f"Content-Length: {len(body)}".encode() in head
+
+
+async def test_head_of_the_debug_page_over_a_socket_ends_after_the_headers(server):
+    answer = await exchange(server.address, b"HEAD /debug/geerpc HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 200 OK") and answer.endswith(b"\r\n\r\n")
+    assert answer.count(b"\r\n\r\n") == 1
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (0, "0 s"), (59.9, "59 s"), (60, "1 min 0 s"), (3599, "59 min 59 s"), (3600, "1 h 0 min"),
+    (86399, "23 h 59 min"), (90000, "1 d 1 h"), (-3, "0 s"),
+])
+def test_uptime_reads_as_on_the_registry_dashboard(seconds, shown):
+    from geerpc.debug import duration
+
+    assert duration(seconds) == shown
 
 
 def test_route_renders_the_debug_page_only_when_asked():

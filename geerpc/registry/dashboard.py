@@ -159,6 +159,7 @@ _SCRIPT: Final = """
   }
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+  // The same format as the debug page on the RPC port (geerpc.debug.duration).
   function duration(seconds) {
     const s = Math.max(0, Math.floor(seconds));
     if (s < 60) return s + " s";
