@@ -32,6 +32,9 @@ class Calc:
     def greet(self, name: str, *, greeting: str = "hello") -> str:
         return f"{greeting}, {name}"
 
+    def unsendable(self) -> object:
+        return object()
+
     def blob(self, n: int) -> bytes:
         return bytes(range(n))
 

@@ -179,6 +179,14 @@ def test_call_reports_the_remote_exception(server: str) -> None:
     assert result.stderr == "geerpc: Calc.div raised ZeroDivisionError: division by zero\n"
 
 
+def test_call_result_that_cannot_be_sent_is_not_reported_as_raised(server: str) -> None:
+    result = geerpc("call", server, "Calc.unsendable")
+    assert_failed(result, 1)
+    # one line, the method named once, and no "raised": the method returned normally
+    assert result.stderr.startswith("geerpc: result of Calc.unsendable cannot be encoded: "), result.stderr
+    assert result.stderr.count("Calc.unsendable") == 1 and "raised" not in result.stderr
+
+
 def test_call_timeout_exits_3(server: str) -> None:
     assert_failed(geerpc("call", server, "Calc.sleep", "5", "--timeout", "0.2"), 3,
                   "geerpc: Calc.sleep timed out after 0.2 s")

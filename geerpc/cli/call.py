@@ -52,8 +52,10 @@ def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any
     try:
         result = asyncio.run(_call(target, is_registry, service_method, args, kwargs, timeout, broadcast))
     except RemoteError as exc:
-        if isinstance(exc, _OWN_REMOTE_ERRORS):
-            raise CommandError(f"{service_method}: {exc}") from None
+        if isinstance(exc, _OWN_REMOTE_ERRORS) or exc.type == "SerializationError":
+            # geerpc's own errors: the method did not raise. Name the method once.
+            text = str(exc)
+            raise CommandError(text if service_method in text else f"{service_method}: {text}") from None
         raise CommandError(f"{service_method} raised {exc.type}: {exc}") from None
     except ConnectError as exc:
         raise CommandError(str(exc)) from None
