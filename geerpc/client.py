@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from . import protocol as p
 from .address import parse_address
-from .deadline import Deadline
+from .deadline import Deadline, check_timeout
 from .errors import ConnectError, ConnectionClosed, ConnectTimeout, GeeRPCError, HandshakeError, ProtocolError
 from .handshake import ClientHandshake
 from .pending import PendingCalls
@@ -282,7 +282,7 @@ class Client:
 async def dial(
     address: str,
     *,
-    connect_timeout: float = 10.0,
+    connect_timeout: float | None = 10.0,
     handle_timeout: float | None = None,
     max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
 ) -> Client:
@@ -293,19 +293,21 @@ async def dial(
 
     ``connect_timeout`` covers the dial and the handshake. ``handle_timeout`` asks
     the server to limit every handler to that many seconds (the smaller of it and
-    the server's own applies).
+    the server's own applies). Both take seconds, or None (or infinity) for no limit.
 
     Raises ConnectError (bad address, refused, unreachable; HandshakeError for a
     server that took the connection but is not a geerpc server or refused us) or
-    ConnectTimeout.
+    ConnectTimeout; TypeError or ValueError for a timeout that is not a positive
+    number of seconds or None (``deadline.check_timeout``).
     """
+    connect_seconds = check_timeout(connect_timeout)
+    handle_seconds = check_timeout(handle_timeout)
     try:
         parsed = parse_address(address)
     except ValueError as exc:
         raise ConnectError(str(exc)) from None  # the message names the address
     loop = asyncio.get_running_loop()
-    option = p.Option(connect_timeout=int(connect_timeout * 1e9),
-                      handle_timeout=0 if handle_timeout is None else int(handle_timeout * 1e9),
+    option = p.Option(connect_timeout=_nanoseconds(connect_seconds), handle_timeout=_nanoseconds(handle_seconds),
                       max_frame_size=max_frame_size)
 
     def factory() -> _ClientConnection:
@@ -314,7 +316,7 @@ async def dial(
 
     conn: _ClientConnection | None = None
     try:
-        async with asyncio.timeout(connect_timeout):
+        async with asyncio.timeout(connect_seconds):
             if parsed.scheme == "unix":
                 _, conn = await loop.create_unix_connection(factory, parsed.path)
             else:
@@ -322,7 +324,8 @@ async def dial(
             ack = await conn.ready
     except TimeoutError:
         _abort(conn)
-        raise ConnectTimeout(f"dialing {address} took longer than {connect_timeout:g} s") from None
+        took = "timed out" if connect_seconds is None else f"took longer than {connect_seconds:g} s"
+        raise ConnectTimeout(f"dialing {address} {took}") from None
     except ConnectError:
         # The handshake's own error (a ConnectError is an OSError too): it already says
         # what the server did, naming the address once, so it is not wrapped again.
@@ -341,6 +344,11 @@ async def dial(
         _abort(conn)
         raise
     return Client(conn, ack)
+
+
+def _nanoseconds(seconds: float | None) -> int:
+    """An Option duration: 0 means none, so a positive one is at least 1 ns."""
+    return 0 if seconds is None else max(1, int(seconds * 1e9))
 
 
 def _abort(conn: _ClientConnection | None) -> None:

@@ -128,7 +128,8 @@ class SyncClient(_LoopThread):
     RuntimeError, as it would block that loop.
     """
 
-    def __init__(self, address: str, *, connect_timeout: float = 10.0, handle_timeout: float | None = None) -> None:
+    def __init__(self, address: str, *, connect_timeout: float | None = 10.0,
+                 handle_timeout: float | None = None) -> None:
         super().__init__(name=f"geerpc-sync {address}")
         self.address = address
         try:

@@ -4,13 +4,23 @@ once, names the address once, and gives the likely cause."""
 from __future__ import annotations
 
 import asyncio
+import fractions
+import math
+import re
 import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from conftest import Arith
 
 import geerpc
 from _raw import fake_server
 from geerpc import protocol as p
+from geerpc.deadline import Deadline
+from geerpc.sync import SyncClient, SyncXClient
+from geerpc.xclient import XClient
 
 GO_REFUSAL = p.encode_option(p.Option(error="unsupported codec 'application/msgpack', this server speaks gob"))
 
@@ -94,3 +104,96 @@ async def test_a_malformed_address_is_named_once():
         await geerpc.dial("bogus@x:1")
     message = str(info.value)
     assert message.count("bogus@x:1") == 1 and "unknown protocol 'bogus'" in message, message
+
+
+# ---------------------------------------------------------------- timeouts: one rule, one message
+
+NOT_A_NUMBER = "timeout must be a number of seconds or None, not {}"
+NOT_POSITIVE = "timeout must be a positive number of seconds or None"
+BAD_TIMEOUTS = [("1", TypeError, NOT_A_NUMBER.format("str")), (True, TypeError, NOT_A_NUMBER.format("bool")),
+                (0, ValueError, NOT_POSITIVE), (-1.5, ValueError, NOT_POSITIVE),
+                (math.nan, ValueError, NOT_POSITIVE)]
+BAD_IDS = ["str", "bool", "zero", "negative", "nan"]
+
+
+def _raises_exactly(error: type[Exception], message: str) -> Any:
+    return pytest.raises(error, match=f"^{re.escape(message)}$")
+
+
+@pytest.mark.parametrize(("timeout", "error", "message"), BAD_TIMEOUTS, ids=BAD_IDS)
+def test_deadline_after_refuses_a_bad_timeout_without_a_loop(timeout, error, message):
+    with _raises_exactly(error, message):
+        Deadline.after(timeout, 100.0)
+
+
+def test_deadline_after_takes_infinity_as_no_timeout_and_any_real_number():
+    assert Deadline.after(math.inf, 100.0) is None and Deadline.after(None, 100.0) is None
+    assert Deadline.after(fractions.Fraction(1, 2), 100.0) == Deadline(100.5, 0.5)
+
+
+ASYNC_ENTRY_POINTS = ["Client.call", "XClient.call", "XClient.broadcast", "dial connect_timeout",
+                      "dial handle_timeout", "XClient connect_timeout"]
+
+
+@pytest.mark.parametrize("entry", ASYNC_ENTRY_POINTS)
+@pytest.mark.parametrize(("timeout", "error", "message"), BAD_TIMEOUTS, ids=BAD_IDS)
+async def test_every_async_entry_point_refuses_a_bad_timeout_alike(server, client, entry, timeout, error, message):
+    async with XClient([server.address]) as xc:
+        attempts = {
+            "Client.call": lambda: client.call("Arith.add", 1, 2, timeout=timeout),
+            "XClient.call": lambda: xc.call("Arith.add", 1, 2, timeout=timeout),
+            "XClient.broadcast": lambda: xc.broadcast("Arith.add", 1, 2, timeout=timeout),
+            "dial connect_timeout": lambda: geerpc.dial(server.address, connect_timeout=timeout),
+            "dial handle_timeout": lambda: geerpc.dial(server.address, handle_timeout=timeout),
+            "XClient connect_timeout": lambda: _make_xclient(server.address, timeout),
+        }
+        with _raises_exactly(error, message):
+            await attempts[entry]()
+        assert await xc.call("Arith.add", 1, 2) == 3  # nothing was spent or broken
+    assert len(server.snapshot().connections) <= 2  # the dials did not connect
+
+
+async def _make_xclient(address: str, connect_timeout: Any) -> None:
+    XClient([address], connect_timeout=connect_timeout)
+
+
+@pytest.mark.parametrize("entry", ["Client.call", "XClient.call", "XClient.broadcast", "dial"])
+async def test_infinity_means_no_timeout_everywhere(server, client, entry):
+    async with XClient([server.address], connect_timeout=math.inf) as xc:
+        if entry == "dial":
+            async with await geerpc.dial(server.address, connect_timeout=math.inf, handle_timeout=math.inf) as c:
+                assert await c.call("Arith.add", 1, 2) == 3
+            return
+        call = {"Client.call": client.call, "XClient.call": xc.call, "XClient.broadcast": xc.broadcast}[entry]
+        assert await call("Arith.add", 1, 2, timeout=math.inf) == 3
+
+
+@pytest.fixture
+def loop_thread_server() -> Iterator[str]:
+    """A geerpc server on a loop in its own thread, so the test thread may block."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-user-errors", daemon=True)
+    thread.start()
+    server = geerpc.Server()
+    server.register(Arith())
+    try:
+        yield asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0), loop).result(10)
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(grace=1.0), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.mark.parametrize(("timeout", "error", "message"), BAD_TIMEOUTS, ids=BAD_IDS)
+def test_the_blocking_clients_refuse_a_bad_timeout_alike(loop_thread_server, timeout, error, message):
+    with SyncClient(loop_thread_server) as client, SyncXClient([loop_thread_server]) as xclient:
+        for attempt in (lambda: client.call("Arith.add", 1, 2, timeout=timeout),
+                        lambda: xclient.call("Arith.add", 1, 2, timeout=timeout),
+                        lambda: xclient.broadcast("Arith.add", 1, 2, timeout=timeout),
+                        lambda: SyncClient(loop_thread_server, connect_timeout=timeout),
+                        lambda: SyncClient(loop_thread_server, handle_timeout=timeout),
+                        lambda: SyncXClient([loop_thread_server], connect_timeout=timeout)):
+            with _raises_exactly(error, message):
+                attempt()
+        assert client.call("Arith.add", 1, 2) == 3 and xclient.broadcast("Arith.add", 1, 2) == 3

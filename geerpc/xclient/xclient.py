@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from ..client import Client, dial
-from ..deadline import Deadline
+from ..deadline import Deadline, check_timeout
 from ..errors import CallTimeout, ConnectError, ConnectionClosed, ConnectTimeout, NoServerAvailable, Unavailable
 from .discovery import Discovery, MultiServerDiscovery
 from .selection import SelectMode
@@ -53,11 +53,12 @@ class XClient:
         mode: SelectMode = SelectMode.RANDOM,
         *,
         failover: bool = True,
-        connect_timeout: float = 10.0,
+        connect_timeout: float | None = 10.0,
         close_discovery: bool = True,
     ) -> None:
         if not isinstance(mode, SelectMode):
             raise ValueError(f"mode must be a SelectMode, not {mode!r}")
+        check_timeout(connect_timeout)  # refused here, not at the first dial
         self.discovery = _as_discovery(discovery)
         self.mode = mode
         self.failover = failover
