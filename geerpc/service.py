@@ -124,8 +124,39 @@ def argument_error(method: Method, args: list[Any], kwargs: dict[str, Any]) -> s
     signature = method.signature
     if signature is None:
         return None
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        return f"{method.name}{signature}: {exc}"
-    return None
+    params = signature.parameters
+    problem: str | None = None
+    # A keyword the method does not take is the caller's real mistake: bind() would
+    # first report the argument it displaced as missing (add(1, c=2): "missing 'b'").
+    if not any(param.kind is param.VAR_KEYWORD for param in params.values()):
+        unexpected = [repr(key) for key in kwargs if key not in params]
+        if unexpected:
+            problem = (f"got an unexpected keyword argument {unexpected[0]}" if len(unexpected) == 1
+                       else f"got unexpected keyword arguments {', '.join(unexpected)}")
+    if problem is None:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            problem = str(exc)
+        else:
+            return None
+    # Annotations postponed by ``from __future__ import annotations`` are strings:
+    # show them as written (a: int), not quoted (a: 'int').
+    shown = signature.replace(
+        parameters=[param.replace(annotation=_Written(param.annotation)) if isinstance(param.annotation, str)
+                    else param for param in params.values()],
+        return_annotation=(_Written(signature.return_annotation) if isinstance(signature.return_annotation, str)
+                           else signature.return_annotation))
+    return f"{method.name}{shown}: {problem}"
+
+
+class _Written:
+    """An annotation that reprs as the source text it holds."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text

@@ -22,6 +22,8 @@ async def test_demo_runs_and_shows_every_part():
     for expected in ("SelectMode.RANDOM", "SelectMode.ROUND_ROBIN", "result: 3", "one reply: 7",
                      "CallTimeout after", "deregisters at once", "MethodNotFound", "InvalidArguments", "done"):
         assert expected in text, f"{expected!r} missing from demo output:\n{text}"
+    # error types and the signature in a message read as code: no quotes around them
+    assert "  InvalidArguments: Arith.add(a: int, b: int) -> int: missing a required argument: 'b'" in text, text
     # the server that stopped answers none of the calls after it left
     after = text.split("6 calls answered by:")[1].splitlines()[0]
     assert "beta" not in after and "alpha" in after and "gamma" in after

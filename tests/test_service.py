@@ -315,3 +315,25 @@ def test_signature_excludes_self_and_is_cached(shapes):
     method = shapes["defaults"]
     assert str(method.signature) == "(a, b=2, *, c=3)"
     assert method.signature is method.signature
+
+
+def test_argument_error_names_an_unexpected_keyword_before_the_argument_it_displaced(shapes):
+    # add(1, c=2): the caller misspelt b; "missing 'b'" alone would hide that
+    assert argument_error(shapes["two"], [1], {"c": 2}) == "Shapes.two(a, b): got an unexpected keyword argument 'c'"
+    assert argument_error(shapes["two"], [], {"x": 1, "y": 2}) == (
+        "Shapes.two(a, b): got unexpected keyword arguments 'x', 'y'")
+
+
+def test_argument_error_leaves_extra_keywords_to_a_method_that_takes_them(shapes):
+    assert argument_error(shapes["anything"], [], {"c": 2}) is None
+
+
+class Annotated:  # this module postpones annotations: they are the strings "int"
+    def add(self, a: int, b: int) -> int:
+        return a + b
+
+
+def test_argument_error_shows_postponed_annotations_unquoted():
+    method = build_service(Annotated()).methods["add"]
+    assert argument_error(method, [1], {}) == (
+        "Annotated.add(a: int, b: int) -> int: missing a required argument: 'b'")
