@@ -41,6 +41,12 @@ def budget(timeout: float | None, handle_timeout: float | None) -> float | None:
     return timeout
 
 
+def _cancelled_by_someone() -> bool:
+    """Whether the running task was cancelled (rather than its handler raising CancelledError)."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 class _SyncCall(Job):
     """A plain ``def`` call handed to the worker threads."""
 
@@ -135,8 +141,13 @@ class Calls:
             frame, ok = result_reply(seq, method, result, self.frame_limit)
             self._reply(frame)
         except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if task is not None and not task.cancelling():
+            # No local here may refer to the task: the task keeps the CancelledError,
+            # whose traceback keeps this frame, so a task in a local (or in the
+            # timeout scope, which holds it) would make a cycle, and the arguments
+            # would stay resident until the cyclic GC runs.
+            if deadline is not None:
+                del scope
+            if not _cancelled_by_someone():
                 # Nobody cancelled this call: the handler raised CancelledError itself
                 # (say, it awaited a future someone else cancelled). Answer it.
                 self._reply(failure_reply(seq, method, args, kwargs, exc, self.frame_limit))
