@@ -21,6 +21,7 @@ from geerpc import protocol as p
 from geerpc.deadline import Deadline
 from geerpc.sync import SyncClient, SyncXClient
 from geerpc.xclient import XClient
+from geerpc.xclient.registry_discovery import RegistryDiscovery
 
 GO_REFUSAL = p.encode_option(p.Option(error="unsupported codec 'application/msgpack', this server speaks gob"))
 
@@ -197,3 +198,18 @@ def test_the_blocking_clients_refuse_a_bad_timeout_alike(loop_thread_server, tim
             with _raises_exactly(error, message):
                 attempt()
         assert client.call("Arith.add", 1, 2) == 3 and xclient.broadcast("Arith.add", 1, 2) == 3
+
+
+# ---------------------------------------------------------------- a server address where a registry URL goes
+
+
+@pytest.mark.parametrize("url", ["tcp@127.0.0.1:9999", "127.0.0.1:9999", "etcd://127.0.0.1:2379", "http://", ""])
+def test_registry_discovery_refuses_what_is_not_an_http_registry_url(url):
+    with _raises_exactly(ValueError, f"not a registry URL: {url!r} (want an http:// or https:// registry URL, "
+                                     "such as http://127.0.0.1:9999/_geerpc_/registry)"):
+        RegistryDiscovery(url)
+
+
+async def test_registry_discovery_takes_http_and_https_urls():
+    for url in ("http://127.0.0.1:9999/_geerpc_/registry", "https://registry.example/_geerpc_/registry"):
+        await RegistryDiscovery(url).close()

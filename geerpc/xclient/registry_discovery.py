@@ -34,9 +34,10 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Self
+from urllib.parse import urlsplit
 
 from ..errors import RegistryError
-from ..registry.contract import DEFAULT_TIMEOUT, DEFAULT_WAIT, Q_INDEX, Q_WAIT
+from ..registry.contract import DEFAULT_PATH, DEFAULT_TIMEOUT, DEFAULT_WAIT, Q_INDEX, Q_WAIT
 from .discovery import ServerList
 from .registry_policy import DiscoveryPolicy, Outcome
 from .registry_reply import Answer, ReplyReader, parse_retry_after
@@ -60,7 +61,9 @@ class _Refused(RegistryError):
 
 
 class RegistryDiscovery(ServerList):
-    """Servers listed by the registry at ``registry`` (its full URL).
+    """Servers listed by the registry at ``registry`` (its full ``http://`` or ``https://`` URL).
+
+    Raises ValueError for anything else, such as a server address (``tcp@...``).
 
     ``update_interval``: the longest a served list may be stale while the registry
     answers. ``timeout``: each HTTP request's own limit (a watch adds its ``wait``).
@@ -85,6 +88,10 @@ class RegistryDiscovery(ServerList):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        # A server address (tcp@...) here would fail only later, at every read.
+        if not _is_http_url(registry):
+            raise ValueError(f"not a registry URL: {registry!r} (want an http:// or https:// registry URL, "
+                             f"such as http://127.0.0.1:9999{DEFAULT_PATH})")
         super().__init__((), seed=seed)
         if not (_seconds(update_interval) and update_interval > 0):
             raise ValueError(f"update_interval must be a positive, finite number of seconds, not {update_interval!r}")
@@ -266,6 +273,14 @@ class RegistryDiscovery(ServerList):
     def _describe(self) -> str:
         text = f"{len(self._servers)} server(s) from registry {self.registry}"
         return f"{text}; last error: {self.last_error}" if self.last_error else text
+
+
+def _is_http_url(url: object) -> bool:
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError:  # such as an unclosed [IPv6 bracket
+        return False
+    return parts is not None and parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _seconds(value: object) -> bool:
