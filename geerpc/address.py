@@ -9,13 +9,15 @@ lowercased (DNS names are case-insensitive), ports lose leading zeros.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Address", "parse_address", "MAX_ADDRESS_LENGTH"]
+__all__ = ["Address", "parse_address", "check_announced", "is_local_host", "MAX_ADDRESS_LENGTH"]
 
 MAX_ADDRESS_LENGTH: Final = 256
 _SCHEMES: Final = ("tcp", "unix", "http")
+_NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0x[0-9a-f]*")  # what inet_aton reads as a number
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +89,43 @@ def _valid_hostname(host: str) -> bool:
         and label.isascii() and not label.startswith("-")
         for label in labels
     )
+
+
+def is_local_host(host: str | None) -> bool:
+    """True for a peer on this host: a loopback address or ``localhost`` (None or empty:
+    a unix socket, which is local too)."""
+    if not host:
+        return True
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]").partition("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def check_announced(address: Address, *, from_local_peer: bool) -> None:
+    """Refuse an address that a registry should not hand to clients.
+
+    A registry's list tells clients where to connect, so an address announced by one
+    peer must not turn clients against their own host: ``unix@`` paths (a Docker
+    socket, say) are taken only from a peer on the same host; numeric hosts must be
+    plain dotted IPv4 (``tcp@0:1``, ``tcp@2130706433:80``, ``127.1`` and ``0x7f.1`` all
+    reach the client's own host through ``inet_aton``); and IPv6 scope ids (``%eth0``)
+    name the client's own interfaces. (0.0.0.0 stays allowed: a server listening on
+    all interfaces announces it, and clients on its host can dial it.) Raises
+    ``ValueError`` naming the problem.
+    """
+    if address.scheme == "unix":
+        if not from_local_peer:
+            raise ValueError("unix@ addresses are accepted only from a peer on the registry's own host")
+        return
+    host = address.host
+    if "%" in host:
+        raise ValueError(f"address {address}: an IPv6 scope id names the client's own interface")
+    if all(_NUMERIC_LABEL.fullmatch(label) for label in host.split(".")):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"address {address}: a numeric host must be a dotted IPv4 address "
+                             "such as 10.0.0.5") from None

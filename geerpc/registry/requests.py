@@ -10,8 +10,9 @@ from typing import Final
 
 from aiohttp import web
 
+from ..address import check_announced, is_local_host, parse_address
+
 from .contract import H_SERVER, Q_INDEX, Q_SERVICE, Q_WAIT, parse_services
-from .table import canonical_address
 
 __all__ = ["BadRequest", "one_header", "server_header", "one_param", "query_service", "query_index", "query_wait"]
 
@@ -29,14 +30,19 @@ def one_header(request: web.Request, name: str) -> str | None:
     return values[0] if values else None
 
 
-def server_header(request: web.Request) -> str:
+def server_header(request: web.Request, *, announcing: bool = False) -> str:
+    """The canonical address in ``X-Geerpc-Server``; with ``announcing`` (a POST), it
+    must also be one clients may be sent to (``address.check_announced``)."""
     raw = one_header(request, H_SERVER)
     if raw is None or not raw.strip():
         raise BadRequest(f"missing {H_SERVER} header (want e.g. {H_SERVER}: tcp@10.0.0.5:9000)")
     try:
-        return canonical_address(raw.strip())
+        address = parse_address(raw.strip())
+        if announcing:
+            check_announced(address, from_local_peer=is_local_host(request.remote))
     except ValueError as exc:
         raise BadRequest(f"{H_SERVER}: {exc}") from None
+    return str(address)
 
 
 def one_param(request: web.Request, name: str) -> str | None:

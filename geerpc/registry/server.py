@@ -245,7 +245,7 @@ class Registry:
 
     async def _post(self, request: web.Request) -> web.Response:
         try:
-            address = server_header(request)
+            address = server_header(request, announcing=True)
             services = parse_services(one_header(request, H_SERVICES), max_services=self.table.max_services)
         except BadRequest as exc:
             return self._reply(400, str(exc))

@@ -14,8 +14,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-from ..address import parse_address
+from ..address import check_announced, is_local_host, parse_address
 from ..errors import RegistryError
 from ..registry.contract import H_INDEX, H_SERVERS
 
@@ -50,6 +51,8 @@ class ReplyReader:
 
     def __init__(self, registry: str) -> None:
         self.registry = registry
+        # unix@ entries name this host's sockets: taken only from a registry on this host
+        self._local = is_local_host(urlsplit(registry).hostname)
         self._logged_bad: set[str] = set()
 
     def read(self, content_type: str, headers: Mapping[str, str], body: bytes, received: float) -> Answer:
@@ -88,7 +91,7 @@ class ReplyReader:
 
     def _add_entry(self, servers: Servers, address: str, offered: frozenset[str] | None) -> None:
         try:
-            parse_address(address)
+            check_announced(parse_address(address), from_local_peer=self._local)
         except ValueError as exc:
             self._log_bad(address, str(exc))
             return
