@@ -36,6 +36,7 @@ MAX_OPTION_SIZE: Final = 1024  # bytes, newline included
 DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
 MAX_METHOD_LENGTH: Final = 256
 _MAX_SEQ: Final = 2**63 - 1
+_MAX_OPTION_INT: Final = 2**63 - 1  # ConnectTimeout, HandleTimeout, MaxFrameSize
 _LENGTH: Final = struct.Struct(">I")
 _unpack_length = _LENGTH.unpack_from
 _pack_length = _LENGTH.pack
@@ -99,8 +100,11 @@ def decode_option(line: bytes) -> Option:
     a refusal from a server (``{"Error": ...}``) comes back as ``Option(error=...)``.
     An unknown codec is *not* checked here: the caller decides what it supports.
     """
+    # Decoded as UTF-8 first: json.loads(bytes) would guess UTF-16 or UTF-32 too.
     try:
-        fields = json.loads(line)
+        fields = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProtocolError("Option must be UTF-8 JSON") from None
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"Option is not valid JSON: {exc}") from None
     if not isinstance(fields, dict):
@@ -116,8 +120,9 @@ def decode_option(line: bytes) -> Option:
     durations = []
     for key in ("ConnectTimeout", "HandleTimeout", "MaxFrameSize"):
         value = fields.get(key, 0)
-        if type(value) is not int or value < 0:
-            raise ProtocolError(f"{key} must be a non-negative integer")
+        # An int64, as Go's time.Duration: a larger one overflows a float conversion.
+        if type(value) is not int or not 0 <= value <= _MAX_OPTION_INT:
+            raise ProtocolError(f"{key} must be an integer from 0 to {_MAX_OPTION_INT}, not {str(value)[:32]}")
         durations.append(value)
     return Option(MAGIC_NUMBER, codec, durations[0], durations[1], None, durations[2])
 

@@ -80,3 +80,32 @@ async def test_cancelled_call_frees_its_arguments_without_the_cyclic_gc(how, tim
             tracemalloc.stop()
             gc.enable()
         await assert_serving(server)
+
+
+def _option_text(**fields) -> str:
+    return option(**fields).decode()
+
+
+@pytest.mark.parametrize("line", [
+    option(HandleTimeout=2**1024),
+    option(HandleTimeout=2**63),
+    option(ConnectTimeout=2**1024),
+    option(MaxFrameSize=2**1024),
+    _option_text(HandleTimeout=5).encode("utf-16-le"),
+    _option_text(HandleTimeout=5).encode("utf-32"),
+    option().replace(b'"HandleTimeout": 0', b'"HandleTimeout": 1.0'),
+    option().replace(b'"HandleTimeout": 0', b'"HandleTimeout": 1e+10'),
+], ids=["handle-2^1024", "handle-2^63", "connect-2^1024", "frame-2^1024", "utf-16", "utf-32", "1.0", "1e+10"])
+async def test_odd_option_values_are_a_counted_protocol_error_without_traceback(line, caplog):
+    """Row 43: the connection is closed before any call, the close is counted as the
+    peer's protocol error, and nothing is logged above DEBUG (no traceback)."""
+    arith = Arith()
+    async with serving(arith) as server:
+        with caplog.at_level(logging.DEBUG, logger="geerpc"), caplog.at_level(logging.DEBUG, logger="asyncio"):
+            async with raw_connection(server.address, handshake=False) as raw:
+                await raw.send(line + request(1, "Arith.add", 1, 2))
+                assert await raw.read_until_closed() == b""
+            await eventually(lambda: server.protocol_errors == 1, what="the protocol error counted")
+        assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
+        assert arith.calls == 0
+        await assert_serving(server)

@@ -181,6 +181,27 @@ def test_decode_option_rejects_bad_durations(key, value):
         p.decode_option(option_line(MagicNumber=p.MAGIC_NUMBER, **{key: value}))
 
 
+@pytest.mark.parametrize("key", ["ConnectTimeout", "HandleTimeout", "MaxFrameSize"])
+@pytest.mark.parametrize("text", ["9223372036854775808", str(2**1024), "1" + "0" * 400, "1.0", "1e+10", "1E3"])
+def test_decode_option_rejects_durations_out_of_int64_or_written_as_floats(key, text):
+    line = b'{"MagicNumber": 3927900, "%s": %s}' % (key.encode(), text.encode())
+    with pytest.raises(ProtocolError, match=f"{key} must be an integer from 0 to {2**63 - 1}"):
+        p.decode_option(line)
+
+
+def test_decode_option_accepts_the_largest_int64():
+    option = p.decode_option(option_line(MagicNumber=p.MAGIC_NUMBER, HandleTimeout=2**63 - 1))
+    assert option.handle_timeout == 2**63 - 1
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_decode_option_accepts_utf8_only(encoding):
+    text = json.dumps({"MagicNumber": p.MAGIC_NUMBER})
+    assert p.decode_option(text.encode("utf-8")).magic_number == p.MAGIC_NUMBER
+    with pytest.raises(ProtocolError):
+        p.decode_option(text.encode(encoding))
+
+
 @pytest.mark.parametrize("codec", [1, None, ["application/msgpack"], {"a": 1}])
 def test_decode_option_rejects_non_string_codec(codec):
     with pytest.raises(ProtocolError):
