@@ -78,6 +78,7 @@ class Calls:
         #: seq -> the call's task or worker job; the connection reads it for counts
         self.running: dict[int, asyncio.Task[None] | _SyncCall] = {}
         self._running = self.running
+        self._cancelled: set[asyncio.Task[None]] = set()  # cancelled tasks not yet ended
         self.frame_limit = frame_limit  # lowered to the client's own limit if smaller
         self.handle_timeout = handle_timeout  # lowered to the client's HandleTimeout if smaller
 
@@ -164,6 +165,8 @@ class Calls:
         if self._running.get(seq) is task:
             del self._running[seq]
             self._ended()
+        else:  # cancelled by the client (or the connection lost): already out of the table
+            self._cancelled.discard(task)
 
     def _sync_done(self, job: Job, ok: bool, value: Any) -> None:
         call = job
@@ -192,7 +195,14 @@ class Calls:
         if call is None:
             return
         if isinstance(call, asyncio.Task):
-            call.cancel(reason)  # _run replies (when the server is stopping) and cleans up
+            call.cancel(reason)  # _run replies (when the server is stopping)
+            if reason != STOPPING:
+                # The seq and the slot are free at once, as for a worker thread's call:
+                # the client may reuse the seq before the task has ended. The set keeps
+                # the task referenced until it does.
+                del self._running[seq]
+                self._cancelled.add(call)
+                self._ended()
             return
         call.abandoned = True
         if call.timer is not None:

@@ -109,3 +109,24 @@ async def test_odd_option_values_are_a_counted_protocol_error_without_traceback(
         assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
         assert arith.calls == 0
         await assert_serving(server)
+
+
+@pytest.mark.parametrize("started", [True, False], ids=["running", "not-yet-started"])
+async def test_cancelled_seq_can_be_reused_at_once_for_an_async_handler(started):
+    """A Cancel followed at once by a request with the same seq: the new call is
+    served (the cancelled task may not have ended yet), and it is no protocol error."""
+    arith = Arith()
+    async with serving(arith) as server:
+        async with raw_connection(server.address) as raw:
+            first = request(1, "Arith.sleep", 30)
+            if started:
+                await raw.send(first)
+                async with asyncio.timeout(5):
+                    await arith.started.wait()
+                first = b""
+            await raw.send(first + p.encode_cancel(1) + request(1, "Arith.add", 1, 2))
+            assert await raw.read_response() == p.Response(1, None, 3)
+            await raw.send(request(1, "Arith.sleep", 0))  # and once more, on a task
+            assert await raw.read_response() == p.Response(1, None, 0)
+        assert server.protocol_errors == 0
+        await assert_serving(server)
