@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import logging
 import math
 import re
 import socket
@@ -20,7 +21,8 @@ from _raw import fake_server
 from geerpc import protocol as p
 from geerpc.deadline import Deadline
 from geerpc.sync import SyncClient, SyncXClient
-from geerpc.xclient import XClient
+from geerpc.xclient import MultiServerDiscovery, SelectMode, XClient
+from geerpc.xclient.selection import Skipped
 from geerpc.xclient.registry_discovery import RegistryDiscovery
 
 GO_REFUSAL = p.encode_option(p.Option(error="unsupported codec 'application/msgpack', this server speaks gob"))
@@ -213,3 +215,74 @@ def test_registry_discovery_refuses_what_is_not_an_http_registry_url(url):
 async def test_registry_discovery_takes_http_and_https_urls():
     for url in ("http://127.0.0.1:9999/_geerpc_/registry", "https://registry.example/_geerpc_/registry"):
         await RegistryDiscovery(url).close()
+
+
+# ---------------------------------------------------------------- GeeRPC Go servers sharing a registry
+
+
+def test_skipped_holds_a_server_for_its_period_and_reports_each_period_once():
+    skipped = Skipped(30.0)
+    assert not skipped and skipped.fit(["a", "b"], 0.0) == ["a", "b"]
+    assert skipped.add("a", "a closed the connection", 100.0) is True
+    assert skipped.add("a", "a closed the connection", 110.0) is False  # a second caller saw the same dial fail
+    assert skipped.holds("a", 129.9) and skipped.fit(["a", "b"], 129.9) == ["b"]
+    assert not skipped.holds("a", 130.0) and skipped.fit(["a", "b"], 130.0) == ["a", "b"]
+    assert skipped.add("a", "a closed it again", 130.0) is True  # the next period is logged again
+    assert "a closed it again" in skipped.why(["a"], 131.0)
+
+
+def _counting(behaviour: Any, dials: list[int]) -> Any:
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        dials.append(1)
+        await behaviour(reader, writer)
+    return run
+
+
+def _skip_warnings(caplog: pytest.LogCaptureFixture, address: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if r.name == "geerpc.xclient" and r.levelno == logging.WARNING and address in r.getMessage()]
+
+
+@pytest.mark.parametrize("first", ["call", "broadcast"])
+@pytest.mark.parametrize("behaviour", [_close_after_option, _refuse_option], ids=["closes", "refuses"])
+async def test_a_go_server_in_the_list_is_dialled_once_and_calls_go_to_the_geerpc_server(
+        server, behaviour, first, caplog):
+    caplog.set_level(logging.WARNING, "geerpc.xclient")
+    dials: list[int] = []
+    async with fake_server(_counting(behaviour, dials)) as go:
+        discovery = MultiServerDiscovery([go, server.address])  # the Go server counts as offering any service
+        async with XClient(discovery, SelectMode.ROUND_ROBIN) as xc:
+            if first == "broadcast":
+                assert await xc.broadcast("Arith.add", 3, 4, timeout=5) == 7
+            for _ in range(8):
+                assert await xc.call("Arith.add", 1, 2, timeout=5) == 3
+            for _ in range(3):
+                assert await xc.broadcast("Arith.add", 3, 4, timeout=5) == 7
+    assert len(dials) == 1
+    [warning] = _skip_warnings(caplog, go)
+    assert "handshake" in warning.getMessage() or "refused" in warning.getMessage()
+
+
+async def test_when_every_server_is_skipped_the_call_says_why(caplog):
+    caplog.set_level(logging.WARNING, "geerpc.xclient")
+    dials: list[int] = []
+    async with fake_server(_counting(_close_after_option, dials)) as go:
+        async with XClient([go]) as xc:
+            with pytest.raises(geerpc.HandshakeError):  # the first dial finds it out
+                await xc.call("Arith.add", 1, 2, timeout=5)
+            for attempt in (lambda: xc.call("Arith.add", 1, 2, timeout=5),
+                            lambda: xc.broadcast("Arith.add", 1, 2, timeout=5)):
+                with pytest.raises(geerpc.NoServerAvailable) as info:
+                    await attempt()
+                message = str(info.value)
+                assert "1 skipped" in message and "handshake failed" in message and "not geerpc servers" in message
+                assert f"{go} closed the connection during the handshake" in message
+    assert len(dials) == 1
+    assert len(_skip_warnings(caplog, go)) == 1
+
+
+async def test_a_broadcast_that_only_finds_go_servers_raises_no_server_available():
+    async with fake_server(_refuse_option) as go:
+        async with XClient([go]) as xc:
+            with pytest.raises(geerpc.NoServerAvailable, match="handshake failed"):
+                await xc.broadcast("Arith.add", 1, 2, timeout=5)

@@ -1,4 +1,5 @@
-"""Select modes and the pure functions that pick a server: no I/O, no event loop."""
+"""Select modes, the pure functions that pick a server, and the servers to skip: no I/O,
+no event loop (what depends on the time takes ``now``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import enum
 import random
 from collections.abc import Sequence
 
-__all__ = ["SelectMode", "pick"]
+__all__ = ["SelectMode", "Skipped", "pick"]
 
 
 class SelectMode(enum.Enum):
@@ -29,3 +30,45 @@ def pick(servers: Sequence[str], mode: SelectMode, index: int, rng: random.Rando
     if mode is SelectMode.ROUND_ROBIN:
         return servers[index % len(servers)], index + 1
     raise ValueError(f"unknown select mode {mode!r}")
+
+
+class Skipped:
+    """Servers not to pick for a while, each with the reason, as of ``now`` (loop time).
+
+    Strategy: an XClient skips a server whose handshake failed (it took the
+    connection but is not a geerpc server: a GeeRPC Go server sharing the registry
+    speaks gob). Dialing it again on every pick would only fail over each time, so it
+    is left out for ``period`` seconds, then tried once more. Entries expire by
+    themselves; an empty table costs a pick nothing.
+    """
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._until: dict[str, tuple[float, str]] = {}  # address -> (skipped until, why)
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def add(self, address: str, reason: str, now: float) -> bool:
+        """Skip ``address`` until ``now + period``. True if it was not skipped already
+        (so the caller logs it once per period, not once per caller that saw it fail)."""
+        new = not self.holds(address, now)
+        if new:
+            self._until = {a: entry for a, entry in self._until.items() if entry[0] > now}
+            self._until[address] = (now + self.period, reason)
+        return new
+
+    def holds(self, address: str, now: float) -> bool:
+        """True while ``address`` is skipped."""
+        entry = self._until.get(address)
+        return entry is not None and entry[0] > now
+
+    def fit(self, servers: Sequence[str], now: float) -> list[str]:
+        """``servers`` without those skipped, in order."""
+        return [a for a in servers if not self.holds(a, now)] if self._until else list(servers)
+
+    def why(self, servers: Sequence[str], now: float) -> str:
+        """Why ``servers`` (all skipped) may not be called: for NoServerAvailable."""
+        reasons = "; ".join(self._until[a][1] for a in servers if self.holds(a, now))
+        return (f"{len(servers)} skipped for up to {self.period:g} s because their handshake failed, "
+                f"so they are probably not geerpc servers ({reasons})")

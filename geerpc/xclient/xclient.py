@@ -11,6 +11,11 @@ server at most once, all within the caller's timeout. A call whose connection
 dropped *after* it was sent may have run on the lost server: failover can run it
 twice, so use ``failover=False`` for calls that must not repeat. A RemoteError (the
 method ran and raised) and a timeout are never retried.
+
+A server whose handshake fails (it took the connection but is not a geerpc server,
+such as a GeeRPC Go server sharing the registry: it speaks gob) is skipped by calls
+and broadcasts for ``SKIP_PERIOD`` seconds, and logged once at WARNING per period;
+``selection.Skipped`` keeps that table.
 """
 
 from __future__ import annotations
@@ -19,20 +24,33 @@ import asyncio
 import logging
 import random
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from ..client import Client, dial
 from ..deadline import Deadline, check_timeout
-from ..errors import CallTimeout, ConnectError, ConnectionClosed, ConnectTimeout, NoServerAvailable, Unavailable
+from ..errors import (
+    CallTimeout,
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    HandshakeError,
+    NoServerAvailable,
+    Unavailable,
+)
 from .discovery import Discovery, MultiServerDiscovery
-from .selection import SelectMode
+from .selection import SelectMode, Skipped
 
-__all__ = ["XClient"]
+__all__ = ["SKIP_PERIOD", "XClient"]
 
 log = logging.getLogger("geerpc.xclient")
 
 # Errors after which the method did not run, or the connection failed before any reply.
 _FAILOVER_ERRORS = (ConnectError, ConnectTimeout, ConnectionClosed, Unavailable)
+
+# Seconds a server whose handshake failed is left out of picks and broadcasts.
+SKIP_PERIOD: Final = 30.0
+
+_SKIPPED: Final = object()  # a broadcast's answer from a server found not to be a geerpc server
 
 
 class XClient:
@@ -70,6 +88,7 @@ class XClient:
         self._seen_version = -1
         self._closed = False
         self._rng = random.Random()
+        self._skipped = Skipped(SKIP_PERIOD)
 
     # ------------------------------------------------------------- connections
 
@@ -103,6 +122,11 @@ class XClient:
             raise ConnectionClosed("XClient closed while dialing")
         self._clients[address] = client
         return client
+
+    def _skip(self, address: str, error: HandshakeError) -> None:
+        """Leave ``address`` out of picks for a while: it is not a geerpc server."""
+        if self._skipped.add(address, str(error), asyncio.get_running_loop().time()):
+            log.warning("skipping %s for %g s: %s", address, self._skipped.period, error)
 
     def _forget(self, address: str, client: Client | None) -> None:
         if client is not None and self._clients.get(address) is client:
@@ -145,7 +169,7 @@ class XClient:
             client: Client | None = None
             try:
                 async with asyncio.timeout_at(at):
-                    address = await self._pick(service, tried, last_error)  # raises when all failed
+                    address = await self._pick(service, service_method, tried, last_error)  # raises when all failed
             except TimeoutError as exc:
                 if isinstance(exc, CallTimeout) or deadline is None:
                     raise
@@ -156,6 +180,8 @@ class XClient:
                     client = await self._client(address)
                 return await client.call_until(deadline, service_method, args, kwargs)
             except _FAILOVER_ERRORS as exc:
+                if isinstance(exc, HandshakeError):
+                    self._skip(address, exc)
                 if not isinstance(exc, Unavailable):
                     # Unavailable: the server is stopping but drains calls others have on
                     # this connection; stop choosing it (it is deregistering) but keep it.
@@ -170,15 +196,29 @@ class XClient:
                 raise deadline.expired_error(service_method, f"dialing {address}") from None
             await self._prune()
 
-    async def _pick(self, service: str | None, tried: set[str], last_error: BaseException | None) -> str:
+    async def _pick(self, service: str | None, service_method: str, tried: set[str],
+                    last_error: BaseException | None) -> str:
+        skipped = self._skipped
         if not tried:
             address = await self.discovery.get(self.mode, service)
             await self._prune()
-            return address
-        untried = [a for a in await self.discovery.get_all(service) if a not in tried]
+            if not skipped or not skipped.holds(address, asyncio.get_running_loop().time()):
+                return address
+            # The select mode chose a skipped server: ask again, as many times as there
+            # are servers (this keeps RANDOM uniform and ROUND_ROBIN's order over the
+            # others), then take any server not skipped.
+            servers = await self.discovery.get_all(service)
+            for _ in servers:
+                address = await self.discovery.get(self.mode, service)
+                if not skipped.holds(address, asyncio.get_running_loop().time()):
+                    return address
+        servers = await self.discovery.get_all(service)
+        untried = [a for a in skipped.fit(servers, asyncio.get_running_loop().time()) if a not in tried]
         if not untried:
-            assert last_error is not None
-            raise last_error
+            if last_error is not None:
+                raise last_error
+            raise NoServerAvailable(f"no server{_offering(service)} to call {service_method}: "
+                                    f"{skipped.why(servers, asyncio.get_running_loop().time())}")
         return untried[self._rng.randrange(len(untried))]
 
     async def broadcast(self, service_method: str, /, *args: Any, timeout: float | None = None,
@@ -203,11 +243,20 @@ class XClient:
                 raise
             raise deadline.expired_error(f"broadcast of {service_method}", "finding the servers") from None
         if not servers:
-            what = f" offering {service!r}" if service else ""
-            raise NoServerAvailable(f"no server{what} to broadcast {service_method} to")
+            raise NoServerAvailable(f"no server{_offering(service)} to broadcast {service_method} to")
+        listed = servers
+        if self._skipped:
+            servers = self._skipped.fit(listed, loop.time())
+            if not servers:
+                raise NoServerAvailable(f"no server{_offering(service)} to broadcast {service_method} to: "
+                                        f"{self._skipped.why(listed, loop.time())}")
 
         async def one(address: str) -> Any:
-            client = await self._client(address)
+            try:
+                client = await self._client(address)
+            except HandshakeError as exc:
+                self._skip(address, exc)  # not a geerpc server: it has no say in the broadcast
+                return _SKIPPED
             try:
                 return await client.call_until(deadline, service_method, args, kwargs)
             except ConnectionClosed:
@@ -217,7 +266,7 @@ class XClient:
         tasks = [asyncio.ensure_future(one(address)) for address in servers]
         try:
             pending: set[asyncio.Future[Any]] = set(tasks)
-            result: Any = None
+            result: Any = _SKIPPED
             while pending:
                 left = None if deadline is None else max(0.0, deadline.left(loop.time()))
                 done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_EXCEPTION)
@@ -230,11 +279,14 @@ class XClient:
                         done = set()
                     elif error is not None:
                         raise error
-                    else:
+                    elif task.result() is not _SKIPPED:
                         result = task.result()
                 if not done:
                     assert deadline is not None
                     raise deadline.expired_error(f"broadcast of {service_method}", f"on {len(servers)} servers")
+            if result is _SKIPPED:
+                raise NoServerAvailable(f"no server{_offering(service)} to broadcast {service_method} to: "
+                                        f"{self._skipped.why(listed, loop.time())}")
             return result
         finally:
             for task in tasks:
@@ -267,6 +319,10 @@ class XClient:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+
+def _offering(service: str | None) -> str:
+    return f" offering {service!r}" if service else ""
 
 
 def _as_discovery(discovery: Discovery | str | list[str]) -> Discovery:
