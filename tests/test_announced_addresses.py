@@ -1,6 +1,8 @@
-"""Addresses a registry hands to clients must not turn clients against their own host."""
+"""What a registry hands to clients, and its watch slots, must not be turned against clients."""
 
 from __future__ import annotations
+
+import asyncio
 
 import aiohttp
 import pytest
@@ -76,3 +78,50 @@ def test_discovery_drops_what_the_registry_should_not_have_listed():
     assert list(remote.servers) == ["tcp@10.0.0.5:9000"]
     local = ReplyReader("http://127.0.0.1:9999/_geerpc_/registry").read("text/plain", header, b"", 0.0)
     assert list(local.servers) == ["tcp@10.0.0.5:9000", "unix@/var/run/docker.sock"]
+
+
+async def _park(session: aiohttp.ClientSession, url: str, index: str) -> aiohttp.ClientResponse:
+    return await session.get(url, params={"index": index, "wait": "30"})
+
+
+async def test_one_peer_cannot_take_every_watch_slot():
+    from conftest import eventually
+
+    registry = Registry(max_watchers=8, max_watchers_per_peer=2)
+    url = await registry.start("127.0.0.1", 0)
+    attacker = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    watcher = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0)))
+    parked = []
+    try:
+        async with watcher.get(url) as first:
+            index = first.headers["X-Geerpc-Index"]
+        parked = [asyncio.ensure_future(_park(attacker, url, index)) for _ in range(2)]
+        await eventually(lambda: registry.watchers == 2, what="the attacker's two watches parked")
+        async with asyncio.timeout(2):  # refused at once, not parked
+            async with attacker.get(url, params={"index": index, "wait": "30"}) as refused:
+                assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+                assert "127.0.0.2" in await refused.text()
+        # Another peer still watches, and hears of a change at once.
+        real = asyncio.ensure_future(_park(watcher, url, index))
+        await eventually(lambda: registry.watchers == 3, what="the real watcher parked")
+        async with watcher.post(url, headers={"X-Geerpc-Server": "tcp@10.0.0.5:9000"}) as posted:
+            assert posted.status == 200
+        async with asyncio.timeout(2):
+            response = await real
+        assert response.status == 200 and response.headers["X-Geerpc-Servers"] == "tcp@10.0.0.5:9000"
+        response.release()
+    finally:
+        for task in parked:
+            task.cancel()
+        await asyncio.gather(*parked, return_exceptions=True)
+        await registry.stop()
+        await attacker.close()
+        await watcher.close()
+
+
+def test_watch_caps_are_checked():
+    with pytest.raises(ValueError, match="max_watchers_per_peer"):
+        Registry(max_watchers_per_peer=0)
+    assert Registry(max_watchers=1024).max_watchers_per_peer == 64
+    assert Registry(max_watchers=100).max_watchers_per_peer == 16
+    assert Registry(max_watchers=2).max_watchers_per_peer == 2

@@ -68,7 +68,10 @@ class Registry:
 
     ``timeout`` is how many seconds a server stays listed without a heartbeat
     (0: forever). ``max_servers`` caps the table (a new server beyond it gets 503),
-    ``max_watchers`` caps concurrent long-poll GETs (beyond it: 429), ``max_wait``
+    ``max_watchers`` caps concurrent long-poll GETs (beyond it: 429), and
+    ``max_watchers_per_peer`` those from one IP address, so one client cannot take
+    the slots of all the others (default: a sixteenth of ``max_watchers``, at least
+    16 or all of them). ``max_wait``
     caps a watch's ``wait``, ``keepalive_timeout`` closes idle connections (and
     connections that have not sent a whole request head) after that many seconds.
     ``clock`` is a monotonic clock in seconds. Browsers get a live dashboard at the
@@ -87,6 +90,7 @@ class Registry:
         max_servers: int = MAX_SERVERS,
         max_services: int = MAX_SERVICES,
         max_watchers: int = MAX_WATCHERS,
+        max_watchers_per_peer: int | None = None,
         max_wait: float = MAX_WAIT,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
@@ -99,7 +103,13 @@ class Registry:
             raise ValueError(f"max_wait must be a finite number of seconds >= 0.1, not {max_wait!r}")
         self.table = LivenessTable(timeout, max_servers=max_servers, max_services=max_services)
         self.path = path
+        for name, value in (("max_watchers", max_watchers), ("max_watchers_per_peer", max_watchers_per_peer)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
         self.max_watchers = max_watchers
+        # default: a sixteenth of the slots, but at least 16 (all of them when fewer)
+        self.max_watchers_per_peer = (max(min(max_watchers, 16), max_watchers // 16)
+                                      if max_watchers_per_peer is None else max_watchers_per_peer)
         self.max_wait = max_wait
         self.keepalive_timeout = keepalive_timeout
         self._page = render_dashboard(path)
@@ -108,6 +118,7 @@ class Registry:
         self._changed = asyncio.Event()
         self._rearm = asyncio.Event()
         self._watchers = 0
+        self._watchers_by_peer: dict[str, int] = {}  # only peers with a parked watch
         self._closing = False
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -290,11 +301,19 @@ class Registry:
         html = prefers_html(request.headers.get("Accept", ""))
         self._expire()
         if index is not None and index == self.table.index and not self._closing and not html:
+            peer = request.remote or ""
+            mine = self._watchers_by_peer.get(peer, 0)
+            refusal = None
             if self._watchers >= self.max_watchers:
-                response = self._reply(429, f"too many watchers ({self.max_watchers}); poll instead")
+                refusal = f"too many watchers ({self.max_watchers}); poll instead"
+            elif mine >= self.max_watchers_per_peer:
+                refusal = f"too many watchers from {peer or 'this peer'} ({self.max_watchers_per_peer}); poll instead"
+            if refusal is not None:
+                response = self._reply(429, refusal)
                 response.headers["Retry-After"] = "1"
                 return response
             self._watchers += 1
+            self._watchers_by_peer[peer] = mine + 1
             try:
                 async with asyncio.timeout(min(DEFAULT_WAIT, self.max_wait) if wait is None else wait):
                     await self._changed.wait()
@@ -302,6 +321,11 @@ class Registry:
                 pass  # the wait is over: answer with the unchanged list
             finally:
                 self._watchers -= 1
+                left = self._watchers_by_peer[peer] - 1
+                if left:
+                    self._watchers_by_peer[peer] = left
+                else:
+                    del self._watchers_by_peer[peer]
         return self._render(request, service, html)
 
     def _render(self, request: web.Request, service: str | None, html: bool) -> web.Response:
