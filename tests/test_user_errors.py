@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import inspect
 import logging
 import math
+import pydoc
 import re
 import socket
 import threading
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Arith
+from conftest import ROOT, Arith
 
 import geerpc
 from _raw import fake_server
@@ -286,3 +288,24 @@ async def test_a_broadcast_that_only_finds_go_servers_raises_no_server_available
         async with XClient([go]) as xc:
             with pytest.raises(geerpc.NoServerAvailable, match="handshake failed"):
                 await xc.broadcast("Arith.add", 1, 2, timeout=5)
+
+
+# ---------------------------------------------------------------- small things
+
+
+def test_help_on_xclient_documents_every_constructor_argument_and_its_default():
+    doc = inspect.getdoc(XClient)
+    assert doc is not None and doc in pydoc.render_doc(XClient, renderer=pydoc.plaintext).replace("\n |  ", "\n")
+    args = re.split(r"\n    (\w+): ", "\n" + doc.split("\nArgs:\n", 1)[1].split("\n\n", 1)[0])
+    documented = dict(zip(args[1::2], args[2::2]))  # argument -> what the docstring says of it
+    for name, param in inspect.signature(XClient).parameters.items():
+        assert name in documented, f"XClient's docstring does not document {name}"
+        if param.default is not param.empty:
+            shown = param.default.name if isinstance(param.default, SelectMode) else repr(param.default)
+            assert shown in documented[name], f"the docstring does not give {name}'s default {shown}"
+
+
+def test_the_package_ships_an_mit_license():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n") and "Copyright (c) 2026 the geerpc authors" in text
+    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()

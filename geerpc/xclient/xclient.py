@@ -56,13 +56,26 @@ _SKIPPED: Final = object()  # a broadcast's answer from a server found not to be
 class XClient:
     """Calls services offered by the servers that ``discovery`` knows.
 
+    Creating one does not connect: servers are dialled by the first calls, and each
+    connection is kept for the next. Use it with ``async with``, or call ``close()``.
+
     Args:
-        discovery: a Discovery, a list of addresses, or a registry URL
-            (``http://...`` for the built-in registry, ``etcd://...`` for etcd).
-        mode: SelectMode.RANDOM or SelectMode.ROUND_ROBIN.
-        failover: try another server when one cannot be reached (see module doc).
-        connect_timeout: seconds for each dial (also bounded by the call's timeout).
-        close_discovery: close the discovery when the XClient closes.
+        discovery: a Discovery, a list of server addresses (``["tcp@host:port", ...]``),
+            or a registry URL (``http://...`` or ``https://...`` for the built-in
+            registry, ``etcd://...`` for etcd).
+        mode: how a call picks its server, SelectMode.RANDOM (default) or
+            SelectMode.ROUND_ROBIN; a broadcast calls them all.
+        failover: when True (default), a call whose server cannot be reached or is
+            stopping moves on to another server (see the module docstring).
+        connect_timeout: seconds for each dial and handshake, default 10.0; None or
+            infinity for no limit. A call's own timeout bounds its dials too.
+        close_discovery: when True (default), ``close()`` closes the discovery too;
+            pass False to share one discovery between XClients.
+
+    Raises:
+        ValueError: a string that is not a registry URL, a mode that is not a
+            SelectMode, or a ``connect_timeout`` of zero, below zero or NaN.
+        TypeError: a ``connect_timeout`` that is not a number.
     """
 
     def __init__(
