@@ -266,7 +266,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             return
         # The deadline starts when the request arrives: time held at the cap counts.
         deadline = None
-        if message.timeout is not None or self._calls.handle_timeout is not None:
+        if message.timeout or self._calls.handle_timeout is not None:  # a timeout of 0 is none
             seconds = budget(message.timeout, self._calls.handle_timeout)
             deadline = None if seconds is None else self._loop.time() + seconds
         if len(self._running) < self._limits.max_in_flight and not self._held:

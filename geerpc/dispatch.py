@@ -35,10 +35,13 @@ _EAGER = sys.version_info >= (3, 12)
 
 
 def budget(timeout: float | None, handle_timeout: float | None) -> float | None:
-    """Seconds a call may take: the caller's time left or the handle timeout, whichever is smaller."""
-    if handle_timeout is not None and (timeout is None or handle_timeout < timeout):
+    """Seconds a call may take: the caller's time left or the handle timeout, whichever is smaller.
+
+    A ``timeout`` of 0 means no deadline, as a HandleTimeout of 0 does in the Option.
+    """
+    if handle_timeout is not None and (not timeout or handle_timeout < timeout):
         return handle_timeout
-    return timeout
+    return timeout or None
 
 
 def _cancelled_by_someone() -> bool:
@@ -99,11 +102,7 @@ class Calls:
                 self._queue(frame)
                 method.record(perf_counter() - start, ok)
             return
-        if deadline is not None and deadline <= self._loop.time():  # ran out while held
-            self._queue(timeout_reply(seq, method, budget(message.timeout, self.handle_timeout) or 0.0))
-            method.record(0.0, False)
-            return
-        if method.is_async:
+        if method.is_async:  # _run checks the deadline once the task runs
             coroutine = self._run(message, method, deadline, start)
             if _EAGER:
                 task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
@@ -115,6 +114,10 @@ class Calls:
             # Cleaned up by a callback, not in _run: a task cancelled before its first
             # step (a Cancel in the same read as its Request) never runs _run at all.
             task.add_done_callback(functools.partial(self._task_done, seq))
+            return
+        if deadline is not None and deadline <= self._loop.time():  # ran out while held
+            self._queue(timeout_reply(seq, method, budget(message.timeout, self.handle_timeout) or 0.0))
+            method.record(0.0, False)
             return
         call = _SyncCall(method.func, args, kwargs, self._sync_done)
         call.seq, call.method, call.timer, call.start = seq, method, None, start
@@ -130,6 +133,12 @@ class Calls:
             if deadline is None:
                 result = await method.func(*args, **kwargs)
             else:
+                # Checked here, not before the task was made: without an eager start
+                # the deadline may pass before the task's first step, and a handler
+                # must never start for a call answered TIMEOUT without running.
+                if deadline <= self._loop.time():
+                    self._reply(timeout_reply(seq, method, budget(message.timeout, self.handle_timeout) or 0.0))
+                    return
                 scope = asyncio.timeout_at(deadline)
                 try:
                     async with scope:

@@ -130,3 +130,54 @@ async def test_cancelled_seq_can_be_reused_at_once_for_an_async_handler(started)
             assert await raw.read_response() == p.Response(1, None, 0)
         assert server.protocol_errors == 0
         await assert_serving(server)
+
+
+class Counted:
+    """One handler per way the server runs a call, each counting its starts."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+
+    async def inline(self, x):
+        self.starts += 1
+        return x
+
+    async def task(self, x):
+        self.starts += 1
+        await asyncio.sleep(0)
+        return x
+
+    def thread(self, x):
+        self.starts += 1
+        return x
+
+
+@pytest.mark.parametrize("handle_timeout", [None, 5.0])
+@pytest.mark.parametrize("method", ["inline", "task", "thread"])
+async def test_request_timeout_zero_means_no_deadline(method, handle_timeout):
+    """A request's timeout of 0 means no deadline, as HandleTimeout 0 in the Option:
+    the call runs and is answered normally (only a handle timeout would bound it)."""
+    counted = Counted()
+    async with serving(Arith(), counted, handle_timeout=handle_timeout) as server:
+        async with raw_connection(server.address) as raw:
+            for seq, timeout in ((1, 0), (2, 0.0)):
+                await raw.send(request(seq, f"Counted.{method}", seq, timeout=timeout))
+                assert await raw.read_response() == p.Response(seq, None, seq)
+        assert counted.starts == 2
+        await assert_serving(server)
+
+
+async def test_a_call_answered_timeout_before_it_ran_never_starts_its_handler():
+    """With a timeout of 10 µs most deadlines pass between the read that carried 200
+    requests and the first step of their tasks: those calls are answered TIMEOUT, and
+    none of their handlers started."""
+    method = "task"
+    counted = Counted()
+    async with serving(Arith(), counted) as server:
+        async with raw_connection(server.address) as raw:
+            frames = b"".join(request(seq, f"Counted.{method}", seq, timeout=1e-5) for seq in range(1, 201))
+            await raw.send(frames)
+            replies = [await raw.read_response() for _ in range(200)]
+        assert {r.error[0] for r in replies if r.error} <= {p.ErrorCode.TIMEOUT}
+        assert counted.starts == sum(1 for r in replies if r.error is None)
+        await assert_serving(server)
