@@ -11,6 +11,9 @@ from __future__ import annotations
 import collections
 import dis
 import inspect
+import os
+import sys
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,20 +66,66 @@ def _valid_name(name: str) -> bool:
     return bool(name) and name.isidentifier() and not name.startswith("_")
 
 
+def _library_class(cls: type) -> bool:
+    """Whether ``cls`` comes from the builtins or the standard library (not site-packages)."""
+    module_name = cls.__module__
+    if module_name == "builtins":
+        return True
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str):  # compiled into the interpreter, or not a real module
+        return module_name.partition(".")[0] in sys.stdlib_module_names
+    path = os.path.realpath(file)
+    return (any(path.startswith(root) for root in _STDLIB_ROOTS)
+            and not any(path.startswith(root) for root in _PACKAGE_ROOTS))
+
+
+def _stdlib_roots(*keys: str) -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    return tuple({os.path.join(os.path.realpath(paths[key]), "") for key in keys if key in paths})
+
+
+_STDLIB_ROOTS = _stdlib_roots("stdlib", "platstdlib")
+_PACKAGE_ROOTS = _stdlib_roots("purelib", "platlib")  # site-packages may sit inside the stdlib's folder
+
+
+def _refusal(instance: Any) -> str | None:
+    """Why ``instance`` cannot be registered at all, or None."""
+    if isinstance(instance, type):
+        return (f"register an instance, not the class {instance.__name__}: "
+                f"pass {instance.__name__}() (a class would expose type's own methods)")
+    if inspect.ismodule(instance):
+        return f"register an instance of a class, not the module {instance.__name__}"
+    if _library_class(type(instance)):
+        return (f"{type(instance).__name__} is a builtin or standard-library type: "
+                "register an instance of your own class")
+    return None
+
+
 def build_service(instance: Any, name: str | None = None) -> Service:
     """Collect the public methods of ``instance``: names not starting with ``_``.
 
-    Attributes are inspected on the class with ``inspect.getattr_static`` so that
-    registering an object never runs its properties. Raises ValueError for a bad
-    service name or an object with no public methods.
+    Only methods defined on the user's own classes are exposed: a name that resolves
+    to a builtin or standard-library class in the MRO (``dict.update``,
+    ``Exception.with_traceback``) is not. Attributes are inspected on the class with
+    ``inspect.getattr_static`` so that registering an object never runs its
+    properties. Raises ValueError for a bad service name, for a class, module or
+    builtin object, and for an object with no public methods.
     """
+    refusal = _refusal(instance)
+    if refusal is not None:
+        raise ValueError(refusal)
     if name is None:
         name = type(instance).__name__
     if not isinstance(name, str) or not _valid_name(name):
         raise ValueError(f"service name {name!r} must be a public Python identifier (no dots, no leading _)")
+    mro = type(instance).__mro__
     methods: dict[str, Method] = {}
     for attr in dir(type(instance)):
         if not _valid_name(attr):
+            continue
+        owner = next((cls for cls in mro if attr in vars(cls)), None)
+        if owner is None or _library_class(owner):
             continue
         static = inspect.getattr_static(instance, attr)
         if isinstance(static, (staticmethod, classmethod)):

@@ -6,6 +6,7 @@ No sockets and no event loop: build_service only looks at the object.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 
 import pytest
@@ -186,6 +187,79 @@ def test_getattr_hook_is_not_consulted():
             return 1
 
     assert list(build_service(Dynamic()).methods) == ["real"]
+
+
+# --------------------------------------------------------------------------- builtin and library bases
+
+
+class Settings(dict):
+    def lookup(self, key):
+        return self.get(key)
+
+
+class Failure(Exception):
+    def describe(self):
+        return str(self)
+
+
+class OwnCopy(dict):
+    def copy(self):  # overriding a builtin's method makes it the user's own
+        return dict(self)
+
+
+class Ordered(collections.OrderedDict):  # a standard-library (not builtin) base
+    def first(self):
+        return next(iter(self))
+
+
+class Base:
+    def shared(self):
+        return "base"
+
+
+class Derived(Base, dict):
+    def own(self):
+        return "derived"
+
+
+def test_dict_subclass_exposes_only_its_own_methods():
+    assert list(build_service(Settings()).methods) == ["lookup"]
+
+
+def test_exception_subclass_exposes_only_its_own_methods():
+    assert list(build_service(Failure("x")).methods) == ["describe"]
+
+
+def test_standard_library_base_methods_are_not_exposed():
+    assert list(build_service(Ordered()).methods) == ["first"]
+
+
+def test_user_override_of_a_builtin_method_is_exposed():
+    assert list(build_service(OwnCopy()).methods) == ["copy"]
+
+
+def test_methods_of_user_bases_are_exposed_beside_a_builtin_base():
+    assert sorted(build_service(Derived()).methods) == ["own", "shared"]
+
+
+@pytest.mark.parametrize("cls", [Calc, Settings, type, dict])
+def test_a_class_is_refused_with_a_message_saying_what_to_pass(cls):
+    with pytest.raises(ValueError, match=rf"register an instance, not the class {cls.__name__}: pass {cls.__name__}\(\)"):
+        build_service(cls)
+
+
+@pytest.mark.parametrize("module", [collections, functools, pytest])
+def test_a_module_is_refused(module):
+    with pytest.raises(ValueError, match=f"not the module {module.__name__}"):
+        build_service(module)
+
+
+@pytest.mark.parametrize("value", [{}, [], "text", 42, len, print, object(), ValueError("x"),
+                                   collections.OrderedDict(), collections.Counter()],
+                         ids=lambda v: type(v).__name__)
+def test_builtin_and_standard_library_objects_are_refused(value):
+    with pytest.raises(ValueError, match="is a builtin or standard-library type: register an instance of your own"):
+        build_service(value)
 
 
 # --------------------------------------------------------------------------- async detection
