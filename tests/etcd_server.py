@@ -129,6 +129,13 @@ class EtcdProcess:
         self.stop()
         self.start()
 
+    def wipe(self) -> None:
+        """Stop, delete the data directory, and start afresh on the same ports: a new
+        cluster (new ids, revisions from 1), as etcd in a container without a volume."""
+        self.stop()
+        shutil.rmtree(self._tmp / "data", ignore_errors=True)
+        self.start()
+
     def close(self) -> None:
         """Stop etcd and delete its data directory."""
         self.stop()

@@ -389,6 +389,33 @@ async def test_both_sides_recover_when_etcd_restarts(prefix: str, caplog: pytest
         await asyncio.to_thread(own.close)
 
 
+async def test_discovery_follows_an_etcd_that_lost_its_data(prefix: str) -> None:
+    own = EtcdProcess(_etcd_or_skip())
+    aetcd = _aetcd_or_skip()
+    await asyncio.to_thread(own.start)
+    try:
+        async with aetcd.Client("127.0.0.1", own.client_port, timeout=5) as kv:
+            for i in range(300):  # revisions well past what the fresh etcd will reach
+                await kv.put(f"/{prefix}-other/{i}".encode(), b"x")
+        discovery = EtcdDiscovery(own.url(prefix))
+        reg = await register(own.url(prefix, ttl=2), A1, ["Arith"])
+        try:
+            await eventually(lambda: _has(discovery, A1), 2, "registration seen")
+            await asyncio.to_thread(own.wipe)  # same port, empty data: revisions start at 1 again
+            # The keep-alive finds its lease gone and writes its key again; discovery
+            # must take the new cluster's list although its revisions are lower.
+            async with await register(own.url(prefix), A2, ["Arith"]):
+                await eventually(lambda: _has(discovery, A2), 10, "a server registered after the wipe seen")
+                await eventually(lambda: _has(discovery, A1), 10, "the re-registered server kept")
+            await eventually(lambda: _lacks(discovery, A2), 2, "deregistration after the wipe seen")
+            assert await discovery.get_all() == [A1]
+        finally:
+            await reg.stop()
+            await discovery.close()
+    finally:
+        await asyncio.to_thread(own.close)
+
+
 async def _leased_anew(kv, key: bytes, lease_id: int, old: int) -> bool:
     got = await kv.get(key)
     return got is not None and got.lease == lease_id != old

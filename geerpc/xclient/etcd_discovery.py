@@ -8,7 +8,10 @@ and imports aetcd only when constructed.
 Strategy: list the prefix, then watch it from the next revision, so that no change
 between the two is missed. When the watch breaks (etcd stopped, a network fault),
 list again and watch again, with back-off, trying the other endpoints. Meanwhile the
-last list stays in force: a client keeps calling the servers it knows.
+last list stays in force: a client keeps calling the servers it knows. An etcd that
+comes back with its data wiped (as in a container without a volume) counts revisions
+from 1 again: seen when a relisting is below what was applied (or by another cluster
+id, or a Raft term gone back), its listing then replaces ours whatever its revision.
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class EtcdDiscovery(ServerList):
         self._listed_revision = 0
         # Newest revision applied, so that a slower listing never undoes newer events.
         self._applied_revision = 0
+        # Whose revisions those are: an etcd whose data was wiped counts revisions from
+        # 1 again. Its cluster id may be the same (it is derived from the member names
+        # and URLs), but its Raft term starts over, and a term never goes back otherwise.
+        self._cluster: tuple[int, int] | None = None  # cluster id, Raft term
         self._listed = asyncio.Event()
         self._first_deadline = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -148,7 +155,7 @@ class EtcdDiscovery(ServerList):
 
     async def _list_and_watch(self) -> None:
         listing = await self._clients.call(self._list)
-        self._apply_listing(listing)
+        self._apply_listing(listing, relisting=True)
         client = self._clients.client()
         watch: aetcd.Watch | None = None
         try:
@@ -177,8 +184,20 @@ class EtcdDiscovery(ServerList):
 
     # ------------------------------------------------------------ applying changes
 
-    def _apply_listing(self, listing: aetcd.GetRange) -> None:
-        revision = listing.header.revision
+    def _apply_listing(self, listing: aetcd.GetRange, *, relisting: bool = False) -> None:
+        """Apply a listing. ``relisting``: taken while no watch runs, so that nothing
+        newer can have been applied from the same etcd since it was read."""
+        header = listing.header
+        revision, cluster = header.revision, (header.cluster_id, header.raft_term)
+        # A linearizable read returns etcd's current revision, so a relisting below what
+        # we applied, another cluster id, or a Raft term gone back means etcd started
+        # over (its data wiped, as in a container without a volume).
+        if self._cluster is not None and (cluster[0] != self._cluster[0] or cluster[1] < self._cluster[1]
+                                          or (relisting and revision < self._applied_revision)):
+            logger.warning("etcd at %s started over (revision %d, we had applied %d: its data was reset?); "
+                           "taking its list afresh", self.url.describe(), revision, self._applied_revision)
+            self._applied_revision = 0  # the old revisions mean nothing here
+        self._cluster = cluster
         if revision < self._applied_revision:
             return  # a listing older than events already applied
         entries: dict[bytes, _Entry] = {}
