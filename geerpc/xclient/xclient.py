@@ -212,26 +212,26 @@ class XClient:
     async def _pick(self, service: str | None, service_method: str, tried: set[str],
                     last_error: BaseException | None) -> str:
         skipped = self._skipped
+        clock = asyncio.get_running_loop().time
         if not tried:
             address = await self.discovery.get(self.mode, service)
             await self._prune()
-            if not skipped or not skipped.holds(address, asyncio.get_running_loop().time()):
+            if not skipped or not skipped.holds(address, clock()):
                 return address
-            # The select mode chose a skipped server: ask again, as many times as there
-            # are servers (this keeps RANDOM uniform and ROUND_ROBIN's order over the
-            # others), then take any server not skipped.
-            servers = await self.discovery.get_all(service)
-            for _ in servers:
+            # The select mode chose a skipped server: ask it again, at most once per
+            # server listed (RANDOM stays uniform over the others, ROUND_ROBIN moves on
+            # to the next in its order), then take any server not skipped.
+            for _ in await self.discovery.get_all(service):
                 address = await self.discovery.get(self.mode, service)
-                if not skipped.holds(address, asyncio.get_running_loop().time()):
+                if not skipped.holds(address, clock()):
                     return address
         servers = await self.discovery.get_all(service)
-        untried = [a for a in skipped.fit(servers, asyncio.get_running_loop().time()) if a not in tried]
+        untried = [a for a in skipped.fit(servers, clock()) if a not in tried]
         if not untried:
             if last_error is not None:
                 raise last_error
             raise NoServerAvailable(f"no server{_offering(service)} to call {service_method}: "
-                                    f"{skipped.why(servers, asyncio.get_running_loop().time())}")
+                                    f"{skipped.why(servers, clock())}")
         return untried[self._rng.randrange(len(untried))]
 
     async def broadcast(self, service_method: str, /, *args: Any, timeout: float | None = None,
