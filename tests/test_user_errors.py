@@ -16,16 +16,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _raw import fake_server
 from conftest import ROOT, Arith
 
 import geerpc
-from _raw import fake_server
 from geerpc import protocol as p
 from geerpc.deadline import Deadline
 from geerpc.sync import SyncClient, SyncXClient
 from geerpc.xclient import MultiServerDiscovery, SelectMode, XClient
-from geerpc.xclient.selection import Skipped
 from geerpc.xclient.registry_discovery import RegistryDiscovery
+from geerpc.xclient.selection import Skipped
 
 GO_REFUSAL = p.encode_option(p.Option(error="unsupported codec 'application/msgpack', this server speaks gob"))
 
@@ -68,13 +68,13 @@ def _says_it_once(message: str, address: str) -> None:
 
 
 @pytest.mark.parametrize(("behaviour", "scheme", "expected"), [
-    (_close_after_option, "tcp", "{a} closed the connection during the handshake: not a geerpc server, "
-                                 "or it does not speak application/msgpack"),
-    (_refuse_option, "tcp", "{a} refused the connection: unsupported codec 'application/msgpack', "
-                            "this server speaks gob"),
+    (_close_after_option, "tcp", ("{a} closed the connection during the handshake: not a geerpc server, "
+                                  "or it does not speak application/msgpack")),
+    (_refuse_option, "tcp", ("{a} refused the connection: unsupported codec 'application/msgpack', "
+                             "this server speaks gob")),
     (_answer_garbage, "tcp", "{a}: not a geerpc server (Option is not valid JSON"),
-    (_http_404, "http", "{a} answered CONNECT with 404 Not Found: an HTTP server, but not a geerpc or "
-                        "GeeRPC RPC port"),
+    (_http_404, "http", ("{a} answered CONNECT with 404 Not Found: an HTTP server, but not a geerpc or "
+                         "GeeRPC RPC port")),
 ], ids=["closed", "refusal Option", "bad Option line", "CONNECT 404"])
 async def test_a_failed_handshake_is_said_once_with_its_likely_cause(behaviour, scheme, expected):
     async with fake_server(behaviour) as tcp_address:
