@@ -206,8 +206,10 @@ class Client:
                 (ServiceNotFound, MethodNotFound, InvalidArguments, Unavailable are
                 subclasses).
             ConnectionClosed: the connection is gone (the call may have run).
-            TypeError: the arguments cannot be encoded with msgpack.
-            ValueError: the request is larger than the frame limit.
+            TypeError: the arguments cannot be encoded with msgpack, or ``timeout``
+                is not a number (``deadline.check_timeout`` has the one rule).
+            ValueError: the request is larger than the frame limit, or ``timeout``
+                is zero, negative or NaN (infinity means no timeout).
         """
         deadline = None if timeout is None else Deadline.after(timeout, self._conn.loop.time())
         return await self.call_until(deadline, service_method, args, kwargs)

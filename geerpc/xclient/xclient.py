@@ -167,9 +167,10 @@ class XClient:
     async def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Call one server chosen by the select mode; fail over as the module says.
 
-        Raises NoServerAvailable when discovery offers no server for the service,
-        CallTimeout when ``timeout`` passes (dials and failover included), and
-        otherwise what ``Client.call`` raises.
+        Raises NoServerAvailable when discovery offers no server for the service
+        (or every one is skipped, see the module docstring), CallTimeout when
+        ``timeout`` passes (dials and failover included), and otherwise what
+        ``Client.call`` raises, a bad ``timeout`` included.
         """
         self._check_open()
         loop = asyncio.get_running_loop()
@@ -239,8 +240,10 @@ class XClient:
         """Call every server offering the service at once; return one successful reply.
 
         The first error cancels the other calls (the cancellation reaches their
-        servers) and is raised. ``timeout`` bounds the whole broadcast. Raises
-        NoServerAvailable when there is no server (GeeRPC silently succeeds).
+        servers) and is raised. ``timeout`` bounds the whole broadcast. Servers
+        whose handshake fails are skipped (see the module docstring). Raises
+        NoServerAvailable when there is no server left to call (GeeRPC silently
+        succeeds), and TypeError or ValueError for a bad ``timeout``, as ``call``.
         """
         self._check_open()
         service = service_method.rpartition(".")[0] or None
