@@ -13,11 +13,12 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from conftest import eventually
 from etcd_server import EtcdProcess, etcd_binary, etcd_required, free_port
 
 from geerpc.errors import NoServerAvailable, RegistryError
@@ -152,16 +153,6 @@ async def kv(etcd: EtcdProcess) -> AsyncIterator[object]:
     client = _aetcd_or_skip().Client("127.0.0.1", etcd.client_port, timeout=5)
     yield client
     await client.close()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll ``check`` until it is true; return how long that took. Fails after ``timeout``."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > timeout:
-            pytest.fail(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
 
 
 async def test_register_writes_one_leased_key(etcd: EtcdProcess, prefix: str, kv) -> None:

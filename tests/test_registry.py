@@ -8,7 +8,8 @@ import time
 
 import aiohttp
 import pytest
-from _registry_helpers import RegistryProcess, wait_until
+from _registry_helpers import RegistryProcess
+from conftest import eventually
 
 from geerpc.registry import Registry
 
@@ -106,7 +107,7 @@ async def test_server_expires_after_timeout(make_registry, http):
     await post(http, registry.url)
     assert await listed(http, registry.url) == [A]
     started = time.monotonic()
-    await wait_until(lambda: _empty(http, registry.url), timeout=3)
+    await eventually(lambda: _empty(http, registry.url), timeout=3)
     assert time.monotonic() - started > 0.3
 
 
@@ -174,7 +175,7 @@ async def test_watch_wakes_on_registration_within_a_second(make_registry, http):
     watch = asyncio.create_task(get(http, registry.url, {"index": str(index), "wait": "20"}))
     # Parked with the current index, the watch can only end early by being woken (its
     # wait is 20 s); registering before it parked would answer it at once instead.
-    await wait_until(lambda: registry.watchers == 1, timeout=2)
+    await eventually(lambda: registry.watchers == 1, timeout=2)
     started = time.monotonic()
     await post(http, registry.url)
     status, headers, _ = await asyncio.wait_for(watch, 1.0)
@@ -237,7 +238,7 @@ async def test_stop_answers_pending_watches(make_registry, http):
     registry = await make_registry()
     index = await _index(http, registry.url)
     watch = asyncio.create_task(get(http, registry.url, {"index": str(index), "wait": "30"}))
-    await wait_until(lambda: registry.watchers == 1)
+    await eventually(lambda: registry.watchers == 1)
     started = time.monotonic()
     await registry.stop()
     assert time.monotonic() - started < 2
@@ -250,11 +251,11 @@ async def test_watcher_that_hangs_up_frees_its_slot(make_registry):
     async with aiohttp.ClientSession() as session:
         index = await _index(session, registry.url)
         watch = asyncio.create_task(get(session, registry.url, {"index": str(index), "wait": "30"}))
-        await wait_until(lambda: registry.watchers == 1)
+        await eventually(lambda: registry.watchers == 1)
         watch.cancel()
         with pytest.raises(asyncio.CancelledError):
             await watch
-    await wait_until(lambda: registry.watchers == 0)
+    await eventually(lambda: registry.watchers == 0)
 
 
 # -- bad input: always 4xx with a reason, never 500 -----------------------------------
@@ -381,7 +382,7 @@ async def test_too_many_watchers_is_429(make_registry, http):
     registry = await make_registry(max_watchers=2)
     index = await _index(http, registry.url)
     watches = [asyncio.create_task(get(http, registry.url, {"index": str(index), "wait": "30"})) for _ in range(2)]
-    await wait_until(lambda: registry.watchers == 2)
+    await eventually(lambda: registry.watchers == 2)
     status, headers, _ = await get(http, registry.url, {"index": str(index), "wait": "30"})
     assert status == 429
     assert "Retry-After" in headers

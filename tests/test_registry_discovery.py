@@ -9,8 +9,9 @@ import time
 
 import aiohttp
 import pytest
-from _registry_helpers import FakeClock, RegistryProcess, free_port, wait_until
+from _registry_helpers import FakeClock, RegistryProcess, free_port
 from aiohttp import web
+from conftest import eventually
 
 from geerpc.errors import NoServerAvailable, RegistryError
 from geerpc.registry import Heartbeat, Registry
@@ -59,11 +60,11 @@ async def test_no_server_raises(registry, discoveries):
 async def test_watch_delivers_a_registration_within_a_second(registry, discoveries):
     discovery = discoveries(registry.url, update_interval=60)
     assert await discovery.get_all() == []  # starts the watch
-    await wait_until(lambda: discovery.watching, timeout=2)
+    await eventually(lambda: discovery.watching, timeout=2)
     started = time.monotonic()
     await post(registry.url, A)
     # services() does not refresh: only the watch can bring A in.
-    await wait_until(lambda: A in discovery.services(), timeout=1.0)
+    await eventually(lambda: A in discovery.services(), timeout=1.0)
     assert time.monotonic() - started < 1.0
 
 
@@ -72,7 +73,7 @@ async def test_watch_delivers_an_expiry_within_a_second_of_it(discoveries):
         await post(registry.url, A)
         discovery = discoveries(registry.url, update_interval=60)
         assert await discovery.get_all() == [A]
-        await wait_until(lambda: discovery.services() == {}, timeout=1.5)
+        await eventually(lambda: discovery.services() == {}, timeout=1.5)
         await discovery.close()
 
 
@@ -218,19 +219,19 @@ async def test_discovery_follows_a_killed_and_restarted_registry_without_going_e
         assert await beat.wait_first()
         discovery = discoveries(url, update_interval=0.2)
         assert await discovery.get_all() == [A]
-        await wait_until(lambda: discovery.watching, timeout=3)
+        await eventually(lambda: discovery.watching, timeout=3)
         await process.kill()
-        await wait_until(lambda: not discovery.watching, timeout=3)
+        await eventually(lambda: not discovery.watching, timeout=3)
         assert await discovery.get_all() == [A]
         await process.start()
         # The restarted registry lists nobody until the heartbeat beats again; the
         # discovery watches it again but keeps serving A.
-        await wait_until(lambda: discovery.watching, timeout=5)
+        await eventually(lambda: discovery.watching, timeout=5)
         assert await discovery.get_all() == [A]
         await clock.wake()  # the next beat lists A again
         await clock.sleeping()
         await post(url, B)
-        await wait_until(lambda: set(discovery.services()) == {A, B}, timeout=2)
+        await eventually(lambda: set(discovery.services()) == {A, B}, timeout=2)
     finally:
         if beat is not None:
             await beat.stop()
@@ -377,7 +378,7 @@ async def test_close_during_a_read_does_not_break_the_reader(geerpc_like):
     geerpc_like.delay = 5
     discovery = RegistryDiscovery(geerpc_like.url, watch=False)
     read = asyncio.create_task(discovery.get_all())
-    await wait_until(lambda: geerpc_like.gets == 1)
+    await eventually(lambda: geerpc_like.gets == 1)
     await discovery.close()
     assert await asyncio.wait_for(read, 2) == []
 

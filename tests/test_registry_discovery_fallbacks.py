@@ -8,8 +8,9 @@ import math
 
 import aiohttp
 import pytest
-from _registry_helpers import FakeClock, RegistryProcess, wait_until
+from _registry_helpers import FakeClock, RegistryProcess
 from aiohttp import web
+from conftest import eventually
 
 from geerpc.errors import RegistryError
 from geerpc.registry import Registry
@@ -156,9 +157,9 @@ async def test_last_server_leaving_empties_the_watched_list_at_once(discoveries)
         await _register(registry.url, A)
         discovery = discoveries(registry.url, update_interval=60)
         assert await discovery.get_all() == [A]
-        await wait_until(lambda: discovery.watching)
+        await eventually(lambda: discovery.watching)
         await _deregister(registry.url, A)
-        await wait_until(lambda: discovery.services() == {}, timeout=2)
+        await eventually(lambda: discovery.services() == {}, timeout=2)
 
 
 async def test_last_server_leaving_empties_a_refreshed_list(discoveries):

@@ -9,7 +9,7 @@ import time
 
 import aiohttp
 import pytest
-from _registry_helpers import wait_until
+from conftest import eventually
 
 from geerpc.registry import LivenessTable, Registry
 from geerpc.registry import server as registry_server
@@ -141,7 +141,7 @@ async def test_watch_parked_then_released_by_stop(http):
     await registry.start()
     try:
         watch = asyncio.create_task(_get(http, registry.url or "", index=await _index(http, registry.url or "")))
-        await wait_until(lambda: registry.watchers == 1)
+        await eventually(lambda: registry.watchers == 1)
     finally:
         await registry.stop()
     status, _, took = await asyncio.wait_for(watch, 2)
