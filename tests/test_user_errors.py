@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _raw import fake_server
+from _raw import fake_server, serving
 from conftest import ROOT, Arith
 
 import geerpc
@@ -309,3 +309,15 @@ def test_the_package_ships_an_mit_license():
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License\n") and "Copyright (c) 2026 the geerpc authors" in text
     assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+
+
+@pytest.mark.parametrize("mode", [SelectMode.ROUND_ROBIN, SelectMode.RANDOM])
+async def test_with_a_go_server_skipped_the_select_mode_still_spreads_calls_over_the_others(server, mode):
+    dials: list[int] = []
+    async with serving(Arith()) as other, fake_server(_counting(_close_after_option, dials)) as go:
+        async with XClient([go, server.address, other.address], mode) as xc:
+            for _ in range(40):
+                assert await xc.call("Arith.add", 1, 2, timeout=5) == 3
+    calls = [s.snapshot().method("Arith.add").calls for s in (server, other)]
+    # round robin takes the two in turn (the first call may have failed over from the Go server)
+    assert len(dials) == 1 and sum(calls) == 40 and min(calls) >= (19 if mode is SelectMode.ROUND_ROBIN else 5), calls

@@ -38,7 +38,7 @@ from ..errors import (
     Unavailable,
 )
 from .discovery import Discovery, MultiServerDiscovery
-from .selection import SelectMode, Skipped
+from .selection import SelectMode, Skipped, pick
 
 __all__ = ["SKIP_PERIOD", "XClient"]
 
@@ -102,6 +102,7 @@ class XClient:
         self._closed = False
         self._rng = random.Random()
         self._skipped = Skipped(SKIP_PERIOD)
+        self._index = self._rng.randrange(1 << 30)  # round robin while some servers are skipped
 
     # ------------------------------------------------------------- connections
 
@@ -215,17 +216,22 @@ class XClient:
         skipped = self._skipped
         clock = asyncio.get_running_loop().time
         if not tried:
-            address = await self.discovery.get(self.mode, service)
-            await self._prune()
-            if not skipped or not skipped.holds(address, clock()):
-                return address
-            # The select mode chose a skipped server: ask it again, at most once per
-            # server listed (RANDOM stays uniform over the others, ROUND_ROBIN moves on
-            # to the next in its order), then take any server not skipped.
-            for _ in await self.discovery.get_all(service):
+            if not skipped:
                 address = await self.discovery.get(self.mode, service)
-                if not skipped.holds(address, clock()):
-                    return address
+                await self._prune()
+                return address
+            # Some servers are skipped: pick among the others here, with the select
+            # mode and a round-robin counter of our own, so that ROUND_ROBIN still
+            # takes them in turn (asking the discovery again would favour the server
+            # after a skipped one). An empty list raises the discovery's own error.
+            servers = await self.discovery.get_all(service)
+            await self._prune()
+            if not servers:
+                return await self.discovery.get(self.mode, service)
+            fit = skipped.fit(servers, clock())
+            if fit:
+                address, self._index = pick(fit, self.mode, self._index, self._rng)
+                return address
         servers = await self.discovery.get_all(service)
         untried = [a for a in skipped.fit(servers, clock()) if a not in tried]
         if not untried:
