@@ -229,6 +229,7 @@ def test_skipped_holds_a_server_for_its_period_and_reports_each_period_once():
     assert skipped.add("a", "a closed the connection", 110.0) is False  # a second caller saw the same dial fail
     assert skipped.holds("a", 129.9) and skipped.fit(["a", "b"], 129.9) == ["b"]
     assert not skipped.holds("a", 130.0) and skipped.fit(["a", "b"], 130.0) == ["a", "b"]
+    assert not skipped  # expired and forgotten: picks cost nothing extra again
     assert skipped.add("a", "a closed it again", 130.0) is True  # the next period is logged again
     assert "a closed it again" in skipped.why(["a"], 131.0)
 

@@ -64,8 +64,11 @@ class Skipped:
         return entry is not None and entry[0] > now
 
     def fit(self, servers: Sequence[str], now: float) -> list[str]:
-        """``servers`` without those skipped, in order."""
-        return [a for a in servers if not self.holds(a, now)] if self._until else list(servers)
+        """``servers`` without those skipped, in order. Forgets the expired entries, so
+        the table is empty (false) again once the last one has expired."""
+        if any(until <= now for until, _ in self._until.values()):
+            self._until = {a: entry for a, entry in self._until.items() if entry[0] > now}
+        return [a for a in servers if a not in self._until] if self._until else list(servers)
 
     def why(self, servers: Sequence[str], now: float) -> str:
         """Why ``servers`` (all skipped) may not be called: for NoServerAvailable."""
