@@ -88,6 +88,10 @@ class Calls:
     def seqs(self) -> list[int]:
         return list(self._running)
 
+    def _timed_out(self, message: p.Request, method: Method) -> bytes:
+        """The TIMEOUT reply, naming the time the call was given."""
+        return timeout_reply(message.seq, method, budget(message.timeout, self.handle_timeout) or 0.0)
+
     def start(self, message: p.Request, method: Method, deadline: float | None) -> None:
         seq, args, kwargs = message.seq, message.args, message.kwargs
         start = perf_counter()
@@ -116,7 +120,7 @@ class Calls:
             task.add_done_callback(functools.partial(self._task_done, seq))
             return
         if deadline is not None and deadline <= self._loop.time():  # ran out while held
-            self._queue(timeout_reply(seq, method, budget(message.timeout, self.handle_timeout) or 0.0))
+            self._queue(self._timed_out(message, method))
             method.record(0.0, False)
             return
         call = _SyncCall(method.func, args, kwargs, self._sync_done)
@@ -137,7 +141,7 @@ class Calls:
                 # the deadline may pass before the task's first step, and a handler
                 # must never start for a call answered TIMEOUT without running.
                 if deadline <= self._loop.time():
-                    self._reply(timeout_reply(seq, method, budget(message.timeout, self.handle_timeout) or 0.0))
+                    self._reply(self._timed_out(message, method))
                     return
                 scope = asyncio.timeout_at(deadline)
                 try:
@@ -146,7 +150,7 @@ class Calls:
                 except TimeoutError:
                     if not scope.expired():
                         raise  # the handler's own TimeoutError, not our deadline
-                    self._reply(timeout_reply(seq, method, budget(message.timeout, self.handle_timeout) or 0.0))
+                    self._reply(self._timed_out(message, method))
                     return
             frame, ok = result_reply(seq, method, result, self.frame_limit)
             self._reply(frame)
@@ -195,7 +199,7 @@ class Calls:
         # A thread cannot be stopped: the handler runs on, and its result is dropped.
         call.abandoned = True
         del self._running[call.seq]
-        self._reply(timeout_reply(call.seq, call.method, budget(message.timeout, self.handle_timeout) or 0.0))
+        self._reply(self._timed_out(message, call.method))
         call.method.record(perf_counter() - call.start, False)
         self._ended()
 

@@ -343,68 +343,72 @@ async def test_refresh_and_close(etcd: EtcdProcess, prefix: str) -> None:
         await discovery.refresh()
 
 
-async def test_both_sides_recover_when_etcd_restarts(prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+async def own_etcd() -> AsyncIterator[EtcdProcess]:
+    """An etcd of the test's own: restarting or wiping the shared one would disturb others."""
+    process = EtcdProcess(_etcd_or_skip())
+    await asyncio.to_thread(process.start)
+    try:
+        yield process
+    finally:
+        await asyncio.to_thread(process.close)
+
+
+async def test_both_sides_recover_when_etcd_restarts(own_etcd: EtcdProcess, prefix: str,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="geerpc")
-    own = EtcdProcess(_etcd_or_skip())  # its own etcd: restarting the shared one would disturb others
+    own = own_etcd
     aetcd = _aetcd_or_skip()
-    await asyncio.to_thread(own.start)
+    discovery = EtcdDiscovery(own.url(prefix))
+    reg = await register(own.url(prefix, ttl=2), A1, ["Arith"])
     try:
-        discovery = EtcdDiscovery(own.url(prefix))
-        reg = await register(own.url(prefix, ttl=2), A1, ["Arith"])
-        try:
-            await eventually(lambda: _has(discovery, A1), 2, "registration seen")
-            await asyncio.to_thread(own.stop)
-            # Keep etcd away until the keep-alive has missed a renewal.
-            await eventually(lambda: _logged(caplog, f"etcd registration of {A1}: no etcd endpoint"), 3,
-                             "keep-alive noticed the outage")
-            assert await discovery.get_all() == [A1]  # the last list is served meanwhile
-            await asyncio.to_thread(own.start)
-            await eventually(lambda: _logged(caplog, f"etcd registration of {A1}: etcd answers again"), 3,
-                             "keep-alive renewed after the restart")
+        await eventually(lambda: _has(discovery, A1), 2, "registration seen")
+        await asyncio.to_thread(own.stop)
+        # Keep etcd away until the keep-alive has missed a renewal.
+        await eventually(lambda: _logged(caplog, f"etcd registration of {A1}: no etcd endpoint"), 3,
+                         "keep-alive noticed the outage")
+        assert await discovery.get_all() == [A1]  # the last list is served meanwhile
+        await asyncio.to_thread(own.start)
+        await eventually(lambda: _logged(caplog, f"etcd registration of {A1}: etcd answers again"), 3,
+                         "keep-alive renewed after the restart")
 
-            # The keep-alive lives on: revoke its lease and it writes the key again.
-            async with aetcd.Client("127.0.0.1", own.client_port, timeout=5) as kv:
-                old = reg.lease_id
-                await kv.revoke_lease(old)
-                await eventually(lambda: _leased_anew(kv, f"/{prefix}/{A1}".encode(), reg.lease_id, old), 5,
-                                 "keep-alive re-registered after the restart")
-            # The watch lives on: a new server shows up.
-            async with await register(own.url(prefix), A2, ["Arith"]):
-                await eventually(lambda: _has(discovery, A2), 5, "watch resumed after the restart")
-            await eventually(lambda: _lacks(discovery, A2), 2, "deregistration seen")
-            assert await discovery.get_all() == [A1]
-        finally:
-            await reg.stop()
-            await discovery.close()
-    finally:
-        await asyncio.to_thread(own.close)
-
-
-async def test_discovery_follows_an_etcd_that_lost_its_data(prefix: str) -> None:
-    own = EtcdProcess(_etcd_or_skip())
-    aetcd = _aetcd_or_skip()
-    await asyncio.to_thread(own.start)
-    try:
+        # The keep-alive lives on: revoke its lease and it writes the key again.
         async with aetcd.Client("127.0.0.1", own.client_port, timeout=5) as kv:
-            for i in range(300):  # revisions well past what the fresh etcd will reach
-                await kv.put(f"/{prefix}-other/{i}".encode(), b"x")
-        discovery = EtcdDiscovery(own.url(prefix))
-        reg = await register(own.url(prefix, ttl=2), A1, ["Arith"])
-        try:
-            await eventually(lambda: _has(discovery, A1), 2, "registration seen")
-            await asyncio.to_thread(own.wipe)  # same port, empty data: revisions start at 1 again
-            # The keep-alive finds its lease gone and writes its key again; discovery
-            # must take the new cluster's list although its revisions are lower.
-            async with await register(own.url(prefix), A2, ["Arith"]):
-                await eventually(lambda: _has(discovery, A2), 10, "a server registered after the wipe seen")
-                await eventually(lambda: _has(discovery, A1), 10, "the re-registered server kept")
-            await eventually(lambda: _lacks(discovery, A2), 2, "deregistration after the wipe seen")
-            assert await discovery.get_all() == [A1]
-        finally:
-            await reg.stop()
-            await discovery.close()
+            old = reg.lease_id
+            await kv.revoke_lease(old)
+            await eventually(lambda: _leased_anew(kv, f"/{prefix}/{A1}".encode(), reg.lease_id, old), 5,
+                             "keep-alive re-registered after the restart")
+        # The watch lives on: a new server shows up.
+        async with await register(own.url(prefix), A2, ["Arith"]):
+            await eventually(lambda: _has(discovery, A2), 5, "watch resumed after the restart")
+        await eventually(lambda: _lacks(discovery, A2), 2, "deregistration seen")
+        assert await discovery.get_all() == [A1]
     finally:
-        await asyncio.to_thread(own.close)
+        await reg.stop()
+        await discovery.close()
+
+
+async def test_discovery_follows_an_etcd_that_lost_its_data(own_etcd: EtcdProcess, prefix: str) -> None:
+    own = own_etcd
+    aetcd = _aetcd_or_skip()
+    async with aetcd.Client("127.0.0.1", own.client_port, timeout=5) as kv:
+        for i in range(300):  # revisions well past what the fresh etcd will reach
+            await kv.put(f"/{prefix}-other/{i}".encode(), b"x")
+    discovery = EtcdDiscovery(own.url(prefix))
+    reg = await register(own.url(prefix, ttl=2), A1, ["Arith"])
+    try:
+        await eventually(lambda: _has(discovery, A1), 2, "registration seen")
+        await asyncio.to_thread(own.wipe)  # same port, empty data: revisions start at 1 again
+        # The keep-alive finds its lease gone and writes its key again; discovery
+        # must take the new cluster's list although its revisions are lower.
+        async with await register(own.url(prefix), A2, ["Arith"]):
+            await eventually(lambda: _has(discovery, A2), 10, "a server registered after the wipe seen")
+            await eventually(lambda: _has(discovery, A1), 10, "the re-registered server kept")
+        await eventually(lambda: _lacks(discovery, A2), 2, "deregistration after the wipe seen")
+        assert await discovery.get_all() == [A1]
+    finally:
+        await reg.stop()
+        await discovery.close()
 
 
 async def _leased_anew(kv, key: bytes, lease_id: int, old: int) -> bool:
