@@ -20,6 +20,7 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 
+from .decoding import DEFAULT_MAX_ELEMENTS, SMALL, SMALL_COST, UNPACK_OPTIONS, TooManyElements, unpack
 from .errors import ProtocolError
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
     "MsgType", "ErrorCode", "Option", "OptionReader", "FrameDecoder",
     "Request", "Cancel", "Response", "BadRequest", "BadResponse",
     "encode_option", "decode_option", "encode_request", "encode_cancel",
-    "encode_response", "encode_error", "decode_request", "decode_response", "frame",
+    "encode_response", "encode_error", "decode_request", "decode_request_sized", "decode_response", "frame",
 ]
 
 MAGIC_NUMBER: Final = 0x3BEF5C  # 3927900, as in GeeRPC
@@ -285,13 +286,9 @@ class BadRequest(Exception):
         self.seq, self.code, self.type, self.message = seq, code, type, message
 
 
-def _reject_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack extension type {code} is not accepted")
-
-
-_UNPACK_OPTIONS: Final[dict[str, Any]] = {"raw": False, "strict_map_key": True, "ext_hook": _reject_ext}
-_packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+_UNPACK_OPTIONS: Final = UNPACK_OPTIONS
 _unpackb = msgpack.unpackb
+_packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 # What msgpack raises for bytes that do not decode (StackError and FormatError are
 # ValueError subclasses; ExtraData too).
 _DECODE_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
@@ -319,23 +316,41 @@ def encode_error(seq: int, code: ErrorCode, type: str, message: str) -> bytes:
     return _pack_length(len(body)) + body
 
 
+def _decode_error(exc: BaseException) -> str:
+    """What went wrong, in words: some of msgpack's errors have an empty message."""
+    if isinstance(exc, msgpack.StackError):
+        return "nested too deeply (msgpack's nesting limit)"
+    return str(exc) or type(exc).__name__
+
+
 def _valid_seq(seq: Any) -> bool:
     return type(seq) is int and 0 < seq <= _MAX_SEQ
 
 
-def decode_request(payload: bytes) -> Request | Cancel:
-    """Decode and validate what a client sent.
+def decode_request(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Request | Cancel:
+    """Decode and validate what a client sent (see ``decode_request_sized``)."""
+    return decode_request_sized(payload, max_elements)[0]
 
-    Raises BadRequest when the seq can be read but the rest is wrong (answer with an
-    error, keep the connection), ProtocolError when not even that (close).
+
+def decode_request_sized(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[Request | Cancel, int]:
+    """Decode and validate what a client sent; return it and the memory it is charged.
+
+    At most ``max_elements`` elements are decoded (``decoding.unpack``). Raises
+    BadRequest when the seq can be read but the rest is wrong (answer with an error,
+    keep the connection), ProtocolError when not even that (close).
     """
+    size = len(payload)
     try:
-        message = _unpackb(payload, **_UNPACK_OPTIONS)
+        if size <= SMALL and 2 * size <= max_elements:  # decoding.unpack's first case, inlined
+            message, cost = _unpackb(payload, **_UNPACK_OPTIONS), size + SMALL_COST * size
+        else:
+            message, cost = unpack(payload, max_elements)
     except _DECODE_ERRORS as exc:
         seq = _salvage_seq(payload, MsgType.REQUEST, 6)
         if seq is None:
-            raise ProtocolError(f"undecodable message: {exc}") from None
-        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"undecodable request: {exc}") from None
+            raise ProtocolError(f"undecodable message: {_decode_error(exc)}") from None
+        what = "request too large" if isinstance(exc, TooManyElements) else "undecodable request"
+        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"{what}: {_decode_error(exc)}") from None
     if type(message) is not list or not message:
         raise ProtocolError("message must be a non-empty msgpack array")
     kind = message[0]
@@ -354,11 +369,11 @@ def decode_request(payload: bytes) -> Request | Cancel:
         if type(args) is not list or type(kwargs) is not dict:
             raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
                              "args must be an array and kwargs a map")
-        return Request(seq, method, timeout, args, kwargs)
+        return Request(seq, method, timeout, args, kwargs), cost
     if kind == 2 and type(kind) is int and len(message) == 2:
         if not _valid_seq(message[1]):
             raise ProtocolError("cancel: seq must be a positive integer")
-        return Cancel(message[1])
+        return Cancel(message[1]), cost
     raise ProtocolError(f"not a request or cancel message (type {str(kind)[:16]}, {len(message)} elements)")
 
 
@@ -383,19 +398,19 @@ class BadResponse(Exception):
         self.seq = seq
 
 
-def decode_response(payload: bytes) -> Response:
-    """Decode and validate what a server sent.
+def decode_response(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Response:
+    """Decode and validate what a server sent, at most ``max_elements`` elements of it.
 
     Raises BadResponse when only the seq can be read (e.g. a result with integer map
     keys, which we refuse to decode), ProtocolError for anything worse.
     """
     try:
-        message = _unpackb(payload, **_UNPACK_OPTIONS)
+        message = unpack(payload, max_elements)[0]
     except _DECODE_ERRORS as exc:
         seq = _salvage_seq(payload, MsgType.RESPONSE, 4)
         if seq is None:
-            raise ProtocolError(f"undecodable response: {exc}") from None
-        raise BadResponse(seq, f"the reply could not be decoded: {exc}") from None
+            raise ProtocolError(f"undecodable response: {_decode_error(exc)}") from None
+        raise BadResponse(seq, f"the reply could not be decoded: {_decode_error(exc)}") from None
     if type(message) is not list or len(message) != 4 or message[0] != 1 or type(message[0]) is not int:
         raise ProtocolError("response must be a 4-element array starting with 1")
     _, seq, error, result = message
