@@ -57,6 +57,13 @@ class Calc:
         return os.getpid()
 
 
+class Failing:
+    """Served under the name "Calc" beside a real Calc: a broadcast where one server raises."""
+
+    def add(self, a: Any, b: Any) -> Any:
+        raise ValueError("not on this server")
+
+
 #: Served as an instance, under another name with ``--name``.
 calc = Calc()
 

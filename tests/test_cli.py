@@ -173,6 +173,25 @@ def test_call_unknown_method_names_it(server: str) -> None:
     assert_failed(geerpc("call", server, "Calc.nope"), 1, "geerpc: Calc.nope: ", "'nope'")
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["Calc.nope"], "Calc.nope: can't find method 'nope' of service 'Calc'"),
+    (["Nope.x"], "Nope.x: can't find service 'Nope'"),
+    (["Calc.add", "1"], "Calc.add(a: Any, b: Any) -> Any: missing a required argument: 'b'"),
+    (["Calc.add", "1", "--kw", "c=2"], "Calc.add(a: Any, b: Any) -> Any: got an unexpected keyword argument 'c'"),
+    (["Calc.unsendable"], "result of Calc.unsendable cannot be encoded: can not serialize 'object' object"),
+])
+def test_call_errors_geerpc_reports_name_the_method_once(server: str, args: list[str], message: str) -> None:
+    # The method did not raise: no "raised", and the name is not put before a
+    # message that already has it ("Calc.add: Calc.add(a, b): ...").
+    result = geerpc("call", server, *args)
+    assert_failed(result, 1)
+    assert result.stderr == f"geerpc: {message}\n"
+    broadcast = geerpc("call", server, *args, "--broadcast")
+    assert broadcast.returncode == 1
+    [line] = broadcast_lines(broadcast.stdout)
+    assert line["error"] == message
+
+
 def test_call_reports_the_remote_exception(server: str) -> None:
     result = geerpc("call", server, "Calc.div", "1", "0")
     assert_failed(result, 1)
@@ -212,13 +231,79 @@ def test_call_through_the_registry(registry: str, servers: list[str]) -> None:
     assert (result.returncode, result.stdout) == (0, "42\n")
 
 
-def test_broadcast_reaches_every_server(registry: str, servers: list[str], tmp_path: Path) -> None:
+def broadcast_lines(stdout: str) -> list[dict[str, object]]:
+    """The JSON lines a broadcast prints, each checked to be one object naming its server."""
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert all(isinstance(line, dict) and isinstance(line.get("server"), str) for line in lines), stdout
+    return lines
+
+
+def test_broadcast_prints_each_servers_reply(registry: str, servers: list[str], tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     result = geerpc("call", registry, "Calc.mark", str(marks), "--broadcast")
     assert result.returncode == 0, result.stderr
-    pids = marks.read_text().split()
+    pids = [int(pid) for pid in marks.read_text().split()]
     assert len(pids) == 2 and len(set(pids)) == 2
-    assert result.stdout.strip() in pids
+    lines = broadcast_lines(result.stdout)
+    # one line per server, in address order, each with the pid that server wrote
+    assert [line["server"] for line in lines] == sorted(servers)
+    assert sorted(line["result"] for line in lines) == sorted(pids)  # type: ignore[type-var]
+    assert result.stderr == "geerpc: 2 of 2 servers returned a result\n"
+
+
+def test_broadcast_timeout_gives_every_server_a_line_and_exits_3(registry: str, servers: list[str]) -> None:
+    result = geerpc("call", registry, "Calc.sleep", "5", "--broadcast", "--timeout", "0.3")
+    assert result.returncode == 3, result.stderr
+    assert broadcast_lines(result.stdout) == [
+        {"server": address, "error": "Calc.sleep timed out after 0.3 s", "type": "CallTimeout"}
+        for address in sorted(servers)]
+    assert result.stderr == "geerpc: 0 of 2 servers returned a result\n"
+
+
+def test_broadcast_to_one_address_is_one_line(server: str) -> None:
+    result = geerpc("call", server, "Calc.add", "1", "2", "--broadcast")
+    assert (result.returncode, result.stderr) == (0, "geerpc: 1 of 1 server returned a result\n")
+    assert broadcast_lines(result.stdout) == [{"server": server, "result": 3}]
+
+
+async def test_broadcast_with_errors_shows_every_server() -> None:
+    # One server answers, one raises, one cannot be reached: three lines, the count, status 1
+    # (XClient.broadcast alone would stop at the first error and show nothing else).
+    from cli_service import Calc, Failing
+
+    from geerpc import Server
+    from geerpc.registry import Registry
+
+    good, failing = Server(), Server()
+    good.register(Calc())
+    failing.register(Failing(), "Calc")
+    dead = f"tcp@127.0.0.1:{free_port()}"
+    async with Registry(timeout=300) as registry:
+        try:
+            good_address = await good.start("127.0.0.1", 0, registry=registry.url)
+            failing_address = await failing.start("127.0.0.1", 0, registry=registry.url)
+            async with aiohttp.ClientSession() as http:
+                headers = {"X-Geerpc-Server": dead, "X-Geerpc-Services": "Calc"}
+                async with http.post(registry.url, headers=headers) as response:
+                    assert response.status == 200
+            status, out, err = await run_geerpc("call", registry.url, "Calc.add", "1", "2", "--broadcast")
+        finally:
+            await good.stop(grace=1.0)
+            await failing.stop(grace=1.0)
+    assert status == 1, err
+    lines = {line["server"]: line for line in broadcast_lines(out)}
+    assert list(lines) == sorted(lines)  # address order
+    assert lines[good_address] == {"server": good_address, "result": 3}
+    assert lines[failing_address] == {"server": failing_address, "type": "ValueError",
+                                      "error": "Calc.add raised ValueError: not on this server"}
+    assert lines[dead]["type"] == "ConnectError"
+    assert lines[dead]["error"] == f"cannot connect to {dead}: Connection refused"
+    assert err == "geerpc: 1 of 3 servers returned a result\n"
+
+
+def test_broadcast_with_no_server_for_the_service(registry: str, servers: list[str]) -> None:
+    assert_failed(geerpc("call", registry, "Nope.x", "--broadcast"), 1,
+                  "geerpc: no server offering 'Nope' to broadcast Nope.x to\n")
 
 
 def test_call_through_an_unreachable_registry_says_so() -> None:
@@ -424,6 +509,27 @@ def test_serve_stops_on_a_signal_and_leaves_the_registry(registry: str, signum: 
     assert status == 0, process.stderr
     assert "Traceback" not in process.stderr
     assert address not in geerpc("list", registry).stdout  # deregistered on the way out
+
+
+@pytest.mark.parametrize("command", [
+    ["call", "tcp@127.0.0.1:{port}", "Calc.add", "1", "2"],
+    ["call", "http://127.0.0.1:{port}/r", "Calc.add", "--broadcast"],
+    ["list", "http://127.0.0.1:{port}/r"],
+    ["serve", "cli_service:Calc", "--port", "{taken}"],
+    ["registry", "--port", "{taken}"],
+])
+def test_every_command_reports_failures_with_one_prefix(command: list[str]) -> None:
+    # Usage errors are argparse's ("geerpc registry: error: ..."); a failure is one
+    # "geerpc: ..." line whichever command met it.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        fill = {"port": str(free_port()), "taken": str(taken.getsockname()[1])}
+        result = geerpc(*(arg.format(**fill) for arg in command))
+    assert_failed(result, 1)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geerpc: "), result.stderr
+    assert fill["port"] in lines[0] or fill["taken"] in lines[0]  # it says where
 
 
 def test_registry_command_stops_on_sigterm() -> None:

@@ -55,9 +55,11 @@ def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["registry"]:
         # The registry's own entry point already parses these options and runs it;
         # hand the rest of the command line over rather than define them twice.
+        # Usage errors name "geerpc registry" (as argparse names every command);
+        # failures start with "geerpc:", as every command's do.
         from ..registry.__main__ import main as registry_main
 
-        return registry_main(argv[1:], prog="geerpc registry")
+        return registry_main(argv[1:], prog="geerpc registry", prefix="geerpc")
     parser = _build_parser()
     args, extras = parser.parse_known_args(argv)
     if args.command == "call":
@@ -155,7 +157,9 @@ Make one call and print its result as one line of JSON on stdout.
 
 TARGET is a server address (tcp@host:port, unix@/path) or a registry URL (http://...
 or etcd://...), in which case one server offering the service is picked, or every one
-is called with --broadcast (the first error is reported, else one of the results).
+is called with --broadcast: then each server gets a line on stdout, in address order,
+{"server": ADDRESS, "result": VALUE} or {"server": ADDRESS, "error": MESSAGE,
+"type": TYPE}, and stderr the count ("geerpc: 2 of 3 servers returned a result").
 
 Each ARG is parsed as JSON when it parses, else taken as a string: 1 is a number,
 abc is the string "abc", '"1"' the string "1", '{"a": 1}' a map, null is None.
@@ -177,7 +181,8 @@ examples:
   geerpc call http://127.0.0.1:9999/_geerpc_/registry Cache.clear --broadcast
 
 exit status: 0 success, 1 error (unreachable, unknown method, the method raised),
-2 usage, 3 timeout.
+2 usage, 3 timeout. With --broadcast: 0 when every server returned a result, 3 when
+every failure was a timeout, else 1.
 """
 
 _LIST_DESCRIPTION = """\
@@ -226,7 +231,8 @@ def _build_parser() -> argparse.ArgumentParser:
     call.add_argument("--kw", "-k", metavar="NAME=VALUE", action="append", default=[], dest="kw",
                       help="a keyword argument (JSON, else string); repeat for more")
     call.add_argument("--broadcast", action="store_true",
-                      help="with a registry URL: call every server offering the service")
+                      help="with a registry URL: call every server offering the service, "
+                           "print one JSON line per server")
     call.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
                       help=f"seconds for the whole command, connecting included (default {DEFAULT_TIMEOUT:g})")
     call.set_defaults(run=_run_call, parser=call)

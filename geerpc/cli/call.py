@@ -3,42 +3,52 @@
 The command layer over the public client API. ``--timeout`` bounds the whole command
 (registry lookup, dial and call) with one deadline; the call carries what is left of
 it to the server, so the server stops work nobody waits for.
+
+``--broadcast`` calls every server offering the service, each on its own connection,
+and waits for all of them (within the deadline) rather than stopping at the first
+error as ``XClient.broadcast`` does: the point is to see what each server said. It
+prints one JSON line per server, in address order, then a count on stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sys
 from typing import Any
 
 from ..address import parse_address
 from ..client import dial
 from ..errors import (
-    ConnectError,
     ConnectTimeout,
     GeeRPCError,
     InvalidArguments,
     MethodNotFound,
+    NoServerAvailable,
     RemoteError,
     ServiceNotFound,
     Unavailable,
 )
 from ..xclient import Discovery, XClient
-from . import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
-from .values import dumps
+from . import EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
+from .values import dumps, to_json
 
-__all__ = ["run"]
+__all__ = ["describe_failure", "run"]
 
 _REGISTRY_SCHEMES = ("http://", "https://", "etcd://")
 # Errors geerpc itself reports for a call it did not run: their messages stand alone.
 _OWN_REMOTE_ERRORS = (ServiceNotFound, MethodNotFound, InvalidArguments, Unavailable)
+# The type the server gives a result it ran but could not encode (code INTERNAL).
+_UNSENDABLE = "SerializationError"
 
 
 def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any], *,
         timeout: float, broadcast: bool) -> int:
     """Call ``service_method`` on ``target``, print the result as JSON; return the exit status.
 
-    Raises CommandError carrying the message and status for any failure.
+    Raises CommandError carrying the message and status for any failure (for a
+    broadcast: a failure to find the servers; each server's own failure is a line).
     """
     # ERROR: discovery's warnings about an unreachable registry would repeat our message.
     logging.basicConfig(level=logging.ERROR, format="geerpc: %(message)s")
@@ -49,61 +59,170 @@ def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any
         except ValueError as exc:
             raise CommandError(f"bad TARGET: {exc}; or give a registry URL (http://... or etcd://...)",
                                EXIT_USAGE) from None
+    if broadcast:
+        return _run_broadcast(target, is_registry, service_method, args, kwargs, timeout)
     try:
-        result = asyncio.run(_call(target, is_registry, service_method, args, kwargs, timeout, broadcast))
-    except RemoteError as exc:
-        if isinstance(exc, _OWN_REMOTE_ERRORS) or exc.type == "SerializationError":
-            # geerpc's own errors: the method did not raise. Name the method once.
-            text = str(exc)
-            raise CommandError(text if service_method in text else f"{service_method}: {text}") from None
-        raise CommandError(f"{service_method} raised {exc.type}: {exc}") from None
-    except ConnectError as exc:
-        raise CommandError(str(exc)) from None
-    except ConnectTimeout as exc:
-        raise CommandError(str(exc), EXIT_TIMEOUT) from None
-    except TimeoutError:  # CallTimeout, or our own deadline passing while looking up servers
-        raise CommandError(f"{service_method} timed out after {timeout:g} s", EXIT_TIMEOUT) from None
-    except GeeRPCError as exc:
-        raise CommandError(str(exc)) from None
-    except (TypeError, ValueError) as exc:  # arguments msgpack cannot carry, a request over the frame limit
-        raise CommandError(str(exc)) from None
+        result = asyncio.run(_call(target, is_registry, service_method, args, kwargs, timeout))
+    except Exception as exc:  # noqa: BLE001 - describe_failure re-raises what it does not know
+        message, status = describe_failure(exc, service_method, timeout)
+        raise CommandError(message, status) from None
     try:
         text = dumps(result)
     except RecursionError:  # msgpack nests deeper than Python's recursion limit allows here
-        raise CommandError(f"{service_method} returned a value nested too deeply to print as JSON") from None
+        raise CommandError(_too_deep(service_method)) from None
     print(text, flush=True)
     return EXIT_OK
 
 
+def describe_failure(exc: Exception, service_method: str, timeout: float) -> tuple[str, int]:
+    """The one-line message and exit status for a call that failed with ``exc``.
+
+    The method is named once; "raised" is said only when the method itself raised.
+    Re-raises an exception that is no failure of the call (a bug, to be reported as such).
+    """
+    if isinstance(exc, RemoteError):
+        if isinstance(exc, _OWN_REMOTE_ERRORS) or exc.type == _UNSENDABLE:
+            # geerpc's own errors: the method did not raise (or returned what cannot be sent).
+            text = str(exc)
+            return (text if service_method in text else f"{service_method}: {text}"), EXIT_ERROR
+        return f"{service_method} raised {exc.type}: {exc}", EXIT_ERROR
+    if isinstance(exc, ConnectTimeout):
+        return str(exc), EXIT_TIMEOUT
+    if isinstance(exc, TimeoutError):  # CallTimeout, or our own deadline passing while looking up servers
+        return f"{service_method} timed out after {timeout:g} s", EXIT_TIMEOUT
+    if isinstance(exc, GeeRPCError):  # cannot connect, no server available, a closed connection
+        return str(exc), EXIT_ERROR
+    if isinstance(exc, TypeError | ValueError):  # arguments msgpack cannot carry, a request over the frame limit
+        return str(exc), EXIT_ERROR
+    raise exc
+
+
+def _too_deep(service_method: str) -> str:
+    return f"{service_method} returned a value nested too deeply to print as JSON"
+
+
 async def _call(target: str, is_registry: bool, service_method: str, args: list[Any], kwargs: dict[str, Any],
-                timeout: float, broadcast: bool) -> Any:
+                timeout: float) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-
-    def left() -> float:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise TimeoutError
-        return remaining
-
     async with asyncio.timeout_at(deadline):
         if not is_registry:
-            # --broadcast to a single address is that one call.
-            client = await dial(target, connect_timeout=timeout)
-            try:
-                return await client.call(service_method, *args, timeout=left(), **kwargs)
-            finally:
-                await client.close()
+            return await _call_address(target, service_method, args, kwargs, deadline)
         discovery = _discovery(target, timeout)
         xclient = XClient(discovery, connect_timeout=timeout)
         try:
             # Read the list once up front: an unreachable registry is then reported
             # as such, rather than as "no server available".
             await discovery.refresh()
-            method = xclient.broadcast if broadcast else xclient.call
-            return await method(service_method, *args, timeout=left(), **kwargs)
+            return await xclient.call(service_method, *args, timeout=_left(deadline), **kwargs)
         finally:
             await xclient.close()
+
+
+async def _call_address(address: str, service_method: str, args: list[Any], kwargs: dict[str, Any],
+                        deadline: float) -> Any:
+    """One call on its own connection to ``address``, all of it before ``deadline`` (loop time)."""
+    client = await dial(address, connect_timeout=_left(deadline))
+    try:
+        return await client.call(service_method, *args, timeout=_left(deadline), **kwargs)
+    finally:
+        await client.close()
+
+
+def _left(deadline: float) -> float:
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining <= 0:
+        raise TimeoutError
+    return remaining
+
+
+# --------------------------------------------------------------------------- broadcast
+
+
+def _run_broadcast(target: str, is_registry: bool, service_method: str, args: list[Any],
+                   kwargs: dict[str, Any], timeout: float) -> int:
+    """Print one line per server and the count; exit 0 when every server returned a result.
+
+    Otherwise 3 when every failure was a timeout, else 1.
+    """
+    try:
+        outcomes = asyncio.run(_broadcast(target, is_registry, service_method, args, kwargs, timeout))
+    except Exception as exc:  # noqa: BLE001 - finding the servers failed: one message, as for a call
+        message, status = describe_failure(exc, service_method, timeout)
+        raise CommandError(message, status) from None
+    statuses = []
+    for address, outcome in outcomes:
+        line, status = broadcast_line(address, outcome, service_method, timeout)
+        print(line, flush=True)
+        statuses.append(status)
+    failed = [status for status in statuses if status != EXIT_OK]
+    servers = "server" if len(statuses) == 1 else "servers"
+    print(f"geerpc: {len(statuses) - len(failed)} of {len(statuses)} {servers} returned a result",
+          file=sys.stderr, flush=True)
+    if not failed:
+        return EXIT_OK
+    return EXIT_TIMEOUT if all(status == EXIT_TIMEOUT for status in failed) else EXIT_ERROR
+
+
+def broadcast_line(address: str, outcome: Any, service_method: str, timeout: float) -> tuple[str, int]:
+    """The JSON line for one server's ``outcome`` (its result, or the exception its call
+    failed with), and the exit status it stands for.
+
+    ``{"server": ADDRESS, "result": VALUE}``, or ``{"server": ADDRESS, "error": MESSAGE,
+    "type": TYPE}``: MESSAGE is what ``geerpc call`` says of that server alone, TYPE the
+    remote exception's type (``ZeroDivisionError``, ``MethodNotFound``...) or geerpc's
+    own error class (``ConnectError``, ``CallTimeout``...).
+    """
+    if not isinstance(outcome, Exception):
+        try:
+            return json.dumps({"server": address, "result": to_json(outcome)},
+                              ensure_ascii=False, allow_nan=False), EXIT_OK
+        except RecursionError:
+            return _error_line(address, _too_deep(service_method), "RecursionError"), EXIT_ERROR
+    message, status = describe_failure(outcome, service_method, timeout)
+    if isinstance(outcome, RemoteError):
+        kind = outcome.type
+    elif isinstance(outcome, TimeoutError) and not isinstance(outcome, GeeRPCError):
+        kind = "CallTimeout"  # the command's own deadline
+    else:
+        kind = type(outcome).__name__
+    return _error_line(address, message, kind), status
+
+
+def _error_line(address: str, message: str, kind: str) -> str:
+    return json.dumps({"server": address, "error": message, "type": kind}, ensure_ascii=False)
+
+
+async def _broadcast(target: str, is_registry: bool, service_method: str, args: list[Any],
+                     kwargs: dict[str, Any], timeout: float) -> list[tuple[str, Any]]:
+    """Each server's result or exception, in address order. Raises when the servers
+    cannot be found (an unreachable registry, none offering the service)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    if is_registry:
+        discovery = _discovery(target, timeout)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await discovery.refresh()
+                servers = await discovery.get_all(service_method.rpartition(".")[0])
+        finally:
+            await discovery.close()
+        if not servers:
+            service = service_method.rpartition(".")[0]
+            raise NoServerAvailable(f"no server offering {service!r} to broadcast {service_method} to")
+    else:
+        servers = [target]  # --broadcast to one address: that one server
+
+    async def one(address: str) -> Any:
+        # Every call ends by the deadline, so every server gets a line.
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await _call_address(address, service_method, args, kwargs, deadline)
+        except Exception as exc:  # noqa: BLE001 - each failure is that server's line
+            return exc
+
+    results = await asyncio.gather(*(one(address) for address in servers))
+    return list(zip(servers, results, strict=True))
 
 
 def _discovery(url: str, timeout: float) -> Discovery:

@@ -91,20 +91,20 @@ async def _serve(args: argparse.Namespace) -> None:
         await registry.stop()
 
 
-def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
+def main(argv: list[str] | None = None, *, prog: str = PROG, prefix: str | None = None) -> int:
     """Run the registry with ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
     ``prog`` names the program in usage and error messages (``geerpc registry`` when
     run from the ``geerpc`` command). A bad option exits with status 2 (argparse's
     ``SystemExit``); a registry that cannot run (the port is taken, the host does
-    not resolve) prints one line and returns 1.
+    not resolve) prints one line, starting with ``prefix`` (default ``prog``), and returns 1.
     """
     args = _parse_args(argv, prog)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         asyncio.run(_serve(args))
     except (OSError, OverflowError, ValueError) as exc:  # e.g. the port is taken
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(f"{prefix or prog}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C before our handler was installed: a stop like any other
         return 0
