@@ -17,7 +17,7 @@ from .service import Method, argument_error
 
 __all__ = [
     "result_reply", "failure_reply", "timeout_reply", "stopped_reply", "stopping_reply", "not_found_reply",
-    "bad_request_reply", "run_inline",
+    "bad_request_reply", "budget_reply", "run_inline",
 ]
 
 log = logging.getLogger("geerpc.server")
@@ -111,3 +111,10 @@ def describe(exc: BaseException) -> str:
         return str(exc)
     except Exception:  # noqa: BLE001
         return f"<unprintable {type(exc).__name__}>"
+
+
+def budget_reply(seq: int, cost: int, budget: int) -> bytes:
+    """A request that alone would hold more than its connection's whole byte budget."""
+    return p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
+                          f"request too large: its arguments would hold about {cost:,} bytes once decoded, "
+                          f"over the connection's budget of {budget:,} (connection_budget)")
