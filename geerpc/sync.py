@@ -5,6 +5,13 @@ one event loop running in a daemon thread; a call is submitted to that loop with
 ``asyncio.run_coroutine_threadsafe`` and the calling thread blocks on the result.
 So results, timeouts and exceptions are exactly those of the async clients (the very
 same geerpc exception classes), and any number of threads may share one client.
+
+Because the client's loop is its own, the caller's thread may block even while an
+event loop runs in it: a Jupyter cell (ipykernel runs cells on its running loop), or
+a coroutine that calls the client without ``await``. That loop stalls for the call's
+duration, which is the caller's choice. The one place a blocking call can never
+finish is the client's own loop thread (a callback or task scheduled on it): the
+call would wait for the loop that has to run it, so it raises RuntimeError instead.
 """
 
 from __future__ import annotations
@@ -32,6 +39,11 @@ T = TypeVar("T")
 _FINALIZE_CLOSE_TIMEOUT: Final = 2.0
 _FINALIZE_JOIN_TIMEOUT: Final = 3.0
 
+_OWN_LOOP_MESSAGE: Final = (
+    "{name} cannot block on its own loop thread (this callback or task runs on the loop that "
+    "would have to run the call, so it would wait forever); await the async client there instead: "
+    "geerpc.dial(...) or geerpc.xclient.XClient(...)")
+
 
 class _LoopThread:
     """The machinery both blocking clients share: a private loop in a daemon thread.
@@ -49,7 +61,6 @@ class _LoopThread:
     """
 
     def __init__(self, name: str) -> None:
-        _refuse_inside_a_running_loop(type(self).__name__)
         self._lock = threading.Lock()
         self._closed = False
         self._loop = asyncio.new_event_loop()
@@ -64,11 +75,9 @@ class _LoopThread:
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for it; Ctrl-C in the waiting thread cancels it."""
-        try:
-            _refuse_inside_a_running_loop(type(self).__name__)
-        except RuntimeError:
+        if threading.current_thread() is self._thread:
             coro.close()  # never awaited: close it so Python does not warn
-            raise
+            raise RuntimeError(_OWN_LOOP_MESSAGE.format(name=type(self).__name__))
         with self._lock:
             if self._closed:
                 coro.close()
@@ -123,9 +132,13 @@ class SyncClient(_LoopThread):
     Dials in the constructor, which raises ConnectError or ConnectTimeout (and leaves
     no thread behind) when that fails. Safe to share between threads. Use it as a
     context manager, or call ``close()``; one garbage-collected unclosed is cleaned up
-    then, with a ResourceWarning. Inside asyncio code use
-    ``await geerpc.dial(...)`` instead: calling this from a running event loop raises
-    RuntimeError, as it would block that loop.
+    then, with a ResourceWarning.
+
+    It works in a thread that runs an event loop too (a Jupyter cell, a coroutine),
+    blocking that loop while it waits; ``await geerpc.dial(...)`` does not block it.
+    A server running on that same loop cannot answer while it is blocked: call such a
+    server with ``await``. Used from this client's own loop thread (a callback on
+    it), a call raises RuntimeError rather than wait for itself forever.
     """
 
     def __init__(self, address: str, *, connect_timeout: float | None = 10.0,
@@ -169,6 +182,8 @@ class SyncXClient(_LoopThread):
     addresses, or a Discovery; the other options are ``XClient``'s. Creating it does
     not connect: servers are dialled by the first calls. A URL or a list is the
     safer choice: the discovery then lives on this client's own loop from the start.
+    Like ``SyncClient``, it works in a thread that runs an event loop (a Jupyter
+    cell), and refuses with RuntimeError to block its own loop thread.
     """
 
     def __init__(self, discovery: Discovery | str | list[str], mode: SelectMode = SelectMode.RANDOM,
@@ -267,13 +282,3 @@ def _finalize(loop: asyncio.AbstractEventLoop, thread: threading.Thread, resourc
 async def _make_xclient(discovery: Discovery | str | list[str], mode: SelectMode,
                         options: dict[str, Any]) -> XClient:
     return XClient(discovery, mode, **options)
-
-
-def _refuse_inside_a_running_loop(name: str) -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return  # no loop running in this thread: blocking is fine
-    raise RuntimeError(f"{name} blocks, and this thread runs an event loop that it would stall "
-                       f"(or deadlock, on its own loop thread); use the async API instead: "
-                       f"await geerpc.dial(...) or geerpc.xclient.XClient(...)")

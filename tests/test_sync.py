@@ -1,12 +1,14 @@
 """The blocking clients against real servers on loopback.
 
 The servers and a registry run on an event loop in a thread of their own (one per
-module), so the test thread runs no loop and may block, as a script would.
+module), so the test thread runs no loop and may block, as a script would; some tests
+run a loop in the test thread and block it, as a Jupyter cell does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import signal
 import socket
@@ -175,20 +177,73 @@ def test_silent_listener_raises_connect_timeout() -> None:
     assert sync_threads() == []
 
 
-async def test_constructor_inside_a_running_loop_raises_runtime_error(address: str) -> None:
-    with pytest.raises(RuntimeError, match=r"await geerpc\.dial"):
-        SyncClient(address)
+async def test_constructor_and_call_work_inside_a_running_loop(address: str) -> None:
+    # As in a Jupyter cell: the client's loop is its own, so blocking this one is safe.
+    with SyncClient(address) as client:
+        assert client.call("Arith.add", 1, 2) == 3
     assert sync_threads() == []
 
 
-def test_call_inside_a_running_loop_raises_runtime_error(address: str) -> None:
-    async def misuse(client: SyncClient) -> None:
-        client.call("Arith.add", 1, 2)
+def test_blocking_calls_from_a_coroutine_in_the_same_thread(backend: Backend, address: str) -> None:
+    async def main() -> list[Any]:
+        # Called synchronously, without await, from inside the running loop.
+        with SyncClient(address) as client, SyncXClient(list(backend.addresses)) as xclient:
+            return [client.call("Arith.add", 1, 2), xclient.call("Arith.mul", 6, 7),
+                    xclient.broadcast("Arith.add", 2, 3, timeout=5)]
+
+    assert asyncio.run(main()) == [3, 42, 5]
+    assert sync_threads() == []
+
+
+def test_timeout_inside_a_running_loop_raises_call_timeout(address: str) -> None:
+    async def main(client: SyncClient) -> None:
+        with pytest.raises(geerpc.CallTimeout):
+            client.call("Arith.sleep", 5, timeout=0.1)
 
     with SyncClient(address) as client:
-        with pytest.raises(RuntimeError, match=r"await geerpc\.dial"):
-            asyncio.run(misuse(client))
+        asyncio.run(main(client))
         assert client.call("Arith.add", 1, 2) == 3
+
+
+def on_own_loop(client: SyncClient | SyncXClient, function: Any) -> Any:
+    """Run ``function`` as a callback on ``client``'s own loop thread; its result or exception."""
+    outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def callback() -> None:
+        try:
+            outcome.set_result(function())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.set_exception(exc)
+
+    client._loop.call_soon_threadsafe(callback)
+    return outcome.result(10)
+
+
+OWN_LOOP = r"cannot block on its own loop thread .*wait forever"
+
+
+def test_call_on_its_own_loop_thread_raises_runtime_error(backend: Backend, address: str) -> None:
+    with SyncClient(address) as client, SyncXClient(list(backend.addresses)) as xclient:
+        with pytest.raises(RuntimeError, match=f"SyncClient {OWN_LOOP}"):
+            on_own_loop(client, lambda: client.call("Arith.add", 1, 2))
+        with pytest.raises(RuntimeError, match=f"SyncXClient {OWN_LOOP}"):
+            on_own_loop(xclient, lambda: xclient.call("Arith.add", 1, 2))
+        with pytest.raises(RuntimeError, match=f"SyncXClient {OWN_LOOP}"):
+            on_own_loop(xclient, lambda: xclient.broadcast("Arith.add", 1, 2))
+
+        async def task() -> Any:  # a task on the loop is refused the same way
+            return client.call("Arith.add", 1, 2)
+
+        with pytest.raises(RuntimeError, match=f"SyncClient {OWN_LOOP}"):
+            asyncio.run_coroutine_threadsafe(task(), client._loop).result(10)
+        # Refused before anything reached the loop: both clients carry on.
+        assert client.call("Arith.add", 1, 2) == 3
+        assert xclient.call("Arith.add", 2, 2) == 4
+
+
+def test_another_clients_loop_thread_may_block(address: str) -> None:
+    with SyncClient(address) as first, SyncClient(address) as second:
+        assert on_own_loop(first, lambda: second.call("Arith.add", 1, 2)) == 3
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs the main thread")
