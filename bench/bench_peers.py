@@ -8,7 +8,7 @@ baseline of bench_rpc.py as the reference. The frameworks are the ``bench`` extr
 note. Every peer runs the same workload against a server with ``add(a, b)`` and
 ``echo(value)``:
 
-  sequential  add, one call in flight: p50 latency and calls/s
+  sequential  add, one call in flight: p50 and p99 latency, calls/s
   64 in flight  add, 64 calls at once: calls/s; how each peer gets there is in the
       table (one connection for those that multiplex, else threads or connections)
   echo        a 64 KiB bytes value there and back, one call in flight: MB/s
@@ -17,7 +17,8 @@ For each peer and each repeat, the server runs in a fresh child process pinned t
 core and the client in another, pinned to the other core; peers take turns, the order
 rotating from one repeat to the next. The table gives each peer's median, and in
 brackets the median ratio to the baseline measured in the same repeat (for latency,
-lower is better; for everything else, higher).
+lower is better; for everything else, higher); a second table gives the min..max of
+those ratios. Progress goes to stderr, the tables to stdout.
 """
 
 from __future__ import annotations
