@@ -15,6 +15,14 @@ through ``host.ConnectionHost``. Design notes:
   does not read our replies, we stop taking frames from the buffer and pause reading
   the socket; finishing calls resume it. Requests held meanwhile are bounded in count
   and bytes, so Cancels and EOF are still seen.
+- One byte budget per connection (``Limits.connection_budget``) covers what the
+  connection holds: requests held and the arguments of running calls (each charged
+  what ``decoding`` says its decoded form may cost) and reply bytes not yet sent
+  (queued here or in the transport's buffer). At the budget no call starts and no
+  frame is taken; a result that arrives then is parked as it is and encoded only once
+  the peer has read enough. What a connection holds is therefore at most the budget,
+  plus one request or one reply that crossed it, plus the results of its running
+  handlers themselves.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from .dispatch import STOPPING, Calls, budget
 from .errors import ProtocolError
 from .handshake import ServerHandshake
 from .host import ConnectionHost
-from .replies import bad_request_reply, not_found_reply, stopped_reply, stopping_reply
+from .replies import bad_request_reply, budget_reply, not_found_reply, stopped_reply, stopping_reply
 from .service import Method
 from .tcp import enable_keepalive
 
@@ -39,7 +47,7 @@ log = logging.getLogger("geerpc.server")
 _CLIENT_CANCELLED = "cancelled by the client"
 _CONNECTION_LOST = "connection lost"
 _FLUSH_AT = 256 * 1024  # queued reply bytes that are written without waiting for the read's end
-_HOLD_BYTES = 4 * 1024 * 1024  # request bytes held per connection beyond max_in_flight
+_JOIN_BELOW = 1024 * 1024  # queued replies joined into one write below this; written one by one above
 _HOLD_MIN = 16  # requests held at least, whatever max_in_flight, so Cancels and EOF get through
 
 
@@ -48,7 +56,7 @@ class _Held(NamedTuple):
 
     request: p.Request
     method: Method
-    size: int  # bytes of its frame
+    cost: int  # bytes charged for it (decoding.unpack)
     deadline: float | None  # loop time, set when the request arrived
 
 
@@ -61,8 +69,9 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._handshake: ServerHandshake | None = ServerHandshake(host.http_answer)
         self._frames = p.FrameDecoder(limits.max_frame_size)
+        self._budget = limits.connection_budget
         self._calls = Calls(self._loop, queue=self._queue, reply=self._reply, submit=host.submit,
-                            stopping=lambda: host.stopping, ended=self._call_ended,
+                            stopping=lambda: host.stopping, ended=self._call_ended, room=self._reply_room,
                             frame_limit=limits.max_frame_size, handle_timeout=limits.handle_timeout)
         self._running = self._calls.running  # seq -> running call, read for counts
         # Requests received while max_in_flight calls run: started as calls finish.
@@ -121,6 +130,9 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self._calls.parked:
+            self._calls.unpark()
+            self._flush()
         self._take_frames()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -130,6 +142,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._lost = True  # from here on nothing new starts
         self._host.connection_closed(self)
         self._held.clear()
+        self._held_bytes = 0
+        self._calls.forget_parked()
         for seq in self._calls.seqs():
             self._cancel(seq, _CONNECTION_LOST)
         self._out.clear()
@@ -208,12 +222,14 @@ class ServerConnection(asyncio.BufferedProtocol):
         limit = self._limits.max_in_flight
         hold = max(limit, _HOLD_MIN)
         taken = 0
+        if self._calls.parked:
+            self._calls.unpark()
         try:
-            while self._held and len(self._running) < limit and not self._writing_paused:
+            while self._held and self._may_start():
                 _, held = self._held.popitem(last=False)
-                self._held_bytes -= held.size
-                self._calls.start(held.request, held.method, held.deadline)
-            while not self._writing_paused and len(self._held) < hold and self._held_bytes < _HOLD_BYTES:
+                self._held_bytes -= held.cost
+                self._calls.start(held.request, held.method, held.deadline, held.cost)
+            while not self._writing_paused and len(self._held) < hold and self._has_room():
                 payload = frames.next_frame()
                 if payload is None:
                     break
@@ -227,7 +243,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._abort(str(exc))
             return
         if (self._reading_paused and not self._writing_paused and len(self._held) < hold
-                and self._held_bytes < _HOLD_BYTES):
+                and self._has_room()):
             self._reading_paused = False
             assert self._transport is not None
             self._transport.resume_reading()
@@ -243,7 +259,7 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     def _handle(self, payload: bytes) -> None:
         try:
-            message = p.decode_request(payload)
+            message, cost = p.decode_request_sized(payload, self._limits.max_elements)
         except p.BadRequest as bad:
             self._queue(bad_request_reply(bad))
             return
@@ -261,6 +277,9 @@ class ServerConnection(asyncio.BufferedProtocol):
         if self._host.stopping:
             self._queue(stopping_reply(seq))
             return
+        if cost > self._budget:  # could never start: refused rather than held for ever
+            self._queue(budget_reply(seq, cost, self._budget))
+            return
         if method.inline:  # cannot suspend: runs to the end now, needs no slot and no deadline
             self._calls.start(message, method, None)
             return
@@ -269,21 +288,21 @@ class ServerConnection(asyncio.BufferedProtocol):
         if message.timeout or self._calls.handle_timeout is not None:  # a timeout of 0 is none
             seconds = budget(message.timeout, self._calls.handle_timeout)
             deadline = None if seconds is None else self._loop.time() + seconds
-        if len(self._running) < self._limits.max_in_flight and not self._held:
-            self._calls.start(message, method, deadline)
+        if not self._held and self._may_start():
+            self._calls.start(message, method, deadline, cost)
         else:
-            self._held[seq] = _Held(message, method, len(payload), deadline)
-            self._held_bytes += len(payload)
+            self._held[seq] = _Held(message, method, cost, deadline)
+            self._held_bytes += cost
 
     def _cancel(self, seq: int, reason: str) -> None:
         held = self._held.pop(seq, None)
         if held is not None:  # never started: forget it (no reply: the caller gave up)
-            self._held_bytes -= held.size
+            self._held_bytes -= held.cost
             return
         self._calls.cancel(seq, reason)
 
     def _call_ended(self) -> None:
-        if self._held or self._reading_paused:
+        if self._held or self._reading_paused or self._calls.parked:
             self._take_frames()
         if not self._running and not self._held and self._host.stopping:
             self._host.connection_quiet(self)
@@ -308,11 +327,48 @@ class ServerConnection(asyncio.BufferedProtocol):
         out = self._out
         if not out:
             return
+        size = self._out_size
         self._out = []
         self._out_size = 0
         transport = self._transport
-        if transport is not None and not transport.is_closing():
+        if transport is None or transport.is_closing():
+            return
+        if len(out) == 1 or size < _JOIN_BELOW:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
+            return
+        # Large replies: one write each, each frame let go once the transport has it,
+        # so they are never all held twice (joined, then copied into the buffer).
+        for i, frame in enumerate(out):
+            out[i] = b""
+            transport.write(frame)
+        del frame
+
+    # ------------------------------------------------------------- budget
+
+    def _used(self) -> int:
+        """Bytes this connection holds against its budget."""
+        transport = self._transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return self._held_bytes + self._calls.charged + self._out_size + buffered
+
+    def _has_room(self) -> bool:
+        return self._used() < self._budget
+
+    def _reply_room(self) -> bool:
+        """Whether a result may be encoded now: within the budget, or nothing else unsent."""
+        transport = self._transport
+        unsent = self._out_size or (transport.get_write_buffer_size() if transport is not None else 0)
+        return not unsent or self._used() < self._budget
+
+    def _may_start(self) -> bool:
+        """Whether a call may start now: a slot, a peer that reads, room in the budget.
+
+        With nothing running, a request within the budget always may, so one large call
+        can run on a connection that holds nothing else.
+        """
+        running = len(self._running)
+        return (running < self._limits.max_in_flight and not self._writing_paused and not self._calls.parked
+                and (not running or self._has_room()))
 
     # ------------------------------------------------------------- helpers
 
@@ -339,7 +395,18 @@ class ServerConnection(asyncio.BufferedProtocol):
     def held(self) -> int:
         return len(self._held)
 
+    @property
+    def bytes_held(self) -> int:
+        """Bytes held against the connection's budget."""
+        return self._used()
+
+    @property
+    def parked(self) -> int:
+        """Finished calls whose results wait for the peer to read."""
+        return len(self._calls.parked)
+
     def cancel_calls(self) -> None:
+        self._calls.unpark(force=True)  # finished: their results go out whatever the budget
         for seq in list(self._held):  # never started: answer them Unavailable
             self._reply(stopped_reply(seq, self._held.pop(seq).method))
         self._held_bytes = 0

@@ -16,6 +16,7 @@ socket; the connection passes in what to call to queue or send a reply.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import sys
@@ -61,7 +62,13 @@ class _SyncCall(Job):
 
 
 class Calls:
-    """The calls running on one connection, by seq.
+    """The calls running on one connection, by seq, and the bytes they hold.
+
+    Each running call is charged the memory its request was charged when decoded
+    (``charged``, in bytes) until its handler has ended. A result that arrives while
+    the connection has no room for more reply bytes (``room()`` is False) is parked
+    as it is, not encoded, so a peer that does not read our replies gets no copies of
+    them made; ``unpark()`` encodes and sends parked results once there is room.
 
     Args:
         queue: adds a reply frame to the batch written at the end of this read.
@@ -69,19 +76,24 @@ class Calls:
         submit: runs a job on a worker thread.
         stopping: whether the server is stopping (cancelled calls then answer Unavailable).
         ended: called after a running call ended, so held requests can start.
+        room: whether the connection's budget has room for another reply.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, queue: Callable[[bytes], None],
                  reply: Callable[[bytes], None], submit: Callable[[Job], None],
-                 stopping: Callable[[], bool], ended: Callable[[], None],
+                 stopping: Callable[[], bool], ended: Callable[[], None], room: Callable[[], bool],
                  frame_limit: int, handle_timeout: float | None) -> None:
         self._loop = loop
         self._queue, self._reply, self._submit = queue, reply, submit
-        self._stopping, self._ended = stopping, ended
+        self._stopping, self._ended, self._room = stopping, ended, room
         #: seq -> the call's task or worker job; the connection reads it for counts
         self.running: dict[int, asyncio.Task[None] | _SyncCall] = {}
         self._running = self.running
         self._cancelled: set[asyncio.Task[None]] = set()  # cancelled tasks not yet ended
+        self._costs: dict[int, int] = {}  # seq -> bytes charged, until the handler has ended
+        self.charged = 0  # the sum of _costs, and of cancelled tasks' not yet ended
+        #: finished calls whose results wait for room: (seq, method, result, start)
+        self.parked: collections.deque[tuple[int, Method, Any, float]] = collections.deque()
         self.frame_limit = frame_limit  # lowered to the client's own limit if smaller
         self.handle_timeout = handle_timeout  # lowered to the client's HandleTimeout if smaller
 
@@ -92,7 +104,8 @@ class Calls:
         """The TIMEOUT reply, naming the time the call was given."""
         return timeout_reply(message.seq, method, budget(message.timeout, self.handle_timeout) or 0.0)
 
-    def start(self, message: p.Request, method: Method, deadline: float | None) -> None:
+    def start(self, message: p.Request, method: Method, deadline: float | None, cost: int = 0) -> None:
+        """Run a call. ``cost`` is what its request was charged; it is held until the handler ends."""
         seq, args, kwargs = message.seq, message.args, message.kwargs
         start = perf_counter()
         if method.inline:  # cannot suspend: runs to the end now, needs no slot
@@ -115,9 +128,11 @@ class Calls:
             else:
                 task = self._loop.create_task(coroutine)
             self._running[seq] = task
+            self._costs[seq] = cost
+            self.charged += cost
             # Cleaned up by a callback, not in _run: a task cancelled before its first
             # step (a Cancel in the same read as its Request) never runs _run at all.
-            task.add_done_callback(functools.partial(self._task_done, seq))
+            task.add_done_callback(functools.partial(self._task_done, seq, cost))
             return
         if deadline is not None and deadline <= self._loop.time():  # ran out while held
             self._queue(self._timed_out(message, method))
@@ -128,6 +143,8 @@ class Calls:
         if deadline is not None:
             call.timer = self._loop.call_at(deadline, self._sync_timeout, call, message)
         self._running[seq] = call
+        self._costs[seq] = cost
+        self.charged += cost
         self._submit(call)
 
     async def _run(self, message: p.Request, method: Method, deadline: float | None, start: float) -> None:
@@ -152,6 +169,10 @@ class Calls:
                         raise  # the handler's own TimeoutError, not our deadline
                     self._reply(self._timed_out(message, method))
                     return
+            if self.parked or not self._room():
+                self.parked.append((seq, method, result, start))
+                start = 0.0  # recorded when it is sent
+                return
             frame, ok = result_reply(seq, method, result, self.frame_limit)
             self._reply(frame)
         except asyncio.CancelledError as exc:
@@ -172,11 +193,14 @@ class Calls:
         except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
             self._reply(failure_reply(seq, method, args, kwargs, exc, self.frame_limit))
         finally:
-            method.record(perf_counter() - start, ok)
+            if start:
+                method.record(perf_counter() - start, ok)
 
-    def _task_done(self, seq: int, task: asyncio.Task[None]) -> None:
+    def _task_done(self, seq: int, cost: int, task: asyncio.Task[None]) -> None:
+        self.charged -= cost  # the handler has ended: its arguments are free
         if self._running.get(seq) is task:
             del self._running[seq]
+            del self._costs[seq]
             self._ended()
         else:  # cancelled by the client (or the connection lost): already out of the table
             self._cancelled.discard(task)
@@ -187,7 +211,12 @@ class Calls:
         if call.timer is not None:
             call.timer.cancel()
         del self._running[call.seq]
+        self.charged -= self._costs.pop(call.seq)
         if ok:
+            if self.parked or not self._room():
+                self.parked.append((call.seq, call.method, value, call.start))
+                self._ended()
+                return
             frame, ok = result_reply(call.seq, call.method, value, self.frame_limit)
             self._reply(frame)
         else:
@@ -199,6 +228,8 @@ class Calls:
         # A thread cannot be stopped: the handler runs on, and its result is dropped.
         call.abandoned = True
         del self._running[call.seq]
+        # The thread may still hold the arguments, but nothing else will: uncharged.
+        self.charged -= self._costs.pop(call.seq)
         self._reply(self._timed_out(message, call.method))
         call.method.record(perf_counter() - call.start, False)
         self._ended()
@@ -212,8 +243,9 @@ class Calls:
             if reason != STOPPING:
                 # The seq and the slot are free at once, as for a worker thread's call:
                 # the client may reuse the seq before the task has ended. The set keeps
-                # the task referenced until it does.
+                # the task referenced until it does, and its cost stays charged.
                 del self._running[seq]
+                del self._costs[seq]
                 self._cancelled.add(call)
                 self._ended()
             return
@@ -221,7 +253,21 @@ class Calls:
         if call.timer is not None:
             call.timer.cancel()
         del self._running[seq]
+        self.charged -= self._costs.pop(seq)
         if reason == STOPPING:
             self._reply(stopped_reply(seq, call.method))
         self._ended()
 
+
+    def unpark(self, force: bool = False) -> None:
+        """Encode and send parked results while there is room (all of them if ``force``)."""
+        parked = self.parked
+        while parked and (force or self._room()):
+            seq, method, result, start = parked.popleft()
+            frame, ok = result_reply(seq, method, result, self.frame_limit)
+            self._reply(frame)
+            method.record(perf_counter() - start, ok)
+
+    def forget_parked(self) -> None:
+        """The connection is gone: parked results have nobody to go to."""
+        self.parked.clear()

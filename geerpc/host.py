@@ -27,6 +27,8 @@ class Limits:
 
     max_frame_size: int
     max_in_flight: int
+    max_elements: int
+    connection_budget: int
     handle_timeout: float | None
     handshake_timeout: float
     frame_timeout: float

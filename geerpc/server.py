@@ -44,6 +44,13 @@ class Server:
         max_frame_size: largest frame accepted or sent, in bytes (default 16 MiB).
         max_in_flight: calls running at once per connection; past it the server stops
             reading that connection until calls finish (backpressure).
+        max_elements: the most elements one request may hold (every array element,
+            map entry and container counts one); a request over it is answered
+            InvalidArguments, decoded no further than the limit.
+        connection_budget: bytes one connection may hold: requests waiting, the
+            arguments of running calls (as decoded, estimated) and replies not yet
+            sent. At the budget it starts no call and reads nothing until its peer
+            has read replies, so a server holds about connections x budget at most.
         max_connections: connections beyond this are refused at once.
         handshake_timeout: seconds a new connection has to send its Option.
         frame_timeout: seconds a frame that has started may take to arrive whole.
@@ -58,6 +65,8 @@ class Server:
         handle_timeout: float | None = None,
         max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
         max_in_flight: int = 128,
+        max_elements: int = p.DEFAULT_MAX_ELEMENTS,
+        connection_budget: int = 64 * 1024 * 1024,
         max_connections: int = 1024,
         handshake_timeout: float = 10.0,
         frame_timeout: float = 30.0,
@@ -67,9 +76,10 @@ class Server:
         if handle_timeout is not None and not handle_timeout > 0:
             raise ValueError("handle_timeout must be positive or None")
         for name, value in (("max_frame_size", max_frame_size), ("max_in_flight", max_in_flight),
+                            ("max_elements", max_elements), ("connection_budget", connection_budget),
                             ("max_connections", max_connections), ("max_workers", max_workers)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer")
+            if type(value) is not int or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
         if max_frame_size > 2**32 - 1:
             raise ValueError("max_frame_size must fit the 4-byte length prefix")
         for name, limit in (("handshake_timeout", handshake_timeout), ("frame_timeout", frame_timeout),
@@ -83,7 +93,10 @@ class Server:
         self.handshake_timeout = handshake_timeout
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
+        self.max_elements = max_elements
+        self.connection_budget = connection_budget
         self.limits = Limits(max_frame_size=max_frame_size, max_in_flight=max_in_flight,
+                             max_elements=max_elements, connection_budget=connection_budget,
                              handle_timeout=handle_timeout, handshake_timeout=handshake_timeout,
                              frame_timeout=frame_timeout, idle_timeout=idle_timeout)
         self.protocol_errors = 0  # connections closed because the peer broke the protocol
@@ -137,7 +150,7 @@ class Server:
             uptime=max(0.0, now - self.started_at) if self.started_at is not None else 0.0,
             stopping=self.stopping,
             services=tuple(service_stats(self._services[name]) for name in sorted(self._services)),
-            connections=tuple(ConnectionStats(c.running, c.held) for c in self._connections),
+            connections=tuple(ConnectionStats(c.running, c.held, c.bytes_held, c.parked) for c in self._connections),
             protocol_errors=self.protocol_errors,
         )
 

@@ -42,7 +42,9 @@ class ServiceStats:
 @dataclass(frozen=True, slots=True)
 class ConnectionStats:
     running: int  # calls running
-    held: int  # requests received but held at max_in_flight
+    held: int  # requests received but held at max_in_flight or at the byte budget
+    bytes_held: int = 0  # what the connection holds against its budget (Server connection_budget)
+    parked: int = 0  # finished calls whose results wait for the peer to read
 
 
 @dataclass(frozen=True, slots=True)
