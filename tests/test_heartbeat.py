@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import subprocess
 import sys
 import time
 import types
 
 import aiohttp
 import pytest
-from _registry_helpers import FakeClock, RegistryProcess, free_port
+from _registry_helpers import REPO, FakeClock, RegistryProcess, free_port
 from aiohttp import web
 
 from geerpc.registry import (
@@ -22,6 +24,7 @@ from geerpc.registry import (
     heartbeat,
     period_for,
 )
+from geerpc.registry.contract import RELIST_PERIOD, heartbeat_period
 from geerpc.registry.heartbeat import MIN_PERIOD
 
 A = "tcp@127.0.0.1:9001"
@@ -63,8 +66,8 @@ def test_period_for(timeout, period):
     assert period_for(timeout) == pytest.approx(period)
 
 
-@pytest.mark.parametrize("period", [0.001, 0.2, 1.0, 240.0])
-async def test_failed_beats_back_off_from_a_quarter_second_up_to_the_period(geerpc_like, beats, period):
+@pytest.mark.parametrize("period", [0.001, 0.2, 1.0, 5.0, 240.0])
+async def test_failed_beats_back_off_from_a_quarter_second_up_to_the_period_or_5_s(geerpc_like, beats, period):
     geerpc_like.status = 500
     clock = FakeClock()
     beat = beats(geerpc_like.url, A, period=period, clock=clock)
@@ -74,9 +77,14 @@ async def test_failed_beats_back_off_from_a_quarter_second_up_to_the_period(geer
     await clock.sleeping()
     assert beat.failures == 13  # one POST per wake: no retry without a wait
     assert min(delays) >= 0.25  # never a POST loop, whatever the period
-    assert max(delays) <= max(period, 0.5)
-    if period == 240.0:
-        assert delays[-1] >= 64  # exponential: 0.5 s doubled eight times and more, half of it fixed
+    assert max(delays) <= max(min(period, RELIST_PERIOD), 0.5)
+    if period >= RELIST_PERIOD:
+        # exponential up to the cap (equal jitter: half of each step fixed), and the cap
+        # is RELIST_PERIOD whatever the period, so a registry back from an outage hears
+        # from every server within that long
+        for delay, step in zip(delays, (0.5, 1, 2, 4)):
+            assert step / 2 <= delay <= step
+        assert all(RELIST_PERIOD / 2 <= delay <= RELIST_PERIOD for delay in delays[4:])
 
 
 async def test_tiny_registry_timeout_does_not_make_a_post_loop(beats):
@@ -127,6 +135,68 @@ async def test_period_follows_the_registry_timeout_header(geerpc_like, beats, he
     assert await beat.wait_first() is True
     assert beat.period == pytest.approx(period)
     assert geerpc_like.servers == [A]
+
+
+@pytest.mark.parametrize(
+    "asked, timeout, period",
+    [("5", "300", 5), ("2.5", "300", 2.5), ("1000", "300", 240), ("1000", "30", 10), ("0.0001", "300", MIN_PERIOD),
+     ("0", "300", 240), ("-1", "300", 240), ("junk", "300", 240), ("nan", "30", 10), ("inf", "30", 10),
+     ("5", None, 5), ("5", "0", 5), (None, "300", 240)],
+)
+async def test_period_follows_the_registry_period_header_within_its_timeout(geerpc_like, beats, asked, timeout,
+                                                                            period):
+    # X-Geerpc-Period is what the registry asks for; never longer than its timeout allows,
+    # never below MIN_PERIOD, and ignored unless a number above 0.
+    geerpc_like.extra_headers = {name: value for name, value in
+                                 (("X-Geerpc-Period", asked), ("X-Geerpc-Timeout", timeout)) if value is not None}
+    beat = beats(geerpc_like.url, A)
+    assert await beat.wait_first() is True
+    assert beat.period == pytest.approx(period)
+
+
+@pytest.mark.parametrize(
+    "asked, timeout, period",
+    [(None, None, 240), (None, 300, 240), (5, 300, 5), (5, None, 5), (5, 0, 5), (300, 300, 240), (5, 6, 2),
+     (1e-9, 300, MIN_PERIOD), (0, 300, 240), (-5, 300, 240), (math.nan, 300, 240), (math.inf, 30, 10)],
+)
+def test_heartbeat_period_rule(asked, timeout, period):
+    assert heartbeat_period(asked, timeout) == pytest.approx(period)
+
+
+async def test_geerpcs_registry_asks_for_a_beat_every_5_s_by_default(beats):
+    clock = FakeClock()
+    async with Registry() as registry:  # the defaults: timeout 300 s
+        beat = beats(registry.url, A, clock=clock)
+        assert await beat.wait_first()
+        assert beat.period == 5.0
+        assert await clock.sleeping() == 5.0
+    async with Registry(heartbeat_period=30) as registry:
+        beat = beats(registry.url, "tcp@127.0.0.1:9002", clock=clock)
+        assert await beat.wait_first()
+        assert beat.period == 30.0
+
+
+async def test_a_changed_instance_counts_as_a_restart_and_is_logged_once(beats, caplog):
+    instance = "a1"
+
+    async def reply(request: web.Request) -> web.Response:
+        return web.Response(headers={"X-Geerpc-Instance": instance, "X-Geerpc-Period": "1"})
+
+    caplog.set_level(logging.INFO, "geerpc.registry")
+    async with _Fake(reply) as url:
+        clock = FakeClock()
+        beat = beats(url, A, clock=clock)
+        assert await beat.wait_first()
+        await clock.wake()
+        await clock.sleeping()
+        assert (beat.instance, beat.restarts) == ("a1", 0)
+        instance = "b2"
+        for _ in range(3):
+            await clock.wake()
+            await clock.sleeping()
+        assert (beat.instance, beat.restarts) == ("b2", 1)
+        assert caplog.text.count("restarted") == 1
+        await beat.stop()
 
 
 async def test_explicit_period_wins_over_the_registry(registry, beats):
@@ -371,3 +441,70 @@ async def test_default_period_is_geerpcs(geerpc_like, beats):
     assert beat.period == 240.0
     assert await beat.wait_first()
     assert await clock.sleeping() == 240.0
+
+
+# -- a program that never calls stop() ---------------------------------------------------
+
+_FORGETFUL = """
+import asyncio, gc, sys
+import geerpc
+from geerpc.registry import Registry, heartbeat
+
+class Arith:
+    async def add(self, a, b):
+        return a + b
+
+async def forget():
+    registry = Registry()
+    url = await registry.start("127.0.0.1", 0)
+    if sys.argv[1] == "server":
+        server = geerpc.Server()
+        server.register(Arith())
+        await server.start("127.0.0.1", 0, registry=url)   # and never server.stop()
+    else:
+        beat = heartbeat(url, "tcp@127.0.0.1:9001")          # and never beat.stop()
+        assert await beat.wait_first()
+    return registry
+
+if sys.argv[2] == "asyncio.run":       # the loop ends with the heartbeat running
+    async def main():
+        registry = await forget()
+        await registry.stop()
+    asyncio.run(main())
+else:                                  # the loop is closed under the pending heartbeat
+    loop = asyncio.new_event_loop()
+    registry = loop.run_until_complete(forget())
+    loop.run_until_complete(registry.stop())
+    loop.close()
+    del loop, registry
+    gc.collect()
+print("exited")
+"""
+
+
+def _run_forgetful(*args: str, warnings: str | None = None) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.pop("PYTHONWARNINGS", None)
+    options = [] if warnings is None else ["-W", warnings]
+    done = subprocess.run([sys.executable, *options, "-c", _FORGETFUL, *args],
+                          capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert (done.returncode, done.stdout) == (0, "exited\n"), done.stderr
+    return done.stderr
+
+
+@pytest.mark.parametrize("ending", ["asyncio.run", "closed loop"])
+@pytest.mark.parametrize("what", ["server", "heartbeat"])
+def test_a_forgotten_stop_closes_the_session_without_aiohttps_noise(what, ending):
+    quiet = _run_forgetful(what, ending)
+    noisy = _run_forgetful(what, ending, warnings="default")
+    for stderr in (quiet, noisy):
+        assert "Unclosed client session" not in stderr
+        assert "Unclosed connector" not in stderr
+        assert "Traceback" not in stderr
+    # geerpc's own warning, once, only where warnings are shown.
+    assert "ended without stop()" not in quiet
+    assert noisy.count("ResourceWarning: geerpc heartbeat of tcp@127.0.0.1:") == 1
+    assert "was not deregistered" in noisy
+    if (what, ending) == ("heartbeat", "asyncio.run"):
+        assert quiet == ""  # nothing at all by default

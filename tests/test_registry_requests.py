@@ -12,7 +12,7 @@ import pytest
 from conftest import eventually
 
 from geerpc.registry import LivenessTable, Registry
-from geerpc.registry import server as registry_server
+from geerpc.registry.render import FILTERED_CACHE
 
 A = "tcp@127.0.0.1:9001"
 B = "tcp@127.0.0.1:9002"
@@ -45,10 +45,10 @@ async def _get(http: aiohttp.ClientSession, url: str, **params: str) -> tuple[in
 async def test_distinct_service_filters_do_not_grow_the_header_cache(http):
     async with Registry(timeout=0) as registry:
         await _post(http, registry.url, A)  # declares no services: offers every one
-        for i in range(3 * registry_server._FILTERED_CACHE):
+        for i in range(3 * FILTERED_CACHE):
             status, servers, _ = await _get(http, registry.url, service=f"S{i}")
             assert (status, servers) == (200, A)
-        assert len(registry._header_cache) <= registry_server._FILTERED_CACHE
+        assert registry.lists.cached_filters == FILTERED_CACHE
 
 
 async def test_cached_filtered_lists_follow_changes(http):

@@ -14,7 +14,7 @@ import math
 import signal
 import sys
 
-from .contract import DEFAULT_PATH, DEFAULT_TIMEOUT
+from .contract import DEFAULT_PATH, DEFAULT_TIMEOUT, MIN_PERIOD, RELIST_PERIOD
 from .server import Registry
 from .table import MAX_SERVERS
 
@@ -45,6 +45,16 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _heartbeat_period(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= MIN_PERIOD):
+        raise argparse.ArgumentTypeError(f"want a finite number of seconds >= {MIN_PERIOD}, not {text!r}")
+    return value
+
+
 def _max_servers(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"want a whole number >= 1, not {text!r}")
@@ -70,6 +80,9 @@ def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     parser.add_argument("--port", type=_port, default=9999, help="port to listen on, 0 for any (default 9999)")
     parser.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT,
                         help="seconds a server stays listed without a heartbeat, 0 for ever (default 300)")
+    parser.add_argument("--heartbeat-period", type=_heartbeat_period, default=RELIST_PERIOD,
+                        help="seconds between heartbeats asked of servers: how soon they are listed again "
+                             f"after a restart (default {RELIST_PERIOD:g}; at most what the timeout allows)")
     parser.add_argument("--path", type=_path, default=DEFAULT_PATH, help=f"URL path (default {DEFAULT_PATH})")
     parser.add_argument("--max-servers", type=_max_servers, default=MAX_SERVERS,
                         help=f"most servers listed at once (default {MAX_SERVERS})")
@@ -77,12 +90,30 @@ def _parse_args(argv: list[str] | None, prog: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _raise_file_limit() -> None:
+    # Servers beating every few seconds keep their connections open (keep-alive), so a
+    # registry of N servers holds about N sockets: lift the soft limit on open files
+    # (often 1,024) to the hard one, as Go programs do at start.
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):  # e.g. macOS refuses RLIM_INFINITY: keep the soft limit
+            pass
+
+
 async def _serve(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    registry = Registry(args.timeout, path=args.path, max_servers=args.max_servers)
+    _raise_file_limit()
+    registry = Registry(args.timeout, path=args.path, max_servers=args.max_servers,
+                        heartbeat_period=args.heartbeat_period)
     url = await registry.start(args.host, args.port)
     try:
         print(url, flush=True)

@@ -20,6 +20,8 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_WAIT",
     "H_INDEX",
+    "H_INSTANCE",
+    "H_PERIOD",
     "H_SERVER",
     "H_SERVERS",
     "H_SERVICES",
@@ -30,8 +32,11 @@ __all__ = [
     "Q_INDEX",
     "Q_SERVICE",
     "Q_WAIT",
+    "RELIST_PERIOD",
     "check_service_name",
     "format_seconds",
+    "heartbeat_period",
+    "parse_instance",
     "parse_seconds",
     "parse_services",
     "period_for",
@@ -47,6 +52,10 @@ DEFAULT_PERIOD: Final = 240.0
 #: argument: the period comes from a reply, and a registry that says "0.0001" (hostile
 #: or misconfigured) must not turn a heartbeat into a POST loop.
 MIN_PERIOD: Final = 0.1
+#: The heartbeat period geerpc's registry asks for by default (``X-Geerpc-Period``),
+#: and the longest a heartbeat waits before retrying a failed beat: after a registry
+#: restart or outage, every live server is listed again within this long.
+RELIST_PERIOD: Final = 5.0
 #: How long a watch that names an index but no ``wait`` is held (at most the
 #: registry's ``max_wait``).
 DEFAULT_WAIT: Final = 30.0
@@ -63,6 +72,10 @@ H_SERVICES: Final = "X-Geerpc-Services"
 H_TIMEOUT: Final = "X-Geerpc-Timeout"
 #: Every reply: the list's index, which changes whenever the list does.
 H_INDEX: Final = "X-Geerpc-Index"
+#: Every reply: the heartbeat period this registry asks servers to use, in seconds.
+H_PERIOD: Final = "X-Geerpc-Period"
+#: Every reply: an opaque id of this run of the registry, new each time it starts.
+H_INSTANCE: Final = "X-Geerpc-Instance"
 
 # -- GET query parameters ---------------------------------------------------------------
 
@@ -85,14 +98,37 @@ def period_for(timeout: float | None) -> float:
     third of it (30 -> 10), so a server survives a missed beat; 240 s when the
     registry says nothing (``None``, GeeRPC's registry) or never expires (0). Never
     less than ``MIN_PERIOD``: a registry whose timeout is below 0.3 s cannot keep
-    anybody listed anyway. A failed beat is retried within seconds, not a period
-    later, so 240 of 300 is safe.
+    anybody listed anyway. This is the period for a registry that does not say
+    which one it wants (GeeRPC's); geerpc's registry says so in ``X-Geerpc-Period``
+    (see ``heartbeat_period``).
     """
     if timeout is None or not math.isfinite(timeout) or timeout <= 0:
         return DEFAULT_PERIOD
     if timeout >= 180:
         return timeout - 60
     return max(MIN_PERIOD, timeout / 3)
+
+
+def heartbeat_period(asked: float | None, timeout: float | None) -> float:
+    """The heartbeat period for a reply carrying ``X-Geerpc-Period: asked`` and ``X-Geerpc-Timeout: timeout``.
+
+    The period the registry asks for, within ``MIN_PERIOD`` and ``period_for(timeout)``
+    (a registry asking for a period too long for its own timeout would drop its
+    servers between beats); ``period_for(timeout)`` when it asks for none (GeeRPC's
+    registry, or geerpc's before it sent the header) or for something that is not a
+    number above 0.
+    """
+    longest = period_for(timeout)
+    if asked is None or not math.isfinite(asked) or asked <= 0:
+        return longest
+    return min(longest, max(MIN_PERIOD, asked))
+
+
+def parse_instance(value: str | None) -> str | None:
+    """An ``X-Geerpc-Instance`` value: None when absent, empty or longer than 64 characters."""
+    if value is None or not value.strip() or len(value) > 64:
+        return None
+    return value.strip()
 
 
 def format_seconds(seconds: float) -> str:

@@ -7,15 +7,20 @@ only once a heartbeat starts.
 
 Unlike GeeRPC, whose heartbeat goroutine gives up after one failed POST, a
 ``Heartbeat`` retries with exponential backoff and jitter until it is stopped, and
-deregisters on stop so a stopped server does not stay listed for minutes.
+deregisters on stop so a stopped server does not stay listed for minutes. It beats
+at the period the registry asks for, and retries a failed beat at least every
+``RELIST_PERIOD``, so a restarted registry lists it again within seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import time
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Protocol, Self
 from urllib.parse import urlsplit
@@ -24,12 +29,17 @@ from ..address import parse_address
 from ..backoff import Backoff, FailureLog
 from .contract import (
     DEFAULT_PERIOD,
+    H_INSTANCE,
+    H_PERIOD,
     H_SERVER,
     H_SERVICES,
     H_TIMEOUT,
     MAX_SERVICES,
     MIN_PERIOD,
+    RELIST_PERIOD,
     check_service_name,
+    heartbeat_period,
+    parse_instance,
     parse_seconds,
     period_for,
 )
@@ -62,8 +72,9 @@ class Announcement(Protocol):
 class Heartbeat:
     """A background task that POSTs ``address`` to the registry at ``url`` every period.
 
-    ``period=None`` follows the registry: each POST reply's ``X-Geerpc-Timeout``
-    sets the next period (see ``period_for``). An explicit ``period`` below
+    ``period=None`` follows the registry: each POST reply's ``X-Geerpc-Period``
+    and ``X-Geerpc-Timeout`` set the next period (see ``heartbeat_period``; 5 s
+    with geerpc's registry by default, 240 s with GeeRPC's). An explicit ``period`` below
     ``MIN_PERIOD`` is raised to it (ten beats a second is already more than any
     registry timeout needs). ``services`` are sent as ``X-Geerpc-Services`` (None:
     not sent, the server counts as offering every service); each name must pass the
@@ -74,9 +85,16 @@ class Heartbeat:
     and waits with; tests pass a fake pair.
 
     A failed beat is retried with exponential backoff from 0.5 s, capped at the
-    period (at 0.5 s when the period is shorter), with equal jitter: half fixed, so
-    it never spins (0.25 s at the least), half random, so a fleet of servers does
-    not hit a restarted registry in lockstep.
+    period or ``RELIST_PERIOD`` (5 s), whichever is shorter (but at least 0.5 s),
+    with equal jitter: half fixed, so it never spins (0.25 s at the least), half
+    random, so a fleet of servers does not hit a restarted registry in lockstep.
+    ``instance`` is the registry run the last beat reached (``X-Geerpc-Instance``);
+    ``restarts`` counts the times it changed between beats.
+
+    A heartbeat whose loop ends without ``stop()`` (a program that forgot
+    ``server.stop()``) closes its HTTP session itself and warns once with a
+    ``ResourceWarning`` (shown with ``-W default`` or ``-X dev``): the server was
+    not deregistered and stays listed until the registry's timeout.
 
     Raises ``ValueError`` for a bad URL, address, period, timeout or service name,
     so a mistake fails here rather than as a heartbeat retried forever.
@@ -116,10 +134,13 @@ class Heartbeat:
         self.beats = 0  # successful POSTs so far
         self._clock = clock
         self._sleep = sleep
-        self._backoff = Backoff(_FIRST_BACKOFF, max(self.period, _FIRST_BACKOFF))
+        self._backoff = Backoff(_FIRST_BACKOFF, _retry_cap(self.period))
+        self.instance: str | None = None
+        self.restarts = 0
         self._trouble = FailureLog()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._forget: weakref.finalize[[aiohttp.ClientSession], Heartbeat] | None = None
         self._first = asyncio.Event()
         self._first_ok = False
         self._attempted = False
@@ -158,9 +179,7 @@ class Heartbeat:
             if self._attempted:
                 await self._deregister()
         finally:  # also when the caller is cancelled meanwhile: never leak the session
-            if self._session is not None:
-                await self._session.close()
-                self._session = None
+            await self._close_session()
 
     async def __aenter__(self) -> Self:
         self.start()
@@ -176,7 +195,17 @@ class Heartbeat:
             import aiohttp  # at first use: importing geerpc.registry stays cheap
 
             self._session = aiohttp.ClientSession()
+            # Should this heartbeat be collected with its session open (its loop closed
+            # under a pending task), close the session first, quietly.
+            self._forget = weakref.finalize(self, _close_now, self._session)
         return self._session
+
+    async def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            if self._forget is not None:
+                self._forget.detach()
+            await session.close()
 
     def _headers(self) -> dict[str, str]:
         headers = {H_SERVER: self.address}
@@ -185,12 +214,31 @@ class Heartbeat:
         return headers
 
     async def _run(self) -> None:
-        while True:
-            ok = await self._beat()
-            if not self._first.is_set():
-                self._first_ok = ok
+        try:
+            while True:
+                ok = await self._beat()
+                if not self._first.is_set():
+                    self._first_ok = ok
+                    self._first.set()
+                await self._sleep(self.period if ok else self._backoff.delay(self.failures))
+        except BaseException as exc:
+            if not self._stopped:  # not stop(): the loop is ending under us, or the task was destroyed
+                self._stopped = True
                 self._first.set()
-            await self._sleep(self.period if ok else self._backoff.delay(self.failures))
+                if isinstance(exc, GeneratorExit):  # destroyed: no awaiting here
+                    if self._forget is not None:
+                        self._forget()
+                    self._session = None
+                else:  # cancelled: a cancellation's cleanup may await
+                    await self._close_session()
+                if self._attempted:
+                    warnings.warn(
+                        f"geerpc heartbeat of {self.address} to {self.url} ended without stop(): "
+                        f"{self.address} was not deregistered and stays listed until the registry's "
+                        "timeout; await server.stop() (or Heartbeat.stop()) before the event loop ends",
+                        ResourceWarning, stacklevel=1,
+                    )
+            raise
 
     async def _beat(self) -> bool:
         import aiohttp
@@ -204,6 +252,8 @@ class Heartbeat:
                         reason = (await response.content.read(200)).decode("utf-8", "replace").strip()
                         raise _HTTPStatus(f"HTTP {response.status} {reason}".strip())
                     registry_timeout = parse_seconds(response.headers.get(H_TIMEOUT))
+                    asked = parse_seconds(response.headers.get(H_PERIOD))
+                    instance = parse_instance(response.headers.get(H_INSTANCE))
         except (aiohttp.ClientError, OSError, TimeoutError, _HTTPStatus) as exc:
             level = logging.WARNING if self._trouble.failed(self._clock()) else logging.DEBUG
             log.log(level, "heartbeat of %s to %s failed (%d in a row): %s",
@@ -214,9 +264,15 @@ class Heartbeat:
             log.info("heartbeat of %s to %s works again after %d failure(s) in %.1f s",
                      self.address, self.url, recovery.failures, recovery.seconds)
         self.beats += 1
+        if instance is not None:
+            if self.instance is not None and instance != self.instance:
+                self.restarts += 1
+                # This POST registered us with the new run already: nothing more to do.
+                log.info("registry at %s restarted; %s is registered with it again", self.url, self.address)
+            self.instance = instance
         if self._fixed_period is None:
-            self.period = period_for(registry_timeout)
-            self._backoff.maximum = max(self.period, _FIRST_BACKOFF)
+            self.period = heartbeat_period(asked, registry_timeout)
+            self._backoff.maximum = _retry_cap(self.period)
         return True
 
     async def _deregister(self) -> None:
@@ -233,6 +289,35 @@ class Heartbeat:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.info("could not deregister %s from %s (%s); it will expire instead",
                      self.address, self.url, _describe(exc))
+
+
+def _close_now(session: aiohttp.ClientSession) -> None:
+    # Close without awaiting, so that aiohttp, collecting the session later, does not
+    # print "Unclosed client session" and "Unclosed connector".
+    connector = session.connector
+    session.detach()  # the session counts as closed from here on
+    if connector is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an awaitable dropped unawaited warns in aiohttp's words
+        closing = connector.close()
+        # The connector closes its sockets (or, its loop being closed, only marks itself
+        # closed) in close()'s first step: a plain call in older aiohttp, the first step
+        # of a coroutine in newer ones. Take that step here; what is left would only wait.
+        if inspect.iscoroutine(closing):
+            try:
+                closing.send(None)
+            except StopIteration:
+                pass
+            else:
+                closing.close()
+        del closing
+
+
+def _retry_cap(period: float) -> float:
+    # Never past RELIST_PERIOD, even for GeeRPC's 240 s period: after an outage the
+    # registry must hear from every server within seconds of coming back.
+    return max(_FIRST_BACKOFF, min(period, RELIST_PERIOD))
 
 
 def _positive_seconds(value: object) -> bool:

@@ -9,11 +9,10 @@ HTTP API is described precisely in ``docs/registry.md``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
+import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Self
@@ -25,14 +24,20 @@ from .contract import (
     DEFAULT_TIMEOUT,
     DEFAULT_WAIT,
     H_INDEX,
+    H_INSTANCE,
+    H_PERIOD,
     H_SERVERS,
     H_SERVICES,
     H_TIMEOUT,
     MAX_SERVICES,
+    MIN_PERIOD,
+    RELIST_PERIOD,
     format_seconds,
     parse_services,
+    period_for,
 )
 from .dashboard import PAGE_HEADERS, accepts_json, prefers_html, render_dashboard
+from .render import ListRenderer
 from .requests import BadRequest, one_header, query_index, query_service, query_wait, server_header
 from .table import MAX_SERVERS, LivenessTable, TableFull
 
@@ -56,12 +61,6 @@ MAX_WATCHERS: Final = 1024
 # slow header read too (a slowloris ties up a socket for this long, not forever).
 KEEPALIVE_TIMEOUT: Final = 75.0
 
-_JSON_REUSE: Final = 0.1  # seconds a rendered JSON list may be served again
-# Filtered X-Geerpc-Servers values kept per index. ``service=`` is chosen by the
-# client, so the cache must be bounded: otherwise each distinct name costs a copy
-# of the list until the next change.
-_FILTERED_CACHE: Final = 16
-
 
 class Registry:
     """GeeRPC's registry as an aiohttp endpoint, with deregistration, services and watches.
@@ -74,6 +73,10 @@ class Registry:
     16 or all of them). ``max_wait``
     caps a watch's ``wait``, ``keepalive_timeout`` closes idle connections (and
     connections that have not sent a whole request head) after that many seconds.
+    ``heartbeat_period`` is the period every reply asks servers to beat at
+    (``X-Geerpc-Period``; at most ``period_for(timeout)``): it bounds how long a
+    live server stays unlisted after the registry restarts, at the cost of
+    ``servers / heartbeat_period`` POSTs a second (see docs/registry.md).
     ``clock`` is a monotonic clock in seconds. Browsers get a live dashboard at the
     path and at ``/`` (see ``dashboard.py``).
 
@@ -93,6 +96,7 @@ class Registry:
         max_watchers_per_peer: int | None = None,
         max_wait: float = MAX_WAIT,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        heartbeat_period: float = RELIST_PERIOD,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not path.startswith("/"):
@@ -101,7 +105,15 @@ class Registry:
         # client would ask again as fast as it could.
         if not (math.isfinite(max_wait) and max_wait >= 0.1):
             raise ValueError(f"max_wait must be a finite number of seconds >= 0.1, not {max_wait!r}")
+        if (not isinstance(heartbeat_period, (int, float)) or isinstance(heartbeat_period, bool)
+                or not (math.isfinite(heartbeat_period) and heartbeat_period >= MIN_PERIOD)):
+            raise ValueError(f"heartbeat_period must be a finite number of seconds >= {MIN_PERIOD}, "
+                             f"not {heartbeat_period!r}")
         self.table = LivenessTable(timeout, max_servers=max_servers, max_services=max_services)
+        # Never longer than the timeout allows: a period past it would expire servers between beats.
+        self.heartbeat_period = (min(float(heartbeat_period), period_for(timeout)) if self.table.timeout > 0
+                                 else float(heartbeat_period))
+        self.instance = secrets.token_hex(8)  # renewed by every start()
         self.path = path
         for name, value in (("max_watchers", max_watchers), ("max_watchers_per_peer", max_watchers_per_peer)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -122,14 +134,7 @@ class Registry:
         self._closing = False
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        # Rendering 10,000 addresses per GET adds up; the list only changes with the index.
-        # The unfiltered list (GeeRPC's clients know no filter) is always kept; filtered
-        # ones go to a small LRU.
-        self._all_servers: str | None = None
-        self._header_cache: OrderedDict[str, str] = OrderedDict()
-        self._header_cache_index = -1
-        self._fragments: dict[str, tuple[frozenset[str] | None, str]] = {}
-        self._json_cache: dict[tuple[int, str | None], tuple[float, bytes]] = {}
+        self.lists = ListRenderer(self.table)
         self.url: str | None = None
 
     @property
@@ -176,6 +181,7 @@ class Registry:
         self._closing = False
         # Uptime tells discoveries whether an empty list may just mean "restarted".
         self._started_at = self._clock()
+        self.instance = secrets.token_hex(8)  # so a heartbeat can tell it reached a new run
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}{self.path}"
@@ -247,7 +253,8 @@ class Registry:
     # -- handlers --------------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
-        return {H_TIMEOUT: format_seconds(self.timeout), H_INDEX: str(self.table.index)}
+        return {H_TIMEOUT: format_seconds(self.timeout), H_INDEX: str(self.table.index),
+                H_PERIOD: format_seconds(self.heartbeat_period), H_INSTANCE: self.instance}
 
     def _reply(self, status: int, reason: str) -> web.Response:
         # backslashreplace: a reason may quote undecodable bytes the client sent.
@@ -331,60 +338,14 @@ class Registry:
     def _render(self, request: web.Request, service: str | None, html: bool) -> web.Response:
         now = self._expire()
         headers = self._headers()
-        headers[H_SERVERS] = self._servers_header(now, service)
+        headers[H_SERVERS] = self.lists.servers_header(now, service)
         headers["Vary"] = "Accept"  # one URL, three representations
         if html:
             return web.Response(status=200, headers={**headers, **PAGE_HEADERS}, body=self._page)
         if not accepts_json(request.headers.get("Accept", "")):
             return web.Response(status=200, headers=headers)
-        return web.Response(status=200, headers=headers, body=self._json(now, service),
+        head: dict[str, object] = {"index": self.table.index, "timeout": self.timeout,
+                                   "uptime": round(now - self._started_at, 3),
+                                   "period": self.heartbeat_period, "instance": self.instance}
+        return web.Response(status=200, headers=headers, body=self.lists.json(now, service, head),
                             content_type="application/json")
-
-    def _servers_header(self, now: float, service: str | None) -> str:
-        if self._header_cache_index != self.table.index:
-            self._all_servers = None
-            self._header_cache.clear()
-            self._header_cache_index = self.table.index
-        if service is None:
-            if self._all_servers is None:
-                self._all_servers = ",".join(self.table.alive(now))
-            return self._all_servers
-        cache = self._header_cache
-        joined = cache.get(service)
-        if joined is not None:
-            cache.move_to_end(service)
-            return joined
-        joined = cache[service] = ",".join(self.table.alive(now, service))
-        if len(cache) > _FILTERED_CACHE:
-            cache.popitem(last=False)
-        return joined
-
-    def _json(self, now: float, service: str | None) -> bytes:
-        # Strategy: a change wakes every watcher at once, and with 10,000 servers listed
-        # a render costs milliseconds. So (1) replies for the same index and service
-        # within _JSON_REUSE seconds share one body (ages then lag by at most that), and
-        # (2) each server's address and services are encoded once and kept until they
-        # change, so a render only formats the ages.
-        key = (self.table.index, service)
-        reused = self._json_cache.get(key)
-        if reused is not None and now - reused[0] < _JSON_REUSE:
-            return reused[1]
-        body = self._render_json(now, service)
-        self._json_cache = {key: (now, body)}  # one entry: the herd asks for one list
-        return body
-
-    def _render_json(self, now: float, service: str | None) -> bytes:
-        fragments = self._fragments
-        if len(fragments) > 2 * len(self.table) + 1024:
-            fragments.clear()  # forget servers long gone
-        parts = []
-        for address, services, last_seen in self.table.entries(now, service):
-            cached = fragments.get(address)
-            if cached is None or cached[0] is not services:
-                listed = None if services is None else sorted(services)
-                text = f'{{"address": {json.dumps(address)}, "services": {json.dumps(listed)}, "age": '
-                cached = fragments[address] = (services, text)
-            parts.append(f"{cached[1]}{max(0.0, now - last_seen):.3f}}}")
-        head = (f'{{"index": {self.table.index}, "timeout": {json.dumps(self.timeout)}, '
-                f'"uptime": {now - self._started_at:.3f}, "servers": [')
-        return (head + ", ".join(parts) + "]}").encode()
