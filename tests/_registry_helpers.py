@@ -102,8 +102,9 @@ def free_port() -> int:
 class RegistryProcess:
     """``python -m geerpc.registry`` as a child process that can be killed and restarted."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, options: list[str] | None = None) -> None:
         self.timeout = timeout
+        self.options = list(options or [])
         self.port = 0
         self.url = ""
         self.proc: subprocess.Popen[str] | None = None
@@ -112,7 +113,8 @@ class RegistryProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "geerpc.registry", "--port", str(self.port), "--timeout", str(self.timeout)],
+            [sys.executable, "-m", "geerpc.registry", "--port", str(self.port), "--timeout", str(self.timeout),
+             *self.options],
             stdout=subprocess.PIPE,
             text=True,
             env=env,

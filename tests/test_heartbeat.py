@@ -67,7 +67,8 @@ def test_period_for(timeout, period):
 
 
 @pytest.mark.parametrize("period", [0.001, 0.2, 1.0, 5.0, 240.0])
-async def test_failed_beats_back_off_from_a_quarter_second_up_to_the_period_or_5_s(geerpc_like, beats, period):
+async def test_failed_beats_back_off_from_a_quarter_second_up_to_the_period_or_5_s(geerpc_like, beats,
+                                                                                   period):
     geerpc_like.status = 500
     clock = FakeClock()
     beat = beats(geerpc_like.url, A, period=period, clock=clock)
@@ -139,16 +140,16 @@ async def test_period_follows_the_registry_timeout_header(geerpc_like, beats, he
 
 @pytest.mark.parametrize(
     "asked, timeout, period",
-    [("5", "300", 5), ("2.5", "300", 2.5), ("1000", "300", 240), ("1000", "30", 10), ("0.0001", "300", MIN_PERIOD),
-     ("0", "300", 240), ("-1", "300", 240), ("junk", "300", 240), ("nan", "30", 10), ("inf", "30", 10),
+    [("5", "300", 5), ("2.5", "300", 2.5), ("1000", "300", 240), ("1000", "30", 10),
+     ("0.0001", "300", MIN_PERIOD), ("0", "300", 240), ("-1", "300", 240), ("junk", "300", 240), ("nan", "30", 10), ("inf", "30", 10),
      ("5", None, 5), ("5", "0", 5), (None, "300", 240)],
 )
 async def test_period_follows_the_registry_period_header_within_its_timeout(geerpc_like, beats, asked, timeout,
                                                                             period):
     # X-Geerpc-Period is what the registry asks for; never longer than its timeout allows,
     # never below MIN_PERIOD, and ignored unless a number above 0.
-    geerpc_like.extra_headers = {name: value for name, value in
-                                 (("X-Geerpc-Period", asked), ("X-Geerpc-Timeout", timeout)) if value is not None}
+    given = (("X-Geerpc-Period", asked), ("X-Geerpc-Timeout", timeout))
+    geerpc_like.extra_headers = {name: value for name, value in given if value is not None}
     beat = beats(geerpc_like.url, A)
     assert await beat.wait_first() is True
     assert beat.period == pytest.approx(period)

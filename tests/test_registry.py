@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import signal
 import time
 
@@ -93,6 +95,48 @@ async def test_post_reply_carries_timeout_zero_and_fraction(make_registry, http)
         registry = await make_registry(timeout)
         _, headers, _ = await post(http, registry.url)
         assert headers["X-Geerpc-Timeout"] == text
+
+
+async def test_every_reply_asks_for_a_period_and_names_the_run(make_registry, http):
+    registry = await make_registry()  # the defaults: timeout 300 s, period 5 s
+    replies = [await post(http, registry.url), await get(http, registry.url),
+               await get(http, registry.url, {"index": "x"}),  # a 400
+               await get(http, registry.url, Accept="application/json")]
+    instance = registry.instance
+    assert len(instance) == 16 and int(instance, 16) >= 0
+    for _, headers, _ in replies:
+        assert (headers["X-Geerpc-Period"], headers["X-Geerpc-Instance"]) == ("5", instance)
+    body = json.loads(replies[-1][2])
+    assert (body["period"], body["instance"]) == (5.0, instance)
+
+
+async def test_the_instance_changes_with_every_start(make_registry, http):
+    registry = await make_registry()
+    first = registry.instance
+    port = int(registry.url.split(":")[2].split("/")[0])
+    await registry.stop()
+    await registry.start("127.0.0.1", port)
+    _, headers, _ = await post(http, registry.url)
+    assert headers["X-Geerpc-Instance"] == registry.instance != first
+    other = await make_registry()
+    assert other.instance not in (first, registry.instance)
+
+
+@pytest.mark.parametrize(
+    "timeout, asked, period",
+    [(300, 5, "5"), (300, 2.5, "2.5"), (300, 600, "240"), (30, 600, "10"), (6, 5, "2"), (0, 600, "600"),
+     (300, 0.1, "0.1")],
+)
+async def test_the_period_asked_is_at_most_what_the_timeout_allows(make_registry, http, timeout, asked, period):
+    registry = await make_registry(timeout, heartbeat_period=asked)
+    _, headers, _ = await post(http, registry.url)
+    assert headers["X-Geerpc-Period"] == period
+
+
+@pytest.mark.parametrize("asked", [0, 0.05, -1, math.nan, math.inf, True, "5", None])
+def test_bad_heartbeat_period_is_a_value_error(asked):
+    with pytest.raises(ValueError, match="heartbeat_period"):
+        Registry(heartbeat_period=asked)
 
 
 async def test_bare_host_port_is_stored_as_tcp(make_registry, http):

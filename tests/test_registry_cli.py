@@ -7,8 +7,9 @@ import socket
 import subprocess
 import sys
 
+import aiohttp
 import pytest
-from _registry_helpers import REPO
+from _registry_helpers import REPO, RegistryProcess
 
 from geerpc.registry.__main__ import main
 
@@ -23,6 +24,10 @@ from geerpc.registry.__main__ import main
         ("--max-servers", "0"),
         ("--max-servers", "-3"),
         ("--path", "x"),
+        ("--heartbeat-period", "0"),
+        ("--heartbeat-period", "0.01"),
+        ("--heartbeat-period", "inf"),
+        ("--heartbeat-period", "five"),
         ("--log-level", "bogus"),
         ("--port", "70000"),
         ("--port", "-1"),
@@ -71,3 +76,27 @@ def test_port_in_use_exits_1_with_one_line():
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("python -m geerpc.registry: "), result.stderr
+
+
+async def test_heartbeat_period_option_is_what_replies_ask_for():
+    process = RegistryProcess(timeout=300, options=["--heartbeat-period", "2.5"])
+    try:
+        url = await process.start()
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            assert response.headers["X-Geerpc-Period"] == "2.5"
+    finally:
+        assert await process.stop() == 0
+
+
+def test_the_registry_lifts_its_soft_limit_on_open_files():
+    # Servers beating every 5 s keep a connection open each: 10,000 servers need
+    # 10,000 sockets, past the usual soft limit of 1,024.
+    code = ("import resource; from geerpc.registry.__main__ import _raise_file_limit; "
+            "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); _raise_file_limit(); "
+            "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20, env=env,
+                          check=False)
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
