@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .contract import DEFAULT_PATH, DEFAULT_PERIOD, DEFAULT_TIMEOUT, period_for
+from .contract import DEFAULT_PATH, DEFAULT_PERIOD, DEFAULT_TIMEOUT, RELIST_PERIOD, heartbeat_period, period_for
 from .heartbeat import Announcement, Heartbeat, announce, heartbeat
 from .table import LivenessTable, ServerInfo, TableFull
 
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_PERIOD",
     "DEFAULT_TIMEOUT",
+    "RELIST_PERIOD",
     "Announcement",
     "Heartbeat",
     "LivenessTable",
@@ -32,6 +33,7 @@ __all__ = [
     "TableFull",
     "announce",
     "heartbeat",
+    "heartbeat_period",
     "period_for",
 ]
 
