@@ -110,7 +110,8 @@ async def test_restart_shorter_than_the_period_relists_at_the_next_beat(caplog):
         await second.start("127.0.0.1", port)  # a new registry, empty, on the same port
         assert await listed(url) == []
         caplog.set_level(logging.INFO, "geerpc.registry")
-        assert await clock.wake() == RELIST_PERIOD < GOAL  # no beat failed: the next one is due
+        # no beat failed: the next one is due a period later, or a little sooner
+        assert 0.9 * RELIST_PERIOD <= await clock.wake() <= RELIST_PERIOD < GOAL
         await clock.sleeping()
         assert await listed(url) == [SERVERS[0]]
         assert (beat.failures, beat.restarts, beat.instance) == (0, 1, second.instance)

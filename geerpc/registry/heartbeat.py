@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import logging
 import math
+import random
 import time
 import warnings
 import weakref
@@ -61,6 +62,7 @@ log = logging.getLogger("geerpc.registry")
 
 _FIRST_BACKOFF: Final = 0.5  # also the floor of the backoff cap: a retry waits 0.25 s or more
 _STOP_TIMEOUT: Final = 2.0
+_PERIOD_JITTER: Final = 0.1
 
 
 class Announcement(Protocol):
@@ -87,7 +89,9 @@ class Heartbeat:
     A failed beat is retried with exponential backoff from 0.5 s, capped at the
     period or ``RELIST_PERIOD`` (5 s), whichever is shorter (but at least 0.5 s),
     with equal jitter: half fixed, so it never spins (0.25 s at the least), half
-    random, so a fleet of servers does not hit a restarted registry in lockstep.
+    random, so a fleet of servers does not hit a restarted registry in lockstep. A
+    successful beat is followed by the next one a period later, or up to a tenth
+    earlier (never below ``MIN_PERIOD``), for the same reason.
     ``instance`` is the registry run the last beat reached (``X-Geerpc-Instance``);
     ``restarts`` counts the times it changed between beats.
 
@@ -207,6 +211,11 @@ class Heartbeat:
                 self._forget.detach()
             await session.close()
 
+    def _next_beat(self) -> float:
+        # Up to a tenth early, never late: servers started together (a deployment, a
+        # reboot) drift apart instead of hitting the registry in one burst each period.
+        return max(MIN_PERIOD, self.period * (1 - _PERIOD_JITTER * random.random()))
+
     def _headers(self) -> dict[str, str]:
         headers = {H_SERVER: self.address}
         if self.services is not None:
@@ -220,7 +229,7 @@ class Heartbeat:
                 if not self._first.is_set():
                     self._first_ok = ok
                     self._first.set()
-                await self._sleep(self.period if ok else self._backoff.delay(self.failures))
+                await self._sleep(self._next_beat() if ok else self._backoff.delay(self.failures))
         except BaseException as exc:
             if not self._stopped:  # not stop(): the loop is ending under us, or the task was destroyed
                 self._stopped = True
