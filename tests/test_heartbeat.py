@@ -24,7 +24,7 @@ from geerpc.registry import (
     heartbeat,
     period_for,
 )
-from geerpc.registry.contract import RELIST_PERIOD, heartbeat_period
+from geerpc.registry.contract import RELIST_PERIOD, heartbeat_period, parse_instance
 from geerpc.registry.heartbeat import MIN_PERIOD
 
 A = "tcp@127.0.0.1:9001"
@@ -177,6 +177,13 @@ async def test_good_beats_come_a_period_apart_or_up_to_a_tenth_sooner(geerpc_lik
 )
 def test_heartbeat_period_rule(asked, timeout, period):
     assert heartbeat_period(asked, timeout) == pytest.approx(period)
+
+
+@pytest.mark.parametrize("value, instance", [("3f9c2a7d41b05e68", "3f9c2a7d41b05e68"), (" ab ", "ab"),
+                                             (None, None), ("", None), ("  ", None), ("x" * 65, None)])
+def test_parse_instance(value, instance):
+    # Hostile: a registry sending a huge or blank X-Geerpc-Instance is treated as sending none.
+    assert parse_instance(value) == instance
 
 
 async def test_geerpcs_registry_asks_for_a_beat_every_5_s_by_default(beats):

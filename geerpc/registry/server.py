@@ -1,8 +1,9 @@
 """The registry's HTTP endpoint: GeeRPC's two-header contract on top of the liveness table.
 
 This layer owns the aiohttp server, the clock and the watchers; every decision about
-who is alive is made by ``table.LivenessTable``; the headers and defaults it shares
-with its clients are in ``contract.py``. It imports nothing from the RPC layers. The
+who is alive is made by ``table.LivenessTable``, and ``render.ListRenderer`` turns
+the list into header values and JSON; the headers and defaults it shares with its
+clients are in ``contract.py``. It imports nothing from the RPC layers. The
 HTTP API is described precisely in ``docs/registry.md``.
 """
 
