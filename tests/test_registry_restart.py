@@ -60,12 +60,16 @@ async def fleet():
 # -- a real registry process, real heartbeats, the default settings -----------------------
 
 
-async def test_a_quick_restart_lists_every_server_again_within_the_goal(registry_process, fleet):
+@pytest.mark.parametrize("ending", ["SIGKILL", "SIGTERM"])
+async def test_a_quick_restart_lists_every_server_again_within_the_goal(registry_process, fleet, ending):
     url = await registry_process.start()
     beats = await fleet(url)
     assert await listed(url) == SERVERS
     assert {beat.period for beat in beats} == {RELIST_PERIOD}  # asked by the registry
-    await registry_process.kill()  # a crash: the table is gone
+    if ending == "SIGKILL":
+        await registry_process.kill()  # a crash: the table is gone
+    else:
+        assert await registry_process.stop() == 0  # a clean stop forgets the table too
     assert await registry_process.start() == url  # same port, empty table
     back = time.monotonic()
     await eventually(lambda: _all_listed(url), timeout=GOAL, what="every server listed again")
