@@ -36,6 +36,52 @@ def find_chromium() -> str | None:
     return None
 
 
+_CUT_OFF = """(() => {
+  const width = document.documentElement.clientWidth;
+  const name = (node) => node.nodeType === Node.TEXT_NODE ? JSON.stringify(node.textContent.trim().slice(0, 40))
+    : node.tagName.toLowerCase() + (node.id ? "#" + node.id : "") + (node.className ? "." + node.className : "");
+  const tiny = (box) => box.clientWidth <= 1 && box.clientHeight <= 1;
+  const clippers = (node) => {
+    const boxes = [];
+    for (let box = node.parentElement; box && box !== document.documentElement; box = box.parentElement) {
+      if (getComputedStyle(box).overflowX !== "visible") boxes.push(box);
+    }
+    return boxes;
+  };
+  const problems = [];
+  const check = (node, rect) => {
+    if (rect.width === 0 && rect.height === 0) return;  // not rendered
+    const boxes = clippers(node);
+    if (boxes.some(tiny)) return;  // inside a box hidden on purpose (kept for screen readers)
+    if (rect.left < -0.5 || rect.right > width + 0.5) {
+      problems.push(`${name(node)} spans ${rect.left}..${rect.right}, the page ${width}`);
+    }
+    for (const box of boxes) {
+      const outer = box.getBoundingClientRect();
+      if (rect.left < outer.left - 0.5 || rect.right > outer.right + 0.5) {
+        problems.push(`${name(node)} spans ${rect.left}..${rect.right}, out of ${name(box)} ${outer.left}..${outer.right}`);
+      }
+    }
+  };
+  for (const element of document.body.querySelectorAll("*")) {
+    check(element, element.getBoundingClientRect());
+    const style = getComputedStyle(element);
+    if (style.overflowX !== "visible" && element.scrollWidth > element.clientWidth + 1
+        && !tiny(element) && !clippers(element).some(tiny)) {
+      problems.push(`${name(element)} clips its content: ${element.scrollWidth} > ${element.clientWidth}`);
+    }
+  }
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+    if (!text.textContent.trim()) continue;
+    const range = document.createRange();
+    range.selectNodeContents(text);
+    for (const rect of range.getClientRects()) check(text, rect);
+  }
+  return problems;
+})()"""
+
+
 class Browser:
     def __init__(self, executable: str) -> None:
         self._executable = executable
@@ -126,6 +172,17 @@ class Browser:
             if loop.time() > deadline:
                 raise AssertionError(f"still false after {timeout} s: {expression}")
             await asyncio.sleep(0.05)
+
+    async def set_viewport(self, width: int, height: int = 900) -> None:
+        """Lay the page out as in a window ``width`` CSS pixels wide (scroll bar included)."""
+        await self.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                        deviceScaleFactor=1, mobile=False)
+
+    async def cut_off(self) -> list[str]:
+        """What a reader cannot see whole: each rendered element or piece of text that
+        reaches past the page's width or out of a box that clips it (``overflow`` not
+        visible), and each clipping box whose content is wider than the box."""
+        return await self.evaluate(_CUT_OFF)
 
     async def screenshot(self, path: str | os.PathLike[str]) -> None:
         data = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)

@@ -288,3 +288,58 @@ async def test_old_heartbeats_get_a_badge(browser, http, tmp_path):
         assert re.fullmatch(r"expires in \d s\s+1 min 3\d s ago", rows["tcp@127.0.0.1:9100"]), rows
         assert re.fullmatch(r"late\s+4\d s ago", rows[LATE]), rows
         await screenshot(browser, tmp_path / "dashboard-badges.png")
+
+
+NARROW = 420  # CSS pixels: a phone held upright, or a narrow side panel
+UNIX = "unix@/var/run/geerpc/a-rather-long-directory-name/services/geerpc-calc.sock"
+
+
+async def test_dashboard_reads_whole_in_a_420_px_window(browser, http, tmp_path):
+    # Nothing may scroll sideways or be cut off: not the empty page, not a table of
+    # servers with long addresses, many services and badges. Rows stack instead.
+    now = [1000.0]
+    servers = {
+        "tcp@127.0.0.1:9100": ["Arith"],
+        "tcp@127.0.0.1:9101": ["Arith", "Calc", "Store", "AVeryLongServiceNameForTheTable"],
+        LATE: ["Cache"],
+        GO: None,
+        UNIX: ["Calc"],
+    }
+    async with Registry(timeout=100, clock=lambda: now[0]) as registry:
+        await browser.set_viewport(NARROW)
+        await browser.goto(root(registry.url))
+        await browser.wait_for(f"({VISIBLE})('empty')")
+        assert await browser.evaluate("window.innerWidth") == NARROW
+        assert await browser.evaluate("document.documentElement.scrollWidth") <= NARROW
+        assert await browser.cut_off() == []
+        await screenshot(browser, tmp_path / "dashboard-narrow-empty.png")
+
+        await post(http, registry.url, "tcp@127.0.0.1:9100", "Arith")
+        now[0] += 50
+        for address in (LATE, GO):
+            await post(http, registry.url, address, None if servers[address] is None else ",".join(servers[address]))
+        now[0] += 45  # 9100 is now expiring, LATE late
+        for address in ("tcp@127.0.0.1:9101", UNIX):
+            await post(http, registry.url, address, ",".join(servers[address]))
+        await browser.wait_for(f"{ROWS}.length === {len(servers)}", timeout=8)
+        assert await browser.evaluate("document.documentElement.scrollWidth") <= NARROW
+        assert await browser.cut_off() == []
+        rows = {row[0]: row[1:] for row in await browser.evaluate(ROWS)}
+        assert set(rows) == set(servers)  # every address shown, whole
+        for address, offered in servers.items():
+            assert rows[address][0] == ("any" if offered is None else " ".join(sorted(offered)))
+            assert re.search(r"\d+ s ago$", rows[address][1]), rows[address]
+        assert rows["tcp@127.0.0.1:9100"][1].startswith("expires in")
+        assert rows[LATE][1].startswith("late")
+        # An address reads as one piece: a tcp address on a single line, and only a
+        # path too long for the width may wrap.
+        lines = await browser.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('#rows td.address code')]"
+            ".map(c => [c.innerText, c.getClientRects().length]))")
+        assert {address: n for address, n in lines.items() if address.startswith("tcp@")} == {
+            address: 1 for address in servers if address.startswith("tcp@")}
+        # Every row's parts are visible on screen, in reading order: address, services, heartbeat.
+        tops = await browser.evaluate(
+            "[...document.querySelectorAll('#rows tr')].map(r => [...r.cells].map(c => c.getBoundingClientRect().top))")
+        assert all(top[0] < top[1] < top[2] for top in tops), tops
+        await screenshot(browser, tmp_path / "dashboard-narrow.png")

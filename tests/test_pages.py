@@ -1,11 +1,16 @@
-"""Pages as a person sees them, in a real headless Chromium: the server's debug page."""
+"""Pages as a person sees them, in a real headless Chromium: the server's debug page, and
+what it shares with the registry's dashboard."""
 
 from __future__ import annotations
 
+import re
 
 import pytest
 
 import geerpc
+from geerpc.debug import duration
+from geerpc.registry import Registry
+from geerpc.registry.dashboard import render_dashboard
 
 
 async def test_debug_page_shows_services_methods_and_numbers(browser, server, client, tmp_path):
@@ -33,3 +38,34 @@ async def test_debug_page_shows_services_methods_and_numbers(browser, server, cl
     assert width > 600
     await browser.screenshot(tmp_path / "debug.png")
     assert (tmp_path / "debug.png").stat().st_size > 5000
+
+
+# Seconds around every unit boundary, fractions (cut, not rounded) and below zero.
+DURATIONS = [-5, 0, 0.9, 1, 59, 59.99, 60, 61, 119, 3599, 3600, 3660, 3725, 86399, 86400, 90061,
+             86400 * 400 + 7200]
+
+
+async def test_dashboard_script_formats_durations_as_the_debug_page_does(browser):
+    # The dashboard formats uptime in JavaScript, the debug page in Python
+    # (geerpc.debug.duration): the same text for every value, not just look-alikes.
+    page = render_dashboard("/_geerpc_/registry").decode()
+    source = re.search(r"function duration\(seconds\) \{.*?\n  \}", page, re.S)
+    assert source is not None, "the dashboard's script has no duration()"
+    shown = await browser.evaluate(f"(() => {{ {source.group(0)}\n return {DURATIONS}.map(duration); }})()")
+    assert shown == [duration(seconds) for seconds in DURATIONS]
+    assert shown[list(DURATIONS).index(3725)] == "1 h 2 min"
+
+
+async def test_dashboard_and_debug_page_show_the_same_uptime(browser, server):
+    # Both up 1 h 2 min 5 s (a fake clock for the registry, an earlier start for the
+    # server): both pages read "1 h 2 min".
+    now = [1000.0]
+    async with Registry(timeout=0, clock=lambda: now[0]) as registry:
+        now[0] += 3725
+        await browser.goto(registry.url.removesuffix("/_geerpc_/registry") + "/")
+        await browser.wait_for("document.getElementById('uptime').innerText !== '\u2013'")
+        assert await browser.evaluate("document.getElementById('uptime').innerText") == "1 h 2 min"
+    assert server.started_at is not None
+    server.started_at -= 3725
+    await browser.goto(f"http://{server.address.split('@')[1]}/debug/geerpc")
+    assert "up 1 h 2 min" in await browser.text()

@@ -134,11 +134,23 @@ td.address { width: 34%; } td.address code { font-size: .9rem; overflow-wrap: an
 .hint { margin: 0; color: var(--muted); font-size: .92rem; }
 .hint code { padding: .1rem .35rem; border-radius: .3rem; background: var(--head);
   border: 1px solid var(--line); font-size: .8rem; white-space: nowrap; }
-footer { margin-top: 1rem; color: var(--muted); font-size: .8rem; }
+footer { margin-top: 1rem; color: var(--muted); font-size: .8rem; overflow-wrap: anywhere; }
 [hidden] { display: none !important; }
 @media (max-width: 40rem) {
   .wrap { padding: 1.5rem 1rem; } header { flex-direction: column; }
-  .facts { grid-template-columns: 1fr 1fr; } td, th { padding: .6rem .7rem; } }
+  .facts { grid-template-columns: 1fr 1fr; gap: .75rem; } .fact { padding: .75rem .9rem; }
+  .hint code { white-space: normal; overflow-wrap: anywhere; }
+  /* Too narrow for three columns: each server becomes a stacked block, its address
+     on a line of its own, then its services, then its heartbeat. The header row
+     stays for screen readers only. */
+  #table, #table tbody, #table tr, #table td { display: block; width: auto; }
+  #table thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); }
+  #table tr { padding: .75rem 1rem; border-top: 1px solid var(--line); }
+  #table tbody tr:first-child { border-top: 0; }
+  #table td { padding: .15rem 0; border: 0; }
+  #table td.num { text-align: left; white-space: normal; }
+  #table td.beat { font-size: .9rem; }
+  #table td.beat::before { content: "Last heartbeat "; color: var(--muted); } }
 """
 
 _SCRIPT: Final = """
