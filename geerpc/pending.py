@@ -16,13 +16,17 @@ from . import protocol as p
 from .deadline import Deadline
 from .errors import (
     CallTimeout,
+    EncodeError,
     GeeRPCError,
     InvalidArguments,
     MethodNotFound,
     RemoteError,
+    RequestTooLarge,
     ServiceNotFound,
     Unavailable,
+    remote_builtin,
 )
+from .mapkeys import arguments_problem
 
 __all__ = ["PendingCalls", "Outcome", "remote_error"]
 
@@ -38,9 +42,18 @@ _OWN_CODES = (p.ErrorCode.NOT_FOUND, p.ErrorCode.INVALID_ARGUMENT, p.ErrorCode.U
 
 
 def remote_error(code: int, type_name: str, message: str) -> GeeRPCError:
-    """The exception for an error reply: geerpc's own kinds by code, RemoteError otherwise."""
+    """The exception for an error reply: geerpc's own kinds by code, RemoteError otherwise.
+
+    A handler's exception (APPLICATION) named like a built-in in
+    ``errors.BUILTIN_ERRORS`` is a RemoteError that is also that built-in, so
+    ``except ValueError`` catches it; the name is all the wire carries, so a handler's
+    own class called ``ValueError`` is caught so too. Any other name is a plain
+    RemoteError: nothing the peer names is imported.
+    """
     if code == p.ErrorCode.TIMEOUT:
         return CallTimeout(message)
+    if code == p.ErrorCode.APPLICATION:
+        return remote_builtin(type_name, message) or RemoteError(type_name, message)
     cls = _ERROR_TYPES.get(type_name, RemoteError) if code in _OWN_CODES else RemoteError
     return cls(type_name, message)
 
@@ -65,8 +78,9 @@ class PendingCalls(Generic[W]):
         """Register a call; return its seq and the request frame to send.
 
         The frame carries the deadline as the time left at ``now``. Raises
-        CallTimeout when the deadline has passed already, TypeError when the
-        arguments cannot be encoded, ValueError when the frame is over the limit.
+        CallTimeout when the deadline has passed already, EncodeError (a TypeError)
+        when the arguments cannot be encoded or hold a map key that is not a str or
+        bytes, RequestTooLarge (a ValueError) when the frame is over the limit.
         """
         timeout = None
         if deadline is not None:
@@ -77,9 +91,12 @@ class PendingCalls(Generic[W]):
         try:
             frame = p.encode_request(seq, service_method, args, kwargs, timeout)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"arguments of {service_method!r} cannot be encoded: {exc}") from exc
+            raise EncodeError(f"arguments of {service_method!r} cannot be encoded: {exc}") from exc
         if len(frame) - 4 > self.max_frame_size:
-            raise ValueError(f"request of {len(frame) - 4} bytes exceeds the {self.max_frame_size}-byte frame limit")
+            raise RequestTooLarge(f"request of {len(frame) - 4} bytes exceeds the {self.max_frame_size}-byte frame limit")
+        problem = arguments_problem(args, kwargs)  # what the server's decoder would refuse
+        if problem is not None:
+            raise EncodeError(f"arguments of {service_method!r} cannot be encoded: {problem}")
         self._seq = seq
         self._calls[seq] = (service_method, deadline, waiter)
         return seq, frame

@@ -9,19 +9,72 @@ message is cut to fit. Nothing here knows about sockets or tasks.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from . import protocol as p
+from .mapkeys import result_problem
 from .service import Method, argument_error
 
 __all__ = [
     "result_reply", "failure_reply", "timeout_reply", "stopped_reply", "stopping_reply", "not_found_reply",
-    "bad_request_reply", "budget_reply", "run_inline",
+    "bad_request_reply", "budget_reply", "run_inline", "HandlerTracebacks", "TRACEBACK_INTERVAL",
 ]
 
 log = logging.getLogger("geerpc.server")
+#: A handler's exception and its traceback: WARNING, at most one per method per
+#: TRACEBACK_INTERVAL, the ones held back at DEBUG. Set this logger's level to choose.
+handler_log = logging.getLogger("geerpc.handler")
 MAX_ERROR_MESSAGE: Final = 64 * 1024  # characters of an exception's message sent to the caller
+TRACEBACK_INTERVAL: Final = 10.0  # seconds between two tracebacks logged at WARNING for one method
+_MAX_TRACKED: Final = 4096  # method names remembered; past it, the quiet ones are forgotten
+
+
+class HandlerTracebacks:
+    """Which handler exceptions are logged with their traceback at WARNING.
+
+    Per method name: the first one, then at most one per ``interval`` seconds, which
+    says how many were held back since the one before (those are logged at DEBUG, so
+    a ``geerpc.handler`` logger set to DEBUG shows every one). Takes ``now``; safe
+    to share between threads (servers on several loops).
+    """
+
+    def __init__(self, interval: float = TRACEBACK_INTERVAL, logger: logging.Logger = handler_log) -> None:
+        self.interval = interval
+        self.logger = logger
+        self._lock = threading.Lock()
+        self._last: dict[str, tuple[float, int]] = {}  # method -> (when last logged, held back since)
+
+    def log(self, method: str, exc: BaseException, now: float) -> None:
+        name = type(exc).__name__
+        if not self.logger.isEnabledFor(logging.WARNING):  # set to ERROR or above: none at WARNING
+            self.logger.debug("%s raised %s", method, name, exc_info=exc)
+            return
+        with self._lock:
+            last = self._last.get(method)
+            if last is not None and now - last[0] < self.interval:
+                self._last[method] = (last[0], last[1] + 1)
+                held = -1
+            else:
+                held = 0 if last is None else last[1]
+                if last is None and len(self._last) >= _MAX_TRACKED:
+                    self._last = {key: value for key, value in self._last.items() if now - value[0] < self.interval}
+                self._last[method] = (now, 0)
+        if held < 0:
+            self.logger.debug("%s raised %s", method, name, exc_info=exc)
+        elif held:
+            self.logger.warning("%s raised %s; the caller got a RemoteError (and %d more since the last "
+                                "traceback logged, not shown: at most one per %g s)", method, name, held,
+                                self.interval, exc_info=exc)
+        else:
+            self.logger.warning("%s raised %s; the caller got a RemoteError", method, name, exc_info=exc)
+
+
+# One for the process, shared by its servers: a method name is what a reader of the
+# log tells apart, and the functions here have no server to keep it on.
+_TRACEBACKS = HandlerTracebacks()
 
 
 def run_inline(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
@@ -37,30 +90,41 @@ def run_inline(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
 
 def result_reply(seq: int, method: Method, result: Any, limit: int) -> tuple[bytes, bool]:
     """The success frame and True, or a SerializationError frame and False when the
-    result cannot be sent (logged at WARNING: the handler ran, but its caller gets an error)."""
+    result cannot be sent: msgpack cannot encode it, a map in it has a key that is not a
+    str or bytes (the client would refuse it), or it is over the frame limit. Logged at
+    WARNING: the handler ran, but its caller gets an error."""
     try:
         reply = p.encode_response(seq, result)
     except (TypeError, ValueError, OverflowError) as exc:
         problem = f"result of {method.name} cannot be encoded: {describe(exc)}"
     else:
         if len(reply) - 4 <= limit:
-            return reply, True
-        problem = f"result of {method.name} is {len(reply) - 4} bytes, over the {limit}-byte frame limit"
+            keys = result_problem(result)  # what the client's decoder would refuse
+            if keys is None:
+                return reply, True
+            problem = f"result of {method.name} cannot be encoded: {keys}"
+        else:
+            problem = f"result of {method.name} is {len(reply) - 4} bytes, over the {limit}-byte frame limit"
     log.warning("%s", problem)
     return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError", problem), False
 
 
 def failure_reply(seq: int, method: Method, args: list[Any], kwargs: dict[str, Any],
-                  exc: BaseException, limit: int) -> bytes:
-    """The error frame for a handler that raised (or arguments that did not fit)."""
+                  exc: BaseException, limit: int, now: float | None = None,
+                  tracebacks: HandlerTracebacks | None = None) -> bytes:
+    """The error frame for a handler that raised (or arguments that did not fit).
+
+    A handler's own exception is logged with its traceback by ``tracebacks`` (the
+    process's, on the ``geerpc.handler`` logger, by default) at ``now`` (monotonic).
+    """
     if isinstance(exc, TypeError):
         # Binding happens before the body runs; re-check the signature only now
         # to tell the caller's mistake from a TypeError raised inside the handler.
         problem = argument_error(method, args, kwargs)
         if problem is not None:
             return p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments", problem)
-    # Tracebacks stay on the server (at debug level): they leak paths and code.
-    log.debug("%s raised %s", method.name, type(exc).__name__, exc_info=exc)
+    # Tracebacks stay on the server, in its log: they leak paths and code.
+    (tracebacks or _TRACEBACKS).log(method.name, exc, time.monotonic() if now is None else now)
     name = type(exc).__name__[:200]
     message = describe(exc)[:MAX_ERROR_MESSAGE]
     reply = p.encode_error(seq, p.ErrorCode.APPLICATION, name, message)
