@@ -623,6 +623,24 @@ def test_parse_arg_rejects_json_nested_too_deeply() -> None:
         parse_arg(text)
 
 
+def test_broadcast_line_for_each_outcome() -> None:
+    from geerpc.cli.call import broadcast_line
+    from geerpc.errors import ConnectError, RemoteError
+
+    server = "tcp@127.0.0.1:9000"
+    cases = [
+        (b"\x00", {"server": server, "result": {"$bytes": "AA=="}}, 0),
+        (RemoteError("KeyError", "'k'"), {"server": server, "error": "Store.get raised KeyError: 'k'",
+                                          "type": "KeyError"}, 1),
+        (TimeoutError(), {"server": server, "error": "Store.get timed out after 2 s", "type": "CallTimeout"}, 3),
+        (ConnectError("cannot connect"), {"server": server, "error": "cannot connect", "type": "ConnectError"}, 1),
+    ]
+    for outcome, line, status in cases:
+        text, got = broadcast_line(server, outcome, "Store.get", 2.0)
+        assert (json.loads(text), got) == (line, status)
+        assert "\n" not in text
+
+
 def test_table_from_json_and_header() -> None:
     rows = rows_from_json({"servers": [
         {"address": "tcp@10.0.0.6:9000", "services": None, "age": 3.5},

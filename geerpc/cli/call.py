@@ -34,7 +34,7 @@ from ..xclient import Discovery, XClient
 from . import EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
 from .values import dumps, to_json
 
-__all__ = ["describe_failure", "run"]
+__all__ = ["broadcast_line", "describe_failure", "run"]
 
 _REGISTRY_SCHEMES = ("http://", "https://", "etcd://")
 # Errors geerpc itself reports for a call it did not run: their messages stand alone.
