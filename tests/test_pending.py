@@ -40,10 +40,16 @@ def test_a_deadline_already_passed_is_a_call_timeout_and_nothing_is_pending():
 
 def test_unencodable_arguments_and_oversized_frames_are_refused_before_registering():
     calls: PendingCalls[str] = PendingCalls(max_frame_size=100)
-    with pytest.raises(TypeError, match="cannot be encoded"):
+    with pytest.raises(geerpc.EncodeError, match="cannot be encoded"):  # a TypeError too
         calls.add("Arith.add", [object()], {}, None, 0.0, "w")
-    with pytest.raises(ValueError, match="100-byte frame limit"):
+    with pytest.raises(geerpc.RequestTooLarge, match="100-byte frame limit"):  # a ValueError too
         calls.add("Arith.add", [b"x" * 200], {}, None, 0.0, "w")
+    with pytest.raises(TypeError, match=r"^arguments of 'Arith.add' cannot be encoded: map keys must be str "
+                                        r"or bytes \(got int\) in argument 2 at \[1\]$"):
+        calls.add("Arith.add", [1, [{}, {1: 2}]], {}, None, 0.0, "w")
+    with pytest.raises(TypeError, match=r"\(got tuple\) in the keyword arguments$"):
+        calls.add("Arith.add", [], {(1,): 2}, None, 0.0, "w")
+    assert issubclass(geerpc.EncodeError, TypeError) and issubclass(geerpc.RequestTooLarge, ValueError)
     assert len(calls) == 0
     assert calls.add("Arith.add", [], {}, None, 0.0, "w")[0] == 1  # refused calls took no seq
 
