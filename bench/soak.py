@@ -1,0 +1,461 @@
+"""A soak run: mixed work for a long time, watching each process's memory and descriptors.
+
+    python bench/soak.py [--minutes 30] [--clients 2] [--workers 3]
+
+Processes: a registry (``geerpc.registry.Registry``), a server process holding two
+``geerpc.Server`` that announce themselves to it, and ``--clients`` client processes.
+Each client runs ``--workers`` loops, each with a connection of its own, doing in
+turn: plain calls (``async def`` with no await), ``def`` handlers (worker threads),
+``async def`` handlers that sleep, handler errors, unknown methods, server-side
+timeouts of ``async def`` and of ``def`` handlers, client-side cancels, 64 KiB echoes,
+reconnects (close and dial again), and, through one XClient over a RegistryDiscovery,
+calls and broadcasts to both servers; the XClient is replaced now and then.
+
+Every call has an expected outcome (a result, or a given error); anything else is
+unexpected, as is any warning logged or exception reported by an event loop in any
+process. Every minute this prints the RSS and open fds of each process and the calls
+of that minute by outcome. At the end it prints, per process, the least-squares slope
+of RSS (kB/min) over the last two thirds of the run, against the goal of under
+1 kB/min, and every unexpected error with its count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import geerpc  # noqa: E402
+
+from _procs import Child, emit, memory_kb, open_fds, slope, wait_for_stdin_eof  # noqa: E402
+
+SCRIPT = os.path.abspath(__file__)
+SLOPE_GOAL = 1.0  # kB/min
+ECHO = os.urandom(64 * 1024)
+
+
+# ----------------------------------------------------------------- what every child reports
+
+
+class Troubles(logging.Handler):
+    """Counts warnings and errors logged in this process, and loop exceptions."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "geerpc.handler" and record.getMessage().startswith("Work.fail raised ValueError"):
+            return  # the handler error the clients ask for: the server reports it, as it should
+        self.seen[f"log {record.levelname} {record.name}: {record.getMessage()}"[:300]] += 1
+
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        kind = type(exc).__name__ if exc else ""
+        self.seen[f"loop: {context.get('message')} {kind} {exc or ''}"[:300]] += 1
+
+
+def install_troubles() -> Troubles:
+    troubles = Troubles()
+    logging.getLogger().addHandler(troubles)
+    asyncio.get_running_loop().set_exception_handler(troubles.loop_exception)
+    return troubles
+
+
+async def report_every(seconds: float, status: Callable[[], dict[str, Any]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        emit(status())
+
+
+async def child_life(ready: dict[str, Any], status: Callable[[], dict[str, Any]], every: float) -> None:
+    """Report ready, then a status every ``every`` seconds until stdin closes, then a last one."""
+    emit(ready)
+    reporter = asyncio.ensure_future(report_every(every, status))
+    try:
+        await wait_for_stdin_eof()
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+
+
+# ----------------------------------------------------------------- registry and servers
+
+
+class Arith:
+    async def add(self, a: int, b: int) -> int:
+        return a + b
+
+    def mul(self, a: int, b: int) -> int:
+        return a * b
+
+    async def echo(self, value: bytes) -> bytes:
+        return value
+
+
+class Work:
+    async def nap(self, seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return "rested"
+
+    def block(self, seconds: float) -> str:
+        time.sleep(seconds)
+        return "blocked"
+
+    async def fail(self, text: str) -> None:
+        raise ValueError(text)
+
+
+async def run_registry(every: float) -> None:
+    from geerpc.registry import Registry
+
+    troubles = install_troubles()
+    registry = Registry(timeout=30)
+    url = await registry.start("127.0.0.1", 0)
+    try:
+        await child_life({"url": url}, lambda: {"troubles": dict(troubles.seen)}, every)
+    finally:
+        await registry.stop()
+
+
+async def run_servers(registry: str, count: int, every: float) -> None:
+    troubles = install_troubles()
+    servers = []
+    for _ in range(count):
+        server = geerpc.Server(handle_timeout=5)
+        server.register(Arith())
+        server.register(Work())
+        await server.start("127.0.0.1", 0, registry=registry)
+        servers.append(server)
+    try:
+        await child_life({"addresses": [s.address for s in servers]},
+                         lambda: {"troubles": dict(troubles.seen)}, every)
+    finally:
+        for server in servers:
+            await server.stop(grace=2)
+
+
+# ----------------------------------------------------------------- clients
+
+
+Op = Callable[[geerpc.Client, int], Awaitable[None]]
+
+
+def expect_error(kind: type[BaseException],
+                 type_name: str | None = None) -> Callable[[Awaitable[Any]], Awaitable[None]]:
+    async def check(call: Awaitable[Any]) -> None:
+        try:
+            result = await call
+        except kind as exc:
+            if type_name is not None and getattr(exc, "type", None) != type_name:
+                got = getattr(exc, "type", None)
+                raise AssertionError(f"wanted {kind.__name__} {type_name}, got {got!r}: {exc}") from None
+            return
+        raise AssertionError(f"wanted {kind.__name__}, got the result {result!r}")
+    return check
+
+
+def equal(call_result: Any, want: Any) -> None:
+    if call_result != want:
+        raise AssertionError(f"wanted {want!r}, got {call_result!r}")
+
+
+async def op_call(c: geerpc.Client, i: int) -> None:
+    equal(await c.call("Arith.add", i, 1, timeout=5), i + 1)
+
+
+async def op_def(c: geerpc.Client, i: int) -> None:
+    equal(await c.call("Arith.mul", i, 3, timeout=5), 3 * i)
+
+
+async def op_async(c: geerpc.Client, i: int) -> None:
+    equal(await c.call("Work.nap", 0.002, timeout=5), "rested")
+
+
+async def op_echo(c: geerpc.Client, i: int) -> None:
+    equal(await c.call("Arith.echo", ECHO, timeout=5), ECHO)
+
+
+async def op_error(c: geerpc.Client, i: int) -> None:
+    await expect_error(geerpc.RemoteError, "ValueError")(c.call("Work.fail", f"failure {i}", timeout=5))
+
+
+async def op_not_found(c: geerpc.Client, i: int) -> None:
+    await expect_error(geerpc.MethodNotFound)(c.call("Arith.nope", i, timeout=5))
+
+
+async def op_timeout(c: geerpc.Client, i: int) -> None:
+    await expect_error(geerpc.CallTimeout)(c.call("Work.nap", 1.0, timeout=0.02))
+
+
+async def op_def_timeout(c: geerpc.Client, i: int) -> None:
+    await expect_error(geerpc.CallTimeout)(c.call("Work.block", 0.1, timeout=0.02))
+
+
+async def op_cancel(c: geerpc.Client, i: int) -> None:
+    task = asyncio.ensure_future(c.call("Work.nap", 1.0, timeout=5))
+    await asyncio.sleep(0.005)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return
+    raise AssertionError("a cancelled call returned")
+
+
+OPS: list[tuple[str, Op, int]] = [  # name, operation, weight
+    ("call", op_call, 30), ("def", op_def, 15), ("async", op_async, 10), ("echo", op_echo, 3),
+    ("error", op_error, 5), ("not-found", op_not_found, 2), ("timeout", op_timeout, 2),
+    ("def-timeout", op_def_timeout, 1), ("cancel", op_cancel, 3),
+]
+XOPS = [("xcall", 5), ("broadcast", 3)]
+RECONNECT_WEIGHT = 1
+
+
+class ClientProcess:
+    def __init__(self, registry: str, addresses: list[str], workers: int, pause: float, seed: int) -> None:
+        self.registry, self.addresses, self.workers, self.pause = registry, addresses, workers, pause
+        self.rng = random.Random(seed)
+        self.counts: Counter[str] = Counter()
+        self.unexpected: Counter[str] = Counter()
+        self.xclient: Any = None  # made in run(), inside the event loop
+        self.xclient_uses = 0
+        self.choices = [name for name, _, weight in OPS for _ in range(weight)]
+        self.choices += [name for name, weight in XOPS for _ in range(weight)]
+        self.choices += ["reconnect"] * RECONNECT_WEIGHT
+        self.ops = {name: op for name, op, _ in OPS}
+
+    def new_xclient(self) -> Any:
+        from geerpc.xclient import RegistryDiscovery, SelectMode, XClient
+
+        return XClient(RegistryDiscovery(self.registry), SelectMode.ROUND_ROBIN)
+
+    def outcome(self, name: str, error: BaseException | None) -> None:
+        if error is None:
+            self.counts[f"{name}"] += 1
+        else:
+            self.counts["UNEXPECTED"] += 1
+            self.unexpected[f"{name}: {type(error).__name__}: {error}"[:300]] += 1
+
+    async def worker(self, index: int) -> None:
+        address = self.addresses[index % len(self.addresses)]
+        client = await geerpc.dial(address, connect_timeout=5)
+        i = 0
+        try:
+            while True:
+                i += 1
+                name = self.rng.choice(self.choices)
+                error: BaseException | None = None
+                try:
+                    if name == "reconnect":
+                        await client.close()
+                        address = self.rng.choice(self.addresses)
+                        client = await geerpc.dial(address, connect_timeout=5)
+                    elif name == "xcall":
+                        equal(await self.xclient.call("Arith.add", i, 2, timeout=5), i + 2)
+                    elif name == "broadcast":
+                        equal(await self.xclient.broadcast("Arith.add", i, 3, timeout=5), i + 3)
+                    else:
+                        await self.ops[name](client, i)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every surprise is counted and reported
+                    error = exc
+                    if client.closed:
+                        with contextlib.suppress(Exception):
+                            client = await geerpc.dial(address, connect_timeout=5)
+                self.outcome(name, error)
+                if name in ("xcall", "broadcast"):
+                    self.xclient_uses += 1
+                    if self.xclient_uses % 500 == 0:  # a fresh XClient: new discovery, new connections
+                        old, self.xclient = self.xclient, self.new_xclient()
+                        await old.close()
+                        self.counts["xclient replaced"] += 1
+                await asyncio.sleep(self.pause)
+        finally:
+            await client.close()
+
+    async def run(self, every: float) -> None:
+        troubles = install_troubles()
+        self.xclient = self.new_xclient()
+
+        def status() -> dict[str, Any]:
+            return {"counts": dict(self.counts), "unexpected": dict(self.unexpected),
+                    "troubles": dict(troubles.seen)}
+
+        tasks = [asyncio.ensure_future(self.worker(i)) for i in range(self.workers)]
+        try:
+            await child_life({"workers": self.workers}, status, every)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception):
+                    self.unexpected[f"worker ended: {type(result).__name__}: {result}"[:300]] += 1
+            await self.xclient.close()
+            emit(status())
+
+
+# ----------------------------------------------------------------- the parent
+
+
+class Watched:
+    """A child, its RSS samples and its last status."""
+
+    def __init__(self, child: Child) -> None:
+        self.child = child
+        self.samples: list[tuple[float, int]] = []  # (minutes since start, RSS kB)
+        self.status: dict[str, Any] = {}
+        self.reader: asyncio.Task[None] | None = None
+
+    async def follow(self) -> None:
+        while (line := await self.child.read()) is not None:
+            self.status = line
+
+
+def merged(watched: list[Watched], key: str) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for w in watched:
+        total.update(w.status.get(key, {}))
+    return total
+
+
+def minute_row(minute: float, watched: list[Watched], counts: Counter[str], previous: Counter[str]) -> str:
+    parts = []
+    for w in watched:
+        rss, _ = memory_kb(w.child.pid)
+        parts.append(f"{w.child.name} {rss / 1024:.1f} MiB {open_fds(w.child.pid)} fds")
+    this_minute = counts - previous
+    calls = "  ".join(f"{name} {count:,}" for name, count in sorted(this_minute.items()))
+    return f"{minute:5.1f} min  " + ", ".join(parts) + f"\n           calls: {calls or 'none'}"
+
+
+async def main(args: argparse.Namespace) -> int:
+    every = min(5.0, args.minutes * 60 / 4)
+    start = time.monotonic()
+    registry, ready = await Child.start("registry", SCRIPT, "--role", "registry", "--every", str(every))
+    url = ready["url"]
+    watched = [Watched(registry)]
+    try:
+        server, ready = await Child.start("server", SCRIPT, "--role", "server", "--registry", url,
+                                          "--servers", "2", "--every", str(every))
+        watched.append(Watched(server))
+        addresses = ready["addresses"]
+        for n in range(args.clients):
+            client, _ = await Child.start(f"client-{n + 1}", SCRIPT, "--role", "client", "--registry", url,
+                                          "--addresses", ",".join(addresses), "--workers", str(args.workers),
+                                          "--pause", str(args.pause), "--seed", str(n), "--every", str(every))
+            watched.append(Watched(client))
+        for w in watched:
+            w.reader = asyncio.ensure_future(w.follow())
+        print(f"geerpc {geerpc.__version__}, Python {platform.python_version()}, {os.cpu_count()} cores; "
+              f"{args.minutes:g} min, {args.clients} client processes x {args.workers} workers, "
+              f"registry {url}, servers {' '.join(addresses)}", flush=True)
+        end = start + args.minutes * 60
+        next_print = start
+        previous: Counter[str] = Counter()
+        while True:
+            now = time.monotonic()
+            minute = (now - start) / 60
+            for w in watched:
+                if w.child.alive():
+                    w.samples.append((minute, memory_kb(w.child.pid)[0]))
+            if now >= next_print or now >= end:
+                counts = merged(watched, "counts")
+                print(minute_row(minute, watched, counts, previous), flush=True)
+                previous = counts
+                next_print += 60
+            dead = [w.child.name for w in watched if not w.child.alive()]
+            if now >= end or dead:
+                if dead:
+                    print(f"stopping early: {', '.join(dead)} exited", flush=True)
+                break
+            await asyncio.sleep(min(args.sample, max(0.0, end - now), max(0.0, next_print - now)) or 0.01)
+    finally:
+        for w in reversed(watched):  # clients first, the registry last
+            await w.child.stop(timeout=15)
+            if w.reader is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(w.reader, 5)
+    return summary(watched, args)
+
+
+def summary(watched: list[Watched], args: argparse.Namespace) -> int:
+    counts = merged(watched, "counts")
+    print()
+    print("calls by outcome, whole run: " + "  ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
+    print(f"RSS slope over the last two thirds (goal: under {SLOPE_GOAL:g} kB/min):")
+    failed = False
+    for w in watched:
+        cut = args.minutes / 3
+        tail = [(t, float(rss)) for t, rss in w.samples if t >= cut]
+        fitted = slope(tail)
+        if fitted is None:
+            verdict, text = "NO", "too few samples"
+        else:
+            verdict, text = ("yes" if fitted < SLOPE_GOAL else "NO"), f"{fitted:+.1f} kB/min"
+        first = tail[0][1] if tail else 0
+        last = tail[-1][1] if tail else 0
+        print(f"  {w.child.name:10} {text:>16}  {verdict:3}  ({len(tail)} samples, {first / 1024:.1f} -> "
+              f"{last / 1024:.1f} MiB)")
+        failed |= verdict == "NO"
+    surprises: Counter[str] = Counter()
+    for w in watched:
+        for message, count in w.status.get("unexpected", {}).items():
+            surprises[f"{w.child.name}: {message}"] += count
+        for message, count in w.status.get("troubles", {}).items():
+            surprises[f"{w.child.name}: {message}"] += count
+        if w.child.process.returncode not in (0, None):
+            surprises[f"{w.child.name}: exit status {w.child.process.returncode}: "
+                      f"{''.join(w.child.stderr_tail)[-500:]}"] += 1
+    if surprises:
+        print(f"unexpected errors ({sum(surprises.values()):,}):")
+        for message, count in surprises.most_common(20):
+            print(f"  {count:8,}  {message}")
+    else:
+        print("unexpected errors: none")
+    return 1 if failed or surprises else 0
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--clients", type=int, default=2, help="client processes")
+    parser.add_argument("--workers", type=int, default=3, help="loops (each with a connection) per client")
+    parser.add_argument("--pause", type=float, default=0.02, help="seconds each loop waits between calls")
+    parser.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
+    parser.add_argument("--role", choices=["registry", "server", "client"], help=argparse.SUPPRESS)
+    parser.add_argument("--registry", help=argparse.SUPPRESS)
+    parser.add_argument("--servers", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--addresses", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--every", type=float, default=5.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "registry":
+        asyncio.run(run_registry(args.every))
+    elif args.role == "server":
+        asyncio.run(run_servers(args.registry, args.servers, args.every))
+    elif args.role == "client":
+        process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed)
+        asyncio.run(process.run(args.every))
+    else:
+        if not args.minutes > 0:
+            parser.error("--minutes must be positive")
+        sys.exit(asyncio.run(main(args)))
+
+
+if __name__ == "__main__":
+    cli()
