@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, cast
 
 from . import protocol as p
-from .address import parse_address
+from .address import Address, parse_address
 from .deadline import Deadline, check_timeout
 from .errors import ConnectError, ConnectionClosed, ConnectTimeout, GeeRPCError, HandshakeError, ProtocolError
 from .handshake import ClientHandshake
@@ -47,6 +47,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.ready: asyncio.Future[p.Option] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.error: ConnectionClosed | None = None  # set once the connection is unusable
+        self.lost_idle = False  # the peer closed it while no call was pending
         self.writable = asyncio.Event()
         self.writable.set()
         self._frames = p.FrameDecoder(max_frame_size)
@@ -125,6 +126,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost_idle = self.error is None and self._handshake is None and not self.calls
         self.lose(ConnectionClosed(f"connection to {self.address} lost" + (f": {exc}" if exc else "")), exc)
         if not self.ready.done():
             self.ready.set_exception(HandshakeError(
@@ -167,12 +169,22 @@ class Client:
 
     Safe for many concurrent ``call()``s from tasks of one event loop. Use it as an
     async context manager, or call ``close()``.
+
+    A server closes connections that stay idle (``Server(idle_timeout=...)``) or
+    makes room by closing the longest idle one. When the connection was closed while
+    no call was pending, so no call can have been lost, the next call dials again
+    (within its own timeout); a connection lost with calls pending fails them with
+    ConnectionClosed, and they are never resent.
     """
 
-    def __init__(self, connection: _ClientConnection, option: p.Option) -> None:
+    def __init__(self, connection: _ClientConnection, option: p.Option,
+                 redial: Callable[[], Awaitable[tuple[_ClientConnection, p.Option]]] | None = None) -> None:
         self._conn = connection
         self.address = connection.address
         connection.calls.max_frame_size = option.max_frame_size or p.DEFAULT_MAX_FRAME_SIZE
+        self._redial = redial
+        self._redialing: asyncio.Future[_ClientConnection] | None = None
+        self._closed_by_user = False
 
     @property
     def max_frame_size(self) -> int:
@@ -223,7 +235,7 @@ class Client:
         """
         conn = self._conn
         if conn.error is not None:
-            raise conn.error
+            conn = await self._reconnect(conn, service_method, deadline)
         if not conn.writable.is_set():
             await self._wait_writable(service_method, deadline)
         future: asyncio.Future[Any] = conn.loop.create_future()
@@ -240,6 +252,39 @@ class Client:
         finally:
             if timer is not None:
                 timer.cancel()
+
+    async def _reconnect(self, lost: _ClientConnection, service_method: str,
+                         deadline: Deadline | None) -> _ClientConnection:
+        """Dial again for a connection the server closed while idle, or raise why not.
+
+        Concurrent callers share one dial. Raises the lost connection's
+        ConnectionClosed when it was not idle or this client was closed, else what
+        dialing raises (ConnectError, ConnectTimeout), or CallTimeout at the deadline.
+        """
+        assert lost.error is not None
+        if self._closed_by_user or self._redial is None or not lost.lost_idle:
+            raise lost.error
+        if self._redialing is None:
+            self._redialing = asyncio.ensure_future(self._dial_again())
+        try:
+            async with asyncio.timeout_at(None if deadline is None else deadline.at):
+                return await asyncio.shield(self._redialing)
+        except TimeoutError:
+            assert deadline is not None
+            raise deadline.expired_error(service_method, f"while dialing {self.address} again") from None
+
+    async def _dial_again(self) -> _ClientConnection:
+        assert self._redial is not None
+        try:
+            conn, ack = await self._redial()
+        finally:
+            self._redialing = None
+        if self._closed_by_user:  # closed while dialing: the new connection goes too
+            _abort(conn)
+            raise ConnectionClosed(f"client for {self.address} closed")
+        conn.calls.max_frame_size = ack.max_frame_size or p.DEFAULT_MAX_FRAME_SIZE
+        self._conn = conn
+        return conn
 
     async def _wait_writable(self, service_method: str, deadline: Deadline | None) -> None:
         """The server is not reading: wait, within the call's deadline, before writing more.
@@ -259,6 +304,7 @@ class Client:
 
     async def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionClosed. Idempotent."""
+        self._closed_by_user = True
         conn = self._conn
         conn.lose(ConnectionClosed(f"client for {self.address} closed"))
         if conn.transport is not None:
@@ -308,9 +354,20 @@ async def dial(
         parsed = parse_address(address)
     except ValueError as exc:
         raise ConnectError(str(exc)) from None  # the message names the address
-    loop = asyncio.get_running_loop()
     option = p.Option(connect_timeout=_nanoseconds(connect_seconds), handle_timeout=_nanoseconds(handle_seconds),
                       max_frame_size=max_frame_size)
+
+    def connect() -> Awaitable[tuple[_ClientConnection, p.Option]]:
+        return _connect(address, parsed, option, connect_seconds, max_frame_size)
+
+    conn, ack = await connect()
+    return Client(conn, ack, connect)
+
+
+async def _connect(address: str, parsed: Address, option: p.Option, connect_seconds: float | None,
+                   max_frame_size: int) -> tuple[_ClientConnection, p.Option]:
+    """Dial and shake hands: the connection and the server's acknowledgement."""
+    loop = asyncio.get_running_loop()
 
     def factory() -> _ClientConnection:
         handshake = ClientHandshake(address, option, via_http=parsed.scheme == "http")
@@ -345,7 +402,7 @@ async def dial(
     except BaseException:
         _abort(conn)
         raise
-    return Client(conn, ack)
+    return conn, ack
 
 
 def _nanoseconds(seconds: float | None) -> int:

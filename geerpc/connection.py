@@ -87,7 +87,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._writing_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
-        self._last_read = 0.0
+        self._last_read = self._loop.time()
+        self.peer_ip: str | None = None  # None for a unix socket
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # ------------------------------------------------------------- asyncio callbacks
@@ -95,6 +96,9 @@ class ServerConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
         self._transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer_ip = str(peer[0])
         refusal = self._host.connection_opened(self)
         if refusal is not None:
             self._lost = True
@@ -193,13 +197,14 @@ class ServerConnection(asyncio.BufferedProtocol):
         return step.rest
 
     def _check_idle(self) -> None:
-        """Close a connection that sent nothing for idle_timeout and has no call running."""
+        """Close a connection that sent nothing for idle_timeout and has nothing in flight."""
         idle_timeout = self._limits.idle_timeout
         assert idle_timeout is not None and self._transport is not None
         quiet = self._loop.time() - self._last_read
-        if self._running or quiet < idle_timeout:
-            self._idle_timer = self._loop.call_later(max(idle_timeout - quiet, 0.01) if not self._running
-                                                     else idle_timeout, self._check_idle)
+        busy = not self.idle
+        if busy or quiet < idle_timeout:
+            self._idle_timer = self._loop.call_later(idle_timeout if busy else max(idle_timeout - quiet, 0.01),
+                                                     self._check_idle)
             return
         log.debug("closing a connection idle for %.1f s", quiet)
         self._idle_timer = None
@@ -394,6 +399,20 @@ class ServerConnection(asyncio.BufferedProtocol):
     @property
     def held(self) -> int:
         return len(self._held)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: no call running, held, parked or unsent (or no Option yet)."""
+        if self._handshake is not None:
+            return True
+        transport = self._transport
+        return not (self._running or self._held or self._calls.parked or self._out
+                    or (transport is not None and transport.get_write_buffer_size()))
+
+    @property
+    def last_active(self) -> float:
+        """Loop time of the last bytes received."""
+        return self._last_read
 
     @property
     def bytes_held(self) -> int:

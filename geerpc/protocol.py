@@ -24,7 +24,8 @@ from .decoding import DEFAULT_MAX_ELEMENTS, SMALL, SMALL_COST, UNPACK_OPTIONS, T
 from .errors import ProtocolError
 
 __all__ = [
-    "MAGIC_NUMBER", "CODEC_TYPE", "MAX_OPTION_SIZE", "DEFAULT_MAX_FRAME_SIZE", "MAX_METHOD_LENGTH",
+    "MAGIC_NUMBER", "CODEC_TYPE", "MAX_OPTION_SIZE", "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_MAX_ELEMENTS",
+    "MAX_METHOD_LENGTH",
     "MsgType", "ErrorCode", "Option", "OptionReader", "FrameDecoder",
     "Request", "Cancel", "Response", "BadRequest", "BadResponse",
     "encode_option", "decode_option", "encode_request", "encode_cancel",

@@ -19,6 +19,7 @@ from typing import Any, Protocol, cast
 
 from . import http
 from . import protocol as p
+from .admission import Admission
 from .connection import ServerConnection
 from .debug import render_debug_page
 from .host import Limits
@@ -51,11 +52,18 @@ class Server:
             arguments of running calls (as decoded, estimated) and replies not yet
             sent. At the budget it starts no call and reads nothing until its peer
             has read replies, so a server holds about connections x budget at most.
-        max_connections: connections beyond this are refused at once.
+        max_connections: connections open at once. At the cap, the connection idle the
+            longest (nothing in flight) is closed to make room for a new one; only when
+            none is idle is the new one refused.
+        max_connections_per_ip: connections open at once from one IP address (default
+            a sixteenth of max_connections, but at least 16: 64 of 1,024), with the same eviction of
+            that address's longest idle one. Unix-socket peers have no address cap.
         handshake_timeout: seconds a new connection has to send its Option.
         frame_timeout: seconds a frame that has started may take to arrive whole.
         idle_timeout: close a connection that sent nothing for this many seconds and
-            has no call running (None: keep idle connections; clients redial).
+            has no call in flight (default 300; None: keep idle connections). Clients
+            redial: a Client whose connection was closed while idle dials again on
+            its next call.
         max_workers: threads for plain ``def`` handlers.
     """
 
@@ -68,9 +76,10 @@ class Server:
         max_elements: int = p.DEFAULT_MAX_ELEMENTS,
         connection_budget: int = 64 * 1024 * 1024,
         max_connections: int = 1024,
+        max_connections_per_ip: int | None = None,
         handshake_timeout: float = 10.0,
         frame_timeout: float = 30.0,
-        idle_timeout: float | None = None,
+        idle_timeout: float | None = 300.0,
         max_workers: int = 32,
     ) -> None:
         if handle_timeout is not None and not handle_timeout > 0:
@@ -80,6 +89,11 @@ class Server:
                             ("max_connections", max_connections), ("max_workers", max_workers)):
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if max_connections_per_ip is None:
+            max_connections_per_ip = max(min(max_connections, 16), max_connections // 16)
+        elif type(max_connections_per_ip) is not int or max_connections_per_ip < 1:
+            raise ValueError(f"max_connections_per_ip must be a positive integer or None, "
+                             f"not {max_connections_per_ip!r}")
         if max_frame_size > 2**32 - 1:
             raise ValueError("max_frame_size must fit the 4-byte length prefix")
         for name, limit in (("handshake_timeout", handshake_timeout), ("frame_timeout", frame_timeout),
@@ -90,6 +104,7 @@ class Server:
         self.max_frame_size = max_frame_size
         self.max_in_flight = max_in_flight
         self.max_connections = max_connections
+        self.max_connections_per_ip = max_connections_per_ip
         self.handshake_timeout = handshake_timeout
         self.frame_timeout = frame_timeout
         self.idle_timeout = idle_timeout
@@ -103,7 +118,8 @@ class Server:
         self._services: dict[str, Service] = {}
         self._methods: dict[str, Method] = {}
         self._workers = WorkerPool(max_workers)
-        self._connections: set[ServerConnection] = set()
+        self._connections: set[ServerConnection] = set()  # every open one, evicted ones until closed
+        self._admission: Admission[ServerConnection] = Admission(max_connections, max_connections_per_ip)
         self._listener: asyncio.Server | None = None
         self._unix_path: str | None = None
         self._announcement: _Announcement | None = None
@@ -160,15 +176,22 @@ class Server:
         return name in self._services
 
     def connection_opened(self, connection: object) -> str | None:
-        if len(self._connections) >= self.max_connections:
-            log.warning("refusing connection: %d connections open", len(self._connections))
-            return "server has too many connections"
         assert isinstance(connection, ServerConnection)
+        refusal, evicted = self._admission.admit(connection, connection.peer_ip)
+        if refusal is not None:
+            log.warning("refusing a connection: %s", refusal)
+            return refusal
+        if evicted is not None:
+            log.info("closing a connection from %s idle for a while, to make room for a new one",
+                     evicted.peer_ip or "a unix socket")
+            evicted.close()
         self._connections.add(connection)
         return None
 
     def connection_closed(self, connection: object) -> None:
-        self._connections.discard(cast(ServerConnection, connection))
+        connection = cast(ServerConnection, connection)
+        self._connections.discard(connection)
+        self._admission.remove(connection)
         self._check_drained()
 
     def connection_quiet(self, connection: object) -> None:

@@ -703,9 +703,14 @@ async def test_client_that_never_reads_replies_is_not_buffered_without_bound(ari
 
 
 async def test_connection_flood_beyond_max_connections_refused_promptly(arith):
+    # Refused only when every connection has a call in flight: idle ones are evicted
+    # instead (tests/test_connection_slots.py).
     async with serving(arith, max_connections=3) as srv:
         clients = [await geerpc.dial(srv.address, connect_timeout=2) for _ in range(3)]
+        busy = [asyncio.create_task(c.call("Arith.sleep", 30)) for c in clients]
         try:
+            await eventually(lambda: sum(c.running for c in srv.snapshot().connections) == 3,
+                             what="a call running on every connection")
             async with raw_connection(srv.address, handshake=False) as raw:
                 start = now()
                 answer = await raw.read_until_closed(timeout=2)
@@ -716,6 +721,9 @@ async def test_connection_flood_beyond_max_connections_refused_promptly(arith):
             for c in clients:
                 assert await c.call("Arith.add", 1, 1) == 2  # the admitted ones are fine
         finally:
+            for task in busy:
+                task.cancel()
+            await asyncio.gather(*busy, return_exceptions=True)
             for c in clients:
                 await c.close()
         fresh = await dial_when_possible(srv.address)  # slots free again once they close
