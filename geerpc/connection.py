@@ -190,7 +190,10 @@ class ServerConnection(asyncio.BufferedProtocol):
             client = option.handle_timeout / 1e9
             ours = self._calls.handle_timeout
             self._calls.handle_timeout = client if ours is None else min(client, ours)
-        ack = p.Option(handle_timeout=option.handle_timeout, max_frame_size=self._limits.max_frame_size)
+        # The handle timeout in effect (the smaller of the two; 0 = none), so a client learns it.
+        effective = self._calls.handle_timeout
+        ack = p.Option(handle_timeout=0 if effective is None else max(1, int(effective * 1e9)),
+                       max_frame_size=self._limits.max_frame_size)
         self._transport.write(p.encode_option(ack))
         if self._limits.idle_timeout is not None:
             self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._check_idle)

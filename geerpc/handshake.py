@@ -85,6 +85,8 @@ class ServerHandshake:
             if line is None:
                 return Step(prefix)
             option = p.decode_option(line)
+        except p.BadOption as exc:  # one of ours, with a wrong field: say which
+            return Step(prefix + p.encode_option(p.Option(error=str(exc))), close=str(exc), protocol_error=True)
         except ProtocolError as exc:
             return Step(prefix, close=str(exc), abort=True, protocol_error=True)
         if option.error is not None:

@@ -26,7 +26,7 @@ from .errors import ProtocolError
 __all__ = [
     "MAGIC_NUMBER", "CODEC_TYPE", "MAX_OPTION_SIZE", "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_MAX_ELEMENTS",
     "MAX_METHOD_LENGTH",
-    "MsgType", "ErrorCode", "Option", "OptionReader", "FrameDecoder",
+    "MsgType", "ErrorCode", "Option", "BadOption", "OptionReader", "FrameDecoder",
     "Request", "Cancel", "Response", "BadRequest", "BadResponse",
     "encode_option", "decode_option", "encode_request", "encode_cancel",
     "encode_response", "encode_error", "decode_request", "decode_request_sized", "decode_response", "frame",
@@ -80,6 +80,10 @@ class Option(NamedTuple):
     max_frame_size: int = 0  # in the server's acknowledgement; 0 = not stated
 
 
+class BadOption(ProtocolError):
+    """An Option with the right magic number but a field that is wrong: worth a refusal line."""
+
+
 def encode_option(option: Option) -> bytes:
     """One line of JSON with GeeRPC's field names, newline-terminated."""
     fields: dict[str, Any] = {
@@ -118,13 +122,13 @@ def decode_option(line: bytes) -> Option:
         raise ProtocolError(f"invalid magic number {str(magic)[:32]!r}, want {MAGIC_NUMBER}")
     codec = fields.get("CodecType", CODEC_TYPE)
     if not isinstance(codec, str):
-        raise ProtocolError("CodecType must be a string")
+        raise BadOption("CodecType must be a string")
     durations = []
     for key in ("ConnectTimeout", "HandleTimeout", "MaxFrameSize"):
         value = fields.get(key, 0)
         # An int64, as Go's time.Duration: a larger one overflows a float conversion.
         if type(value) is not int or not 0 <= value <= _MAX_OPTION_INT:
-            raise ProtocolError(f"{key} must be an integer from 0 to {_MAX_OPTION_INT}, not {str(value)[:32]}")
+            raise BadOption(f"{key} must be an integer from 0 to {_MAX_OPTION_INT}, not {json.dumps(value)[:32]}")
         durations.append(value)
     return Option(MAGIC_NUMBER, codec, durations[0], durations[1], None, durations[2])
 

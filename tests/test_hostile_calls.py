@@ -8,6 +8,7 @@ Nothing here sleeps to wait for something to happen (see ``conftest.eventually``
 from __future__ import annotations
 
 import asyncio
+import json
 import gc
 import logging
 import tracemalloc
@@ -85,25 +86,32 @@ def _option_text(**fields) -> str:
     return option(**fields).decode()
 
 
-@pytest.mark.parametrize("line", [
-    option(HandleTimeout=2**1024),
-    option(HandleTimeout=2**63),
-    option(ConnectTimeout=2**1024),
-    option(MaxFrameSize=2**1024),
-    _option_text(HandleTimeout=5).encode("utf-16-le"),
-    _option_text(HandleTimeout=5).encode("utf-32"),
-    option().replace(b'"HandleTimeout": 0', b'"HandleTimeout": 1.0'),
-    option().replace(b'"HandleTimeout": 0', b'"HandleTimeout": 1e+10'),
+@pytest.mark.parametrize("line,refusal", [
+    (option(HandleTimeout=2**1024), "HandleTimeout must be an integer from 0 to 9223372036854775807, not 1797"),
+    (option(HandleTimeout=2**63), "HandleTimeout must be an integer from 0 to 9223372036854775807, not 9223"),
+    (option(ConnectTimeout=2**1024), "ConnectTimeout must be an integer"),
+    (option(MaxFrameSize=2**1024), "MaxFrameSize must be an integer"),
+    (_option_text(HandleTimeout=5).encode("utf-16-le"), None),
+    (_option_text(HandleTimeout=5).encode("utf-32"), None),
+    (option().replace(b'"HandleTimeout": 0', b'"HandleTimeout": 1.0'), "HandleTimeout must be an integer "
+     "from 0 to 9223372036854775807, not 1.0"),
+    (option().replace(b'"HandleTimeout": 0', b'"HandleTimeout": 1e+10'), "not 10000000000.0"),
 ], ids=["handle-2^1024", "handle-2^63", "connect-2^1024", "frame-2^1024", "utf-16", "utf-32", "1.0", "1e+10"])
-async def test_odd_option_values_are_a_counted_protocol_error_without_traceback(line, caplog):
+async def test_odd_option_values_are_a_counted_protocol_error_without_traceback(line, refusal, caplog):
     """Row 43: the connection is closed before any call, the close is counted as the
-    peer's protocol error, and nothing is logged above DEBUG (no traceback)."""
+    peer's protocol error, and nothing is logged above DEBUG (no traceback). An Option
+    that is ours but has a wrong field gets a refusal line saying which; bytes that are
+    not UTF-8 JSON get nothing."""
     arith = Arith()
     async with serving(arith) as server:
         with caplog.at_level(logging.DEBUG, logger="geerpc"), caplog.at_level(logging.DEBUG, logger="asyncio"):
             async with raw_connection(server.address, handshake=False) as raw:
                 await raw.send(line + request(1, "Arith.add", 1, 2))
-                assert await raw.read_until_closed() == b""
+                answer = await raw.read_until_closed()
+                if refusal is None:
+                    assert answer == b""
+                else:
+                    assert answer.endswith(b"\n") and refusal in json.loads(answer)["Error"]
             await eventually(lambda: server.protocol_errors == 1, what="the protocol error counted")
         assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
         assert arith.calls == 0
@@ -180,3 +188,20 @@ async def test_a_call_answered_timeout_before_it_ran_never_starts_its_handler():
         assert {r.error[0] for r in replies if r.error} <= {p.ErrorCode.TIMEOUT}
         assert counted.starts == sum(1 for r in replies if r.error is None)
         await assert_serving(server)
+
+
+@pytest.mark.parametrize("server_limit,client_ns,effective_ns", [
+    (2.0, 5_000_000_000, 2_000_000_000),
+    (2.0, 1_000_000_000, 1_000_000_000),
+    (2.0, 0, 2_000_000_000),
+    (None, 0, 0),
+    (None, 3, 3),
+])
+async def test_the_ack_states_the_handle_timeout_in_effect(server_limit, client_ns, effective_ns):
+    """The server's acknowledgement carries the smaller of the two HandleTimeouts
+    (0 = none), not the client's value echoed back."""
+    async with serving(Arith(), handle_timeout=server_limit) as server:
+        async with raw_connection(server.address, handshake=False) as raw:
+            await raw.send(option(HandleTimeout=client_ns))
+            ack = await raw.read_ack()
+            assert ack["HandleTimeout"] == effective_ns
