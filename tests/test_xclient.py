@@ -250,3 +250,23 @@ async def test_xclient_over_a_registry_listing_1000_servers(nodes, registry):
         assert len(await xc.discovery.get_all()) == 1000
         for _ in range(20):
             assert await xc.call("Arith.whoami", timeout=2) == live.name
+
+
+async def test_a_connection_whose_calls_keep_timing_out_is_dialed_afresh(nodes):
+    (node,) = await nodes(1)
+    server = node.server
+    async with XClient([node.address]) as xc:
+        for _ in range(2):
+            with pytest.raises(geerpc.CallTimeout):
+                await xc.call("Node.hang", timeout=0.05)
+        assert len(server.snapshot().connections) == 1  # two in a row: kept
+        assert await xc.call("Node.whoami", timeout=2) == "n0"  # an answer resets the count
+        for _ in range(2):
+            with pytest.raises(geerpc.CallTimeout):
+                await xc.call("Node.hang", timeout=0.05)
+        assert len(server.snapshot().connections) == 1
+        with pytest.raises(geerpc.CallTimeout):
+            await xc.call("Node.hang", timeout=0.05)
+        await eventually(lambda: not server.snapshot().connections, what="the stuck connection closed")
+        assert await xc.call("Node.whoami", timeout=2) == "n0"  # on a new connection
+        assert len(server.snapshot().connections) == 1

@@ -16,6 +16,11 @@ A server whose handshake fails (it took the connection but is not a geerpc serve
 such as a GeeRPC Go server sharing the registry: it speaks gob) is skipped by calls
 and broadcasts for ``SKIP_PERIOD`` seconds, and logged once at WARNING per period;
 ``selection.Skipped`` keeps that table.
+
+After ``TIMEOUTS_TO_REDIAL`` calls in a row time out on one server's connection, it
+is closed once no other call is pending on it, and the next call dials afresh: a
+connection can be stuck while the server is not (the client's keepalive pings catch
+a peer that answers nothing at all).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ _FAILOVER_ERRORS = (ConnectError, ConnectTimeout, ConnectionClosed, Unavailable)
 
 # Seconds a server whose handshake failed is left out of picks and broadcasts.
 SKIP_PERIOD: Final = 30.0
+TIMEOUTS_TO_REDIAL: Final = 3  # CallTimeouts in a row on one connection before it is dialed afresh
 
 _SKIPPED: Final = object()  # a broadcast's answer from a server found not to be a geerpc server
 
@@ -102,6 +108,7 @@ class XClient:
         self._closed = False
         self._rng = random.Random()
         self._skipped = Skipped(SKIP_PERIOD)
+        self._timeouts: dict[str, int] = {}  # address -> CallTimeouts in a row on its connection
         self._index = self._rng.randrange(1 << 30)  # round robin while some servers are skipped
 
     # ------------------------------------------------------------- connections
@@ -141,6 +148,20 @@ class XClient:
         """Leave ``address`` out of picks for a while: it is not a geerpc server."""
         if self._skipped.add(address, str(error), asyncio.get_running_loop().time()):
             log.warning("skipping %s for %g s: %s", address, self._skipped.period, error)
+
+    def _timed_out(self, address: str, client: Client) -> None:
+        """A call on ``address`` timed out: after several in a row, drop its connection.
+
+        A server that answers nothing in time may sit behind a connection that is
+        stuck; the next call dials afresh. A connection with other calls pending is
+        kept until a timeout finds it idle.
+        """
+        count = self._timeouts.get(address, 0) + 1
+        self._timeouts[address] = count
+        if count >= TIMEOUTS_TO_REDIAL and not client.pending and self._clients.get(address) is client:
+            log.info("%s: %d calls in a row timed out; dialing it afresh next time", address, count)
+            del self._timeouts[address]
+            self._forget(address, client)
 
     def _forget(self, address: str, client: Client | None) -> None:
         if client is not None and self._clients.get(address) is client:
@@ -193,7 +214,14 @@ class XClient:
             try:
                 async with asyncio.timeout_at(at):
                     client = await self._client(address)
-                return await client.call_until(deadline, service_method, args, kwargs)
+                try:
+                    result = await client.call_until(deadline, service_method, args, kwargs)
+                except CallTimeout:
+                    self._timed_out(address, client)
+                    raise
+                if self._timeouts:
+                    self._timeouts.pop(address, None)
+                return result
             except _FAILOVER_ERRORS as exc:
                 if isinstance(exc, HandshakeError):
                     self._skip(address, exc)
@@ -280,10 +308,16 @@ class XClient:
                 self._skip(address, exc)  # not a geerpc server: it has no say in the broadcast
                 return _SKIPPED
             try:
-                return await client.call_until(deadline, service_method, args, kwargs)
+                result = await client.call_until(deadline, service_method, args, kwargs)
             except ConnectionClosed:
                 self._forget(address, client)
                 raise
+            except CallTimeout:
+                self._timed_out(address, client)
+                raise
+            if self._timeouts:
+                self._timeouts.pop(address, None)
+            return result
 
         tasks = [asyncio.ensure_future(one(address)) for address in servers]
         try:
