@@ -231,6 +231,8 @@ class ClientProcess:
         self.counts: Counter[str] = Counter()
         self.unexpected: Counter[str] = Counter()
         self.xclient: Any = None  # made in run(), inside the event loop
+        self.retired: list[tuple[asyncio.TimerHandle, Any]] = []  # replaced XClients, closed 6 s later
+        self.closing: set[asyncio.Task[None]] = set()
         self.xclient_uses = 0
         self.choices = [name for name, _, weight in OPS for _ in range(weight)]
         self.choices += [name for name, weight in XOPS for _ in range(weight)]
@@ -248,6 +250,9 @@ class ClientProcess:
         else:
             self.counts["UNEXPECTED"] += 1
             self.unexpected[f"{name}: {type(error).__name__}: {error}"[:300]] += 1
+
+    def retire(self, xclient: Any) -> None:
+        self.closing.add(asyncio.ensure_future(xclient.close()))
 
     async def worker(self, index: int) -> None:
         address = self.addresses[index % len(self.addresses)]
@@ -281,7 +286,9 @@ class ClientProcess:
                     self.xclient_uses += 1
                     if self.xclient_uses % 500 == 0:  # a fresh XClient: new discovery, new connections
                         old, self.xclient = self.xclient, self.new_xclient()
-                        await old.close()
+                        # other loops may still have calls on the old one: close it after their timeout
+                        timer = asyncio.get_running_loop().call_later(6.0, self.retire, old)
+                        self.retired.append((timer, old))
                         self.counts["xclient replaced"] += 1
                 await asyncio.sleep(self.pause)
         finally:
@@ -304,6 +311,11 @@ class ClientProcess:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, Exception):
                     self.unexpected[f"worker ended: {type(result).__name__}: {result}"[:300]] += 1
+            for timer, old in self.retired:
+                if not timer.cancelled() and timer.when() > asyncio.get_running_loop().time():
+                    timer.cancel()
+                    self.retire(old)
+            await asyncio.gather(*self.closing, return_exceptions=True)
             await self.xclient.close()
             emit(status())
 
