@@ -38,8 +38,14 @@ _WRITE_HIGH_WATER = 1024 * 1024
 
 
 class _ClientConnection(asyncio.BufferedProtocol):
-    def __init__(self, address: str, max_frame_size: int, handshake: ClientHandshake) -> None:
+    def __init__(self, address: str, max_frame_size: int, handshake: ClientHandshake,
+                 keepalive: float | None = None, keepalive_timeout: float = 10.0) -> None:
         self.address = address
+        self._keepalive = keepalive
+        self._keepalive_timeout = keepalive_timeout
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._received = False  # bytes arrived since the keepalive check last looked
+        self._pinged = False  # a ping is out and nothing has arrived since
         self._handshake: ClientHandshake | None = handshake
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -68,6 +74,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
         return self._frames.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._received = True
         self._frames.buffer_updated(nbytes)
         if self._handshake is not None:
             self._shake(self._frames.take_all())
@@ -85,6 +92,8 @@ class _ClientConnection(asyncio.BufferedProtocol):
         if step.option is None:
             return
         self._handshake = None
+        if self._keepalive is not None and step.option.keepalive:  # the server answers pings
+            self._keepalive_timer = self.loop.call_later(self._keepalive, self._check_alive)
         if not self.ready.done():
             self.ready.set_result(step.option)
         if step.rest:
@@ -94,8 +103,12 @@ class _ClientConnection(asyncio.BufferedProtocol):
     def _take_replies(self) -> None:
         frames = self._frames
         resolve = self.calls.resolve
+        pong = p.PONG_PREFIX
         try:
             while (payload := frames.next_frame()) is not None:
+                if payload[:2] == pong:
+                    p.decode_pong(payload)  # any bytes are a sign of life; a malformed pong is not
+                    continue
                 outcome = resolve(payload)
                 if outcome is None:
                     continue  # a late reply to a call that timed out or was cancelled
@@ -110,6 +123,27 @@ class _ClientConnection(asyncio.BufferedProtocol):
             self.lose(ConnectionClosed(f"{self.address} broke the protocol: {exc}"), exc)
             if self.transport is not None:
                 self.transport.abort()
+
+    def _check_alive(self) -> None:
+        """Every keepalive interval: with calls pending and nothing heard, ping; no
+        answer within keepalive_timeout, and the connection is declared dead."""
+        assert self._keepalive is not None
+        self._keepalive_timer = None
+        if self.error is not None or self.transport is None:
+            return
+        if self._received or not self.calls:
+            self._received = self._pinged = False
+            self._keepalive_timer = self.loop.call_later(self._keepalive, self._check_alive)
+            return
+        if not self._pinged:
+            self._pinged = True
+            self.transport.write(p.encode_ping(1))
+            self._keepalive_timer = self.loop.call_later(self._keepalive_timeout, self._check_alive)
+            return
+        self.lose(ConnectionClosed(
+            f"{self.address} did not answer a keepalive ping within {self._keepalive_timeout:g} s, "
+            f"with {len(self.calls)} call(s) pending: the connection is taken for dead"))
+        self.transport.abort()
 
     def _fail_handshake(self, exc: GeeRPCError) -> None:
         self._handshake = None
@@ -126,6 +160,8 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.writable.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
         self.lost_idle = self.error is None and self._handshake is None and not self.calls
         self.lose(ConnectionClosed(f"connection to {self.address} lost" + (f": {exc}" if exc else "")), exc)
         if not self.ready.done():
@@ -333,6 +369,8 @@ async def dial(
     connect_timeout: float | None = 10.0,
     handle_timeout: float | None = None,
     max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
+    keepalive: float | None = 10.0,
+    keepalive_timeout: float = 10.0,
 ) -> Client:
     """Connect to a server at ``tcp@host:port``, ``unix@/path`` or ``http@host:port``.
 
@@ -343,6 +381,12 @@ async def dial(
     the server to limit every handler to that many seconds (the smaller of it and
     the server's own applies). Both take seconds, or None (or infinity) for no limit.
 
+    ``keepalive``: while calls are pending and nothing has been received for that
+    many seconds, the client pings the server (when the server said it answers
+    pings); with no answer within ``keepalive_timeout`` the connection is taken for
+    dead and its calls fail with ConnectionClosed. This catches a server that hangs
+    with its socket open, which TCP does not notice. None turns it off.
+
     Raises ConnectError (bad address, refused, unreachable; HandshakeError for a
     server that took the connection but is not a geerpc server or refused us) or
     ConnectTimeout; TypeError or ValueError for a timeout that is not a positive
@@ -350,28 +394,34 @@ async def dial(
     """
     connect_seconds = check_timeout(connect_timeout)
     handle_seconds = check_timeout(handle_timeout)
+    keepalive_seconds = check_timeout(keepalive)
+    keepalive_timeout_seconds = check_timeout(keepalive_timeout)
+    if keepalive_timeout_seconds is None:
+        raise ValueError("keepalive_timeout must be a finite number of seconds")
     try:
         parsed = parse_address(address)
     except ValueError as exc:
         raise ConnectError(str(exc)) from None  # the message names the address
     option = p.Option(connect_timeout=_nanoseconds(connect_seconds), handle_timeout=_nanoseconds(handle_seconds),
-                      max_frame_size=max_frame_size)
+                      max_frame_size=max_frame_size, keepalive=_nanoseconds(keepalive_seconds))
 
     def connect() -> Awaitable[tuple[_ClientConnection, p.Option]]:
-        return _connect(address, parsed, option, connect_seconds, max_frame_size)
+        return _connect(address, parsed, option, connect_seconds, max_frame_size,
+                        keepalive_seconds, keepalive_timeout_seconds)
 
     conn, ack = await connect()
     return Client(conn, ack, connect)
 
 
 async def _connect(address: str, parsed: Address, option: p.Option, connect_seconds: float | None,
-                   max_frame_size: int) -> tuple[_ClientConnection, p.Option]:
+                   max_frame_size: int, keepalive: float | None,
+                   keepalive_timeout: float) -> tuple[_ClientConnection, p.Option]:
     """Dial and shake hands: the connection and the server's acknowledgement."""
     loop = asyncio.get_running_loop()
 
     def factory() -> _ClientConnection:
         handshake = ClientHandshake(address, option, via_http=parsed.scheme == "http")
-        return _ClientConnection(address, max_frame_size, handshake)
+        return _ClientConnection(address, max_frame_size, handshake, keepalive, keepalive_timeout)
 
     conn: _ClientConnection | None = None
     try:

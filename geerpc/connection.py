@@ -87,6 +87,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._writing_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._keepalive: float | None = None  # the client's ping interval, when it asked for keepalive
+        self._still_here_timer: asyncio.TimerHandle | None = None
         self._last_read = self._loop.time()
         self.peer_ip: str | None = None  # None for a unix socket
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -143,6 +145,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._cancel_timer()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._still_here_timer is not None:
+            self._still_here_timer.cancel()
         self._lost = True  # from here on nothing new starts
         self._host.connection_closed(self)
         self._held.clear()
@@ -192,8 +196,11 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._calls.handle_timeout = client if ours is None else min(client, ours)
         # The handle timeout in effect (the smaller of the two; 0 = none), so a client learns it.
         effective = self._calls.handle_timeout
+        # Keepalive: echoed, so the client knows its pings are answered; we also say
+        # "still here" at that interval while we do not read (see _still_here).
+        self._keepalive = option.keepalive / 1e9 if option.keepalive else None
         ack = p.Option(handle_timeout=0 if effective is None else max(1, int(effective * 1e9)),
-                       max_frame_size=self._limits.max_frame_size)
+                       max_frame_size=self._limits.max_frame_size, keepalive=option.keepalive)
         self._transport.write(p.encode_option(ack))
         if self._limits.idle_timeout is not None:
             self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._check_idle)
@@ -273,6 +280,9 @@ class ServerConnection(asyncio.BufferedProtocol):
             return
         if type(message) is p.Cancel:
             self._cancel(message.seq, _CLIENT_CANCELLED)
+            return
+        if type(message) is p.Ping:
+            self._queue(p.encode_pong(message.id))
             return
         assert type(message) is p.Request
         seq = message.seq
@@ -384,6 +394,22 @@ class ServerConnection(asyncio.BufferedProtocol):
         if not self._reading_paused and self._transport is not None:
             self._reading_paused = True
             self._transport.pause_reading()
+            if self._keepalive is not None and self._still_here_timer is None:
+                self._still_here_timer = self._loop.call_later(self._keepalive / 2, self._still_here)
+
+    def _still_here(self) -> None:
+        """While we do not read, the client's pings wait unread: answer them unasked.
+
+        A client with calls pending that hears nothing would take the server for dead;
+        an unasked PONG (id 0) at half its ping interval tells it otherwise.
+        """
+        self._still_here_timer = None
+        transport = self._transport
+        if not self._reading_paused or self._lost or transport is None or transport.is_closing():
+            return
+        assert self._keepalive is not None
+        transport.write(p.encode_pong(0))
+        self._still_here_timer = self._loop.call_later(self._keepalive / 2, self._still_here)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -27,8 +27,8 @@ __all__ = [
     "MAGIC_NUMBER", "CODEC_TYPE", "MAX_OPTION_SIZE", "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_MAX_ELEMENTS",
     "MAX_METHOD_LENGTH",
     "MsgType", "ErrorCode", "Option", "BadOption", "OptionReader", "FrameDecoder",
-    "Request", "Cancel", "Response", "BadRequest", "BadResponse",
-    "encode_option", "decode_option", "encode_request", "encode_cancel",
+    "Request", "Cancel", "Ping", "PONG_PREFIX", "Response", "BadRequest", "BadResponse",
+    "encode_option", "decode_option", "encode_request", "encode_cancel", "encode_ping", "encode_pong", "decode_pong",
     "encode_response", "encode_error", "decode_request", "decode_request_sized", "decode_response", "frame",
 ]
 
@@ -53,6 +53,8 @@ class MsgType(enum.IntEnum):
     REQUEST = 0
     RESPONSE = 1
     CANCEL = 2
+    PING = 3  # client to server, when keepalive was agreed: [3, id]
+    PONG = 4  # server to client: [4, id], the ping's id (0: unasked, "still here")
 
 
 class ErrorCode(enum.IntEnum):
@@ -78,6 +80,7 @@ class Option(NamedTuple):
     handle_timeout: int = 0  # 0 = none
     error: str | None = None  # set only in a server's refusal
     max_frame_size: int = 0  # in the server's acknowledgement; 0 = not stated
+    keepalive: int = 0  # the client's ping interval, echoed by a server that answers pings; 0 = none
 
 
 class BadOption(ProtocolError):
@@ -94,6 +97,8 @@ def encode_option(option: Option) -> bytes:
     }
     if option.max_frame_size:
         fields["MaxFrameSize"] = option.max_frame_size
+    if option.keepalive:
+        fields["Keepalive"] = option.keepalive
     if option.error is not None:
         fields = {"Error": option.error}
     return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
@@ -124,13 +129,13 @@ def decode_option(line: bytes) -> Option:
     if not isinstance(codec, str):
         raise BadOption("CodecType must be a string")
     durations = []
-    for key in ("ConnectTimeout", "HandleTimeout", "MaxFrameSize"):
+    for key in ("ConnectTimeout", "HandleTimeout", "MaxFrameSize", "Keepalive"):
         value = fields.get(key, 0)
         # An int64, as Go's time.Duration: a larger one overflows a float conversion.
         if type(value) is not int or not 0 <= value <= _MAX_OPTION_INT:
             raise BadOption(f"{key} must be an integer from 0 to {_MAX_OPTION_INT}, not {json.dumps(value)[:32]}")
         durations.append(value)
-    return Option(MAGIC_NUMBER, codec, durations[0], durations[1], None, durations[2])
+    return Option(MAGIC_NUMBER, codec, durations[0], durations[1], None, durations[2], durations[3])
 
 
 class OptionReader:
@@ -274,6 +279,15 @@ class Cancel(NamedTuple):
     seq: int
 
 
+class Ping(NamedTuple):
+    id: int
+
+
+#: The first two bytes of every PONG payload (a 2-element array, then type 4): a client
+#: tells a pong from a response by them without decoding.
+PONG_PREFIX: Final = b"\x92\x04"
+
+
 class Response(NamedTuple):
     seq: int
     error: tuple[int, str, str] | None  # (ErrorCode, type name, message)
@@ -310,6 +324,27 @@ def encode_cancel(seq: int) -> bytes:
     return _pack_length(len(body)) + body
 
 
+def encode_ping(id: int) -> bytes:
+    body = _packb([3, id])
+    return _pack_length(len(body)) + body
+
+
+def encode_pong(id: int) -> bytes:
+    body = _packb([4, id])
+    return _pack_length(len(body)) + body
+
+
+def decode_pong(payload: bytes) -> int:
+    """The id of a PONG payload (one starting with ``PONG_PREFIX``); ProtocolError if malformed."""
+    try:
+        message = _unpackb(payload, **_UNPACK_OPTIONS)
+    except _DECODE_ERRORS as exc:
+        raise ProtocolError(f"undecodable pong: {_decode_error(exc)}") from None
+    if type(message) is not list or len(message) != 2 or type(message[1]) is not int or not 0 <= message[1] <= _MAX_SEQ:
+        raise ProtocolError("pong must be [4, id] with an id from 0 to 2^63-1")
+    return message[1]
+
+
 def encode_response(seq: int, result: Any) -> bytes:
     """A whole success frame. Raises TypeError/ValueError/OverflowError if unencodable."""
     body = _packb([1, seq, None, result])
@@ -332,12 +367,13 @@ def _valid_seq(seq: Any) -> bool:
     return type(seq) is int and 0 < seq <= _MAX_SEQ
 
 
-def decode_request(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Request | Cancel:
+def decode_request(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Request | Cancel | Ping:
     """Decode and validate what a client sent (see ``decode_request_sized``)."""
     return decode_request_sized(payload, max_elements)[0]
 
 
-def decode_request_sized(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[Request | Cancel, int]:
+def decode_request_sized(payload: bytes,
+                         max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[Request | Cancel | Ping, int]:
     """Decode and validate what a client sent; return it and the memory it is charged.
 
     At most ``max_elements`` elements are decoded (``decoding.unpack``). Raises
@@ -379,6 +415,10 @@ def decode_request_sized(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENT
         if not _valid_seq(message[1]):
             raise ProtocolError("cancel: seq must be a positive integer")
         return Cancel(message[1]), cost
+    if kind == 3 and type(kind) is int and len(message) == 2:
+        if type(message[1]) is not int or not 0 <= message[1] <= _MAX_SEQ:
+            raise ProtocolError("ping: id must be an integer from 0 to 2^63-1")
+        return Ping(message[1]), cost
     raise ProtocolError(f"not a request or cancel message (type {str(kind)[:16]}, {len(message)} elements)")
 
 
