@@ -136,6 +136,7 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self._flush()
         if self._calls.parked:
             self._calls.unpark()
             self._flush()
@@ -243,8 +244,8 @@ class ServerConnection(asyncio.BufferedProtocol):
             while self._held and self._may_start():
                 _, held = self._held.popitem(last=False)
                 self._held_bytes -= held.cost
-                self._calls.start(held.request, held.method, held.deadline, held.cost)
-            while not self._writing_paused and len(self._held) < hold and self._has_room():
+                self._calls.start(held.request, held.method, held.deadline, held.cost + self._reserve(held.method))
+            while not self._writing_paused and len(self._held) < hold and self._may_take():
                 payload = frames.next_frame()
                 if payload is None:
                     break
@@ -257,12 +258,12 @@ class ServerConnection(asyncio.BufferedProtocol):
         except ProtocolError as exc:
             self._abort(str(exc))
             return
+        self._flush()  # first: what it writes no longer counts against the budget
         if (self._reading_paused and not self._writing_paused and len(self._held) < hold
-                and self._has_room()):
+                and self._may_take()):
             self._reading_paused = False
             assert self._transport is not None
             self._transport.resume_reading()
-        self._flush()
         # Each frame must arrive whole within frame_timeout of its first byte
         # (slow-loris): the clock restarts whenever a frame completes.
         if frames.pending and not self._reading_paused:
@@ -307,7 +308,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             seconds = budget(message.timeout, self._calls.handle_timeout)
             deadline = None if seconds is None else self._loop.time() + seconds
         if not self._held and self._may_start():
-            self._calls.start(message, method, deadline, cost)
+            self._calls.start(message, method, deadline, cost + self._reserve(method))
         else:
             self._held[seq] = _Held(message, method, cost, deadline)
             self._held_bytes += cost
@@ -340,11 +341,11 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, force: bool = False) -> None:
         self._flush_scheduled = False
         out = self._out
-        if not out:
-            return
+        if not out or (self._writing_paused and not force):
+            return  # resume_writing flushes: the transport's buffer would only grow
         size = self._out_size
         self._out = []
         self._out_size = 0
@@ -367,10 +368,22 @@ class ServerConnection(asyncio.BufferedProtocol):
         """Bytes this connection holds against its budget."""
         transport = self._transport
         buffered = transport.get_write_buffer_size() if transport is not None else 0
-        return self._held_bytes + self._calls.charged + self._out_size + buffered
+        return self._held_bytes + self._calls.charged + self._out_size + buffered + self._frames.pending
+
+    def _reserve(self, method: Method) -> int:
+        """Bytes a starting call reserves for its reply: its method's recent reply size,
+        or a sixteenth of the budget for a method that has not replied yet (so a first
+        burst of calls with large replies cannot all start before one is seen)."""
+        size = method.reply_size
+        return size if size >= 0 else self._budget >> 4
 
     def _has_room(self) -> bool:
         return self._used() < self._budget
+
+    def _may_take(self) -> bool:
+        """Whether to take (and read) another frame: room in the budget, or nothing else
+        in hand, so that one request as large as the budget still gets through."""
+        return self._has_room() or not (self._running or self._held or self._out)
 
     def _reply_room(self) -> bool:
         """Whether a result may be encoded now: within the budget, or nothing else unsent."""
@@ -462,7 +475,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._cancel(seq, STOPPING)
 
     def close(self) -> None:
-        self._flush()
+        self._flush(force=True)
         if self._transport is not None:
             self._transport.close()
 

@@ -45,6 +45,12 @@ def budget(timeout: float | None, handle_timeout: float | None) -> float | None:
     return timeout or None
 
 
+def _sized(method: Method, frame: bytes) -> None:
+    """Remember how large the method's replies are: a decaying maximum of their sizes."""
+    size, known = len(frame), method.reply_size
+    method.reply_size = size if size >= known else known - ((known - size) >> 3)
+
+
 def _cancelled_by_someone() -> bool:
     """Whether the running task was cancelled (rather than its handler raising CancelledError)."""
     task = asyncio.current_task()
@@ -117,6 +123,7 @@ class Calls:
             else:
                 frame, ok = result_reply(seq, method, result, self.frame_limit)
                 self._queue(frame)
+                _sized(method, frame)
                 method.record(perf_counter() - start, ok)
             return
         if method.is_async:  # _run checks the deadline once the task runs
@@ -175,6 +182,7 @@ class Calls:
                 return
             frame, ok = result_reply(seq, method, result, self.frame_limit)
             self._reply(frame)
+            _sized(method, frame)
         except asyncio.CancelledError as exc:
             # No local here may refer to the task: the task keeps the CancelledError,
             # whose traceback keeps this frame, so a task in a local (or in the
@@ -219,6 +227,7 @@ class Calls:
                 return
             frame, ok = result_reply(call.seq, call.method, value, self.frame_limit)
             self._reply(frame)
+            _sized(call.method, frame)
         else:
             self._reply(failure_reply(call.seq, call.method, call.args, call.kwargs, value, self.frame_limit))
         call.method.record(perf_counter() - call.start, ok)
@@ -266,6 +275,7 @@ class Calls:
             seq, method, result, start = parked.popleft()
             frame, ok = result_reply(seq, method, result, self.frame_limit)
             self._reply(frame)
+            _sized(method, frame)
             method.record(perf_counter() - start, ok)
 
     def forget_parked(self) -> None:

@@ -34,6 +34,9 @@ class Method:
     _signature: inspect.Signature | None = field(default=None, repr=False)
     calls: int = 0
     errors: int = 0
+    #: bytes of its recent reply frames (a slowly decaying maximum); -1 before the first.
+    #: A call is charged this much of its connection's budget while it runs.
+    reply_size: int = -1
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW), repr=False)
 

@@ -87,12 +87,14 @@ async def test_large_arguments_start_calls_only_while_the_budget_has_room() -> N
             data = b"d" * MiB
             sending = asyncio.create_task(
                 raw.send(b"".join(request(seq, "Big.hold", data) for seq in range(1, 33))))
-            await eventually(lambda: big.started >= 7, what="calls to start")
-            stats = only_connection(server)
-            assert stats.running + stats.held < 12, stats  # not 32 x 1 MiB
-            assert stats.bytes_held <= budget + 2 * MiB, stats
-            await assert_serving(server)
-            big.release.set()
+            try:
+                await eventually(lambda: big.started >= 4, what="calls to start")
+                stats = only_connection(server)
+                assert stats.running + stats.held < 12, stats  # not 32 x 1 MiB
+                assert stats.bytes_held <= budget + 2 * MiB, stats
+                await assert_serving(server)
+            finally:
+                big.release.set()
             await sending
             results = [await raw.read_response(timeout=10) for _ in range(32)]
             assert sorted(r.seq for r in results) == list(range(1, 33))
@@ -155,6 +157,7 @@ async def test_raw_helpers_agree_with_the_budget_counter() -> None:
         try:
             await raw.send(request(1, "Arith.add", 1, 2))
             assert (await raw.read_response()).result == 3
-            await eventually(lambda: only_connection(server).bytes_held == 0, what="nothing held once answered")
+            # nothing held once answered but the receive buffer (16 KiB to start with)
+            await eventually(lambda: only_connection(server).bytes_held <= 16 * 1024, what="nothing held once answered")
         finally:
             await raw.close()
