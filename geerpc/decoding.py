@@ -9,7 +9,7 @@ its value), and every container itself.
 
 A small payload cannot hold more elements than twice its length, so payloads up to
 ``SMALL`` bytes are decoded in one C call and charged their worst case. Larger ones
-are decoded by an ``Unpacker`` whose hooks count containers as they are built and stop
+are decoded with hooks that count containers as they are built and stop
 the decode as soon as the count passes the limit: the memory and time spent on a
 hostile payload are bounded by the limit, not by the payload.
 
@@ -75,20 +75,17 @@ def unpack(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[An
     if size <= SMALL and 2 * size <= max_elements:
         return _unpackb(payload, **UNPACK_OPTIONS), size + SMALL_COST * size
     counter = _Counter(max_elements)
-    unpacker = msgpack.Unpacker(
-        **UNPACK_OPTIONS, list_hook=counter.container, object_hook=counter.container,
-        max_buffer_size=size, max_array_len=max_elements, max_map_len=max_elements,
-        max_str_len=size, max_bin_len=size, max_ext_len=size)
-    unpacker.feed(payload)
     # Building many containers triggers collections that walk every object on the
     # heap, again and again: decoding a large payload is much faster without them.
     pause = size > _GC_PAUSE_ABOVE and gc.isenabled()
     if pause:
         gc.disable()
     try:
-        value = unpacker.unpack()
-    except msgpack.OutOfData:
-        raise ValueError("incomplete msgpack value") from None
+        # unpackb decodes from the payload in place (an Unpacker would copy it first)
+        value = _unpackb(payload, **UNPACK_OPTIONS, list_hook=counter.container,
+                         object_hook=counter.container,
+                         max_array_len=max_elements, max_map_len=max_elements,
+                         max_str_len=size, max_bin_len=size, max_ext_len=size)
     except ValueError as exc:
         if "exceeds max_" in str(exc):  # an array or map header over the limit, before its body
             raise TooManyElements(f"a container of more than {max_elements:,} elements (max_elements)") from None
@@ -96,7 +93,5 @@ def unpack(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[An
     finally:
         if pause:
             gc.enable()
-    if unpacker.tell() != size:
-        raise ValueError(f"{size - unpacker.tell()} bytes of extra data after the msgpack value")
     # Containers are counted by the hooks; a message with none (a bare value) is one element.
     return value, size + VALUE_COST * max(counter.elements, 1)
