@@ -49,6 +49,7 @@ _CONNECTION_LOST = "connection lost"
 _FLUSH_AT = 256 * 1024  # queued reply bytes that are written without waiting for the read's end
 _JOIN_BELOW = 1024 * 1024  # queued replies joined into one write below this; written one by one above
 _HOLD_MIN = 16  # requests held at least, whatever max_in_flight, so Cancels and EOF get through
+_HIGH_WATER = 64 * 1024  # the transport's write buffer limit (asyncio's and uvloop's default)
 
 
 class _Held(NamedTuple):
@@ -70,6 +71,10 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._handshake: ServerHandshake | None = ServerHandshake(host.http_answer)
         self._frames = p.FrameDecoder(limits.max_frame_size)
         self._budget = limits.connection_budget
+        # While writing is not paused the transport holds under its high-water mark
+        # (64 KiB), and a frame being received is at most one frame: below this, what
+        # the connection holds is under the budget without asking either.
+        self._sure_room = limits.connection_budget - limits.max_frame_size - 4 - _HIGH_WATER
         self._calls = Calls(self._loop, queue=self._queue, reply=self._reply, submit=host.submit,
                             stopping=lambda: host.stopping, ended=self._call_ended, room=self._reply_room,
                             frame_limit=limits.max_frame_size, handle_timeout=limits.handle_timeout)
@@ -108,6 +113,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             transport.close()
             return
         enable_keepalive(transport)
+        transport.set_write_buffer_limits(high=_HIGH_WATER)  # what _sure_room counts on
         self._timer = self._loop.call_later(self._limits.handshake_timeout, self._abort, "no Option in time")
 
     # asyncio.BufferedProtocol: the transport reads straight into the frame decoder's
@@ -378,6 +384,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         return size if size >= 0 else self._budget >> 4
 
     def _has_room(self) -> bool:
+        if not self._writing_paused and self._held_bytes + self._calls.charged + self._out_size < self._sure_room:
+            return True  # the common case, without asking the transport and the decoder
         return self._used() < self._budget
 
     def _may_take(self) -> bool:
@@ -387,9 +395,10 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     def _reply_room(self) -> bool:
         """Whether a result may be encoded now: within the budget, or nothing else unsent."""
+        if self._has_room():
+            return True
         transport = self._transport
-        unsent = self._out_size or (transport.get_write_buffer_size() if transport is not None else 0)
-        return not unsent or self._used() < self._budget
+        return not (self._out_size or (transport.get_write_buffer_size() if transport is not None else 0))
 
     def _may_start(self) -> bool:
         """Whether a call may start now: a slot, a peer that reads, room in the budget.
