@@ -46,6 +46,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._received = False  # bytes arrived since the keepalive check last looked
         self._pinged = False  # a ping is out and nothing has arrived since
+        self._out: list[bytes] = []  # requests gathered in this loop iteration
         self._handshake: ClientHandshake | None = handshake
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -196,8 +197,29 @@ class _ClientConnection(asyncio.BufferedProtocol):
             self.send(cancel)
 
     def send(self, frame: bytes) -> None:
-        if self.error is None and self.transport is not None and not self.transport.is_closing():
+        """Write a frame after any gathered before it (Cancels and pings keep their order)."""
+        if self._out:
+            self._out.append(frame)
+        elif self.error is None and self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
+
+    def send_request(self, frame: bytes) -> None:
+        """Write a request: at once when it is the only call pending, else gathered
+        with the others made in this loop iteration into one write (one send for
+        many calls in flight, not one each)."""
+        if self._out:
+            self._out.append(frame)
+        elif len(self.calls) > 1:
+            self._out.append(frame)
+            self.loop.call_soon(self._flush)
+        else:
+            assert self.transport is not None
+            self.transport.write(frame)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.error is None and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
 
 class Client:
@@ -277,8 +299,7 @@ class Client:
         future: asyncio.Future[Any] = conn.loop.create_future()
         now = 0.0 if deadline is None else conn.loop.time()
         seq, frame = conn.calls.add(service_method, args, kwargs if kwargs is not None else {}, deadline, now, future)
-        assert conn.transport is not None
-        conn.transport.write(frame)
+        conn.send_request(frame)
         timer = None if deadline is None else conn.loop.call_at(deadline.at, conn.expire, seq)
         try:
             return await future
