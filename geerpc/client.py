@@ -411,7 +411,8 @@ async def dial(
     Raises ConnectError (bad address, refused, unreachable; HandshakeError for a
     server that took the connection but is not a geerpc server or refused us) or
     ConnectTimeout; TypeError or ValueError for a timeout that is not a positive
-    number of seconds or None (``deadline.check_timeout``).
+    number of seconds or None (``deadline.check_timeout``; ``keepalive_timeout``
+    must be a finite number).
     """
     connect_seconds = check_timeout(connect_timeout)
     handle_seconds = check_timeout(handle_timeout)

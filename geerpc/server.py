@@ -43,21 +43,25 @@ class Server:
         handle_timeout: seconds a handler may run (None: no limit). A client's own
             HandleTimeout, or the deadline it sends with a call, can only shorten it.
         max_frame_size: largest frame accepted or sent, in bytes (default 16 MiB).
-        max_in_flight: calls running at once per connection; past it the server stops
+        max_in_flight: calls running at once per connection; past it further requests
+            are held (up to max(max_in_flight, 16) of them), then the server stops
             reading that connection until calls finish (backpressure).
         max_elements: the most elements one request may hold (every array element,
             map entry and container counts one); a request over it is answered
             InvalidArguments, decoded no further than the limit.
-        connection_budget: bytes one connection may hold: requests waiting, the
-            arguments of running calls (as decoded, estimated) and replies not yet
-            sent. At the budget it starts no call and reads nothing until its peer
-            has read replies, so a server holds about connections x budget at most.
+        connection_budget: bytes one connection may hold (default 64 MiB): requests
+            waiting, the arguments of running calls (as decoded, estimated) with a
+            reservation for each one's reply, replies not yet sent, and the frame being
+            received. At the budget it starts no call and reads nothing until calls end
+            or its peer has read replies, so a server holds about connections x budget
+            at most. A request that alone would exceed it is answered InvalidArguments.
         max_connections: connections open at once. At the cap, the connection idle the
             longest (nothing in flight) is closed to make room for a new one; only when
             none is idle is the new one refused.
         max_connections_per_ip: connections open at once from one IP address (default
-            a sixteenth of max_connections, but at least 16: 64 of 1,024), with the same eviction of
-            that address's longest idle one. Unix-socket peers have no address cap.
+            a sixteenth of max_connections, but at least 16, or max_connections if
+            fewer: 64 of 1,024), with the same eviction of that address's longest idle
+            one. Unix-socket peers have no address cap.
         handshake_timeout: seconds a new connection has to send its Option.
         frame_timeout: seconds a frame that has started may take to arrive whole.
         idle_timeout: close a connection that sent nothing for this many seconds and
