@@ -4,9 +4,8 @@ A thin ``asyncio.BufferedProtocol``: it feeds the sans-IO decoders in ``protocol
 hands requests to ``dispatch.Calls``, and writes replies. It knows its server only
 through ``host.ConnectionHost``. Design notes:
 
-- Replies are collected and written once per read (and once per loop iteration for
-  calls that finish later), so a read that carried 64 requests is usually answered
-  by one ``write``: the biggest single win on the per-call path.
+- Replies go through ``outbox.Outbox``: written once per read (and once per loop
+  iteration for calls that finish later), and not at all while the peer does not read.
 - The first bytes (Option line, or an HTTP request first) go through the sans-IO
   ``handshake.ServerHandshake``; this class only carries out what it decides.
 - A request's deadline starts when it arrives (the caller's time left, or the handle
@@ -36,7 +35,9 @@ from . import protocol as p
 from .dispatch import STOPPING, Calls, budget
 from .errors import ProtocolError
 from .handshake import ServerHandshake
+from .budget import HIGH_WATER, Budget
 from .host import ConnectionHost
+from .outbox import Outbox
 from .replies import bad_request_reply, budget_reply, not_found_reply, stopped_reply, stopping_reply
 from .service import Method
 from .tcp import enable_keepalive
@@ -47,9 +48,7 @@ log = logging.getLogger("geerpc.server")
 _CLIENT_CANCELLED = "cancelled by the client"
 _CONNECTION_LOST = "connection lost"
 _FLUSH_AT = 256 * 1024  # queued reply bytes that are written without waiting for the read's end
-_JOIN_BELOW = 1024 * 1024  # queued replies joined into one write below this; written one by one above
 _HOLD_MIN = 16  # requests held at least, whatever max_in_flight, so Cancels and EOF get through
-_HIGH_WATER = 64 * 1024  # the transport's write buffer limit (asyncio's and uvloop's default)
 
 
 class _Held(NamedTuple):
@@ -70,26 +69,22 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._handshake: ServerHandshake | None = ServerHandshake(host.http_answer)
         self._frames = p.FrameDecoder(limits.max_frame_size)
-        self._budget = limits.connection_budget
-        # While writing is not paused the transport holds under its high-water mark
-        # (64 KiB), and a frame being received is at most one frame: below this, what
-        # the connection holds is under the budget without asking either.
-        self._sure_room = limits.connection_budget - limits.max_frame_size - 4 - _HIGH_WATER
-        self._calls = Calls(self._loop, queue=self._queue, reply=self._reply, submit=host.submit,
-                            stopping=lambda: host.stopping, ended=self._call_ended, room=self._reply_room,
+        self._outbox = outbox = Outbox(self._loop)
+        self._queue = outbox.queue
+        self._reply = outbox.reply
+        self._flush = outbox.flush
+        self._budget = budget = Budget(limits.connection_budget, limits.max_frame_size, outbox, self._frames)
+        self._calls = Calls(self._loop, queue=outbox.queue, reply=outbox.reply, submit=host.submit,
+                            stopping=lambda: host.stopping, ended=self._call_ended, room=budget.reply_room,
                             frame_limit=limits.max_frame_size, handle_timeout=limits.handle_timeout)
+        budget.calls = self._calls
         self._running = self._calls.running  # seq -> running call, read for counts
         # Requests received while max_in_flight calls run: started as calls finish.
         # Reading goes on meanwhile (so Cancels and EOF are still seen) until the hold
         # is full, then the socket is paused: that is the backpressure.
         self._held: collections.OrderedDict[int, _Held] = collections.OrderedDict()
-        self._held_bytes = 0
         self._lost = False
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self._flush_scheduled = False
         self._reading_paused = False
-        self._writing_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._keepalive: float | None = None  # the client's ping interval, when it asked for keepalive
@@ -102,7 +97,8 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
-        self._transport = transport = cast(asyncio.Transport, transport)
+        self._transport = self._outbox.transport = self._budget.transport = transport = cast(
+            asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip = str(peer[0])
@@ -113,7 +109,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             transport.close()
             return
         enable_keepalive(transport)
-        transport.set_write_buffer_limits(high=_HIGH_WATER)  # what _sure_room counts on
+        transport.set_write_buffer_limits(high=HIGH_WATER)  # what Budget counts on
         self._timer = self._loop.call_later(self._limits.handshake_timeout, self._abort, "no Option in time")
 
     # asyncio.BufferedProtocol: the transport reads straight into the frame decoder's
@@ -137,11 +133,11 @@ class ServerConnection(asyncio.BufferedProtocol):
         return None
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self._outbox.paused = True
         self._pause_reading()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self._outbox.paused = False
         self._flush()
         if self._calls.parked:
             self._calls.unpark()
@@ -157,12 +153,11 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._lost = True  # from here on nothing new starts
         self._host.connection_closed(self)
         self._held.clear()
-        self._held_bytes = 0
+        self._budget.held = 0
         self._calls.forget_parked()
         for seq in self._calls.seqs():
             self._cancel(seq, _CONNECTION_LOST)
-        self._out.clear()
-        self._out_size = 0
+        self._outbox.clear()
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -249,15 +244,15 @@ class ServerConnection(asyncio.BufferedProtocol):
         try:
             while self._held and self._may_start():
                 _, held = self._held.popitem(last=False)
-                self._held_bytes -= held.cost
-                self._calls.start(held.request, held.method, held.deadline, held.cost + self._reserve(held.method))
-            while not self._writing_paused and len(self._held) < hold and self._may_take():
+                self._budget.held -= held.cost
+                self._calls.start(held.request, held.method, held.deadline, held.cost + self._budget.reserve(held.method))
+            while not self._outbox.paused and len(self._held) < hold and self._may_take():
                 payload = frames.next_frame()
                 if payload is None:
                     break
                 taken += 1
                 self._handle(payload)
-                if self._out_size > _FLUSH_AT:
+                if self._outbox.size > _FLUSH_AT:
                     self._flush()  # may call pause_writing(), which ends this loop
             else:
                 self._pause_reading()
@@ -265,7 +260,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._abort(str(exc))
             return
         self._flush()  # first: what it writes no longer counts against the budget
-        if (self._reading_paused and not self._writing_paused and len(self._held) < hold
+        if (self._reading_paused and not self._outbox.paused and len(self._held) < hold
                 and self._may_take()):
             self._reading_paused = False
             assert self._transport is not None
@@ -302,8 +297,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         if self._host.stopping:
             self._queue(stopping_reply(seq))
             return
-        if cost > self._budget:  # could never start: refused rather than held for ever
-            self._queue(budget_reply(seq, cost, self._budget))
+        if cost > self._budget.limit:  # could never start: refused rather than held for ever
+            self._queue(budget_reply(seq, cost, self._budget.limit))
             return
         if method.inline:  # cannot suspend: runs to the end now, needs no slot and no deadline
             self._calls.start(message, method, None)
@@ -314,15 +309,15 @@ class ServerConnection(asyncio.BufferedProtocol):
             seconds = budget(message.timeout, self._calls.handle_timeout)
             deadline = None if seconds is None else self._loop.time() + seconds
         if not self._held and self._may_start():
-            self._calls.start(message, method, deadline, cost + self._reserve(method))
+            self._calls.start(message, method, deadline, cost + self._budget.reserve(method))
         else:
             self._held[seq] = _Held(message, method, cost, deadline)
-            self._held_bytes += cost
+            self._budget.held += cost
 
     def _cancel(self, seq: int, reason: str) -> None:
         held = self._held.pop(seq, None)
         if held is not None:  # never started: forget it (no reply: the caller gave up)
-            self._held_bytes -= held.cost
+            self._budget.held -= held.cost
             return
         self._calls.cancel(seq, reason)
 
@@ -332,73 +327,12 @@ class ServerConnection(asyncio.BufferedProtocol):
         if not self._running and not self._held and self._host.stopping:
             self._host.connection_quiet(self)
 
-    # ------------------------------------------------------------- replies
-
-    def _queue(self, frame: bytes) -> None:
-        self._out.append(frame)
-        self._out_size += len(frame)
-
-    def _reply(self, frame: bytes) -> None:
-        self._queue(frame)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if self._out and not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self, force: bool = False) -> None:
-        self._flush_scheduled = False
-        out = self._out
-        if not out or (self._writing_paused and not force):
-            return  # resume_writing flushes: the transport's buffer would only grow
-        size = self._out_size
-        self._out = []
-        self._out_size = 0
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        if len(out) == 1 or size < _JOIN_BELOW:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
-            return
-        # Large replies: one write each, each frame let go once the transport has it,
-        # so they are never all held twice (joined, then copied into the buffer).
-        for i, frame in enumerate(out):
-            out[i] = b""
-            transport.write(frame)
-        del frame
-
     # ------------------------------------------------------------- budget
-
-    def _used(self) -> int:
-        """Bytes this connection holds against its budget."""
-        transport = self._transport
-        buffered = transport.get_write_buffer_size() if transport is not None else 0
-        return self._held_bytes + self._calls.charged + self._out_size + buffered + self._frames.pending
-
-    def _reserve(self, method: Method) -> int:
-        """Bytes a starting call reserves for its reply: its method's recent reply size,
-        or a sixteenth of the budget for a method that has not replied yet (so a first
-        burst of calls with large replies cannot all start before one is seen)."""
-        size = method.reply_size
-        return size if size >= 0 else self._budget >> 4
-
-    def _has_room(self) -> bool:
-        if not self._writing_paused and self._held_bytes + self._calls.charged + self._out_size < self._sure_room:
-            return True  # the common case, without asking the transport and the decoder
-        return self._used() < self._budget
 
     def _may_take(self) -> bool:
         """Whether to take (and read) another frame: room in the budget, or nothing else
         in hand, so that one request as large as the budget still gets through."""
-        return self._has_room() or not (self._running or self._held or self._out)
-
-    def _reply_room(self) -> bool:
-        """Whether a result may be encoded now: within the budget, or nothing else unsent."""
-        if self._has_room():
-            return True
-        transport = self._transport
-        return not (self._out_size or (transport.get_write_buffer_size() if transport is not None else 0))
+        return self._budget.has_room() or not (self._running or self._held or self._outbox)
 
     def _may_start(self) -> bool:
         """Whether a call may start now: a slot, a peer that reads, room in the budget.
@@ -407,8 +341,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         can run on a connection that holds nothing else.
         """
         running = len(self._running)
-        return (running < self._limits.max_in_flight and not self._writing_paused and not self._calls.parked
-                and (not running or self._has_room()))
+        return (running < self._limits.max_in_flight and not self._outbox.paused and not self._calls.parked
+                and (not running or self._budget.has_room()))
 
     # ------------------------------------------------------------- helpers
 
@@ -457,7 +391,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         if self._handshake is not None:
             return True
         transport = self._transport
-        return not (self._running or self._held or self._calls.parked or self._out
+        return not (self._running or self._held or self._calls.parked or self._outbox
                     or (transport is not None and transport.get_write_buffer_size()))
 
     @property
@@ -468,7 +402,7 @@ class ServerConnection(asyncio.BufferedProtocol):
     @property
     def bytes_held(self) -> int:
         """Bytes held against the connection's budget."""
-        return self._used()
+        return self._budget.used()
 
     @property
     def parked(self) -> int:
@@ -479,7 +413,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._calls.unpark(force=True)  # finished: their results go out whatever the budget
         for seq in list(self._held):  # never started: answer them Unavailable
             self._reply(stopped_reply(seq, self._held.pop(seq).method))
-        self._held_bytes = 0
+        self._budget.held = 0
         for seq in self._calls.seqs():
             self._cancel(seq, STOPPING)
 
