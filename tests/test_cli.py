@@ -252,10 +252,10 @@ def test_broadcast_prints_each_servers_reply(registry: str, servers: list[str], 
 
 
 def test_broadcast_timeout_gives_every_server_a_line_and_exits_3(registry: str, servers: list[str]) -> None:
-    result = geerpc("call", registry, "Calc.sleep", "5", "--broadcast", "--timeout", "0.3")
+    result = geerpc("call", registry, "Calc.sleep", "5", "--broadcast", "--timeout", "1.5")
     assert result.returncode == 3, result.stderr
     assert broadcast_lines(result.stdout) == [
-        {"server": address, "error": "Calc.sleep timed out after 0.3 s", "type": "CallTimeout"}
+        {"server": address, "error": "Calc.sleep timed out after 1.5 s", "type": "CallTimeout"}
         for address in sorted(servers)]
     assert result.stderr == "geerpc: 0 of 2 servers returned a result\n"
 
