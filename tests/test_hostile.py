@@ -5,6 +5,23 @@ reply or the close expected, then that the server still serves: a fresh
 ``geerpc.dial`` + ``Arith.add`` works and, where it matters, a client that was already
 connected is unaffected. Raw bytes go through ``asyncio.open_connection``; nothing
 here sleeps to wait for something to happen (see ``conftest.eventually``).
+
+Attacks on what all clients share, in the style of HOSTILE.md: one row each, with the
+test that reproduces it at a scale that runs in seconds (``bench/bench_hostile.py``
+runs the heavy versions).
+
+| # | Input / event | Expected safe behaviour | Test |
+|---|---|---|---|
+| B1 | A 16 MiB frame of nested empty arrays; a map of a million keys | Refused after at most ``max_elements`` elements (a map or array header over it before its body): "request too large", memory and time bounded by the limit; others served meanwhile | test_decoding.py, test_budget.py::test_amplification_is_answered_and_others_are_served_meanwhile |
+| B2 | Requests for large replies from a peer that never reads; large arguments to handlers that wait | What the connection holds stays within ``connection_budget`` (plus one request or reply crossing it): no call starts and nothing is read at the budget, results are parked unencoded, replies wait while the transport is paused | test_budget.py, test_client_that_never_reads_replies_is_not_buffered_without_bound (below) |
+| B3 | Idle sockets (handshaken, or never sending the Option) from one address, more than its share | That address's longest idle connection is evicted for each new one; a busy address at its cap is refused with the reason; others always get in; idle timeout on by default | test_connection_slots.py |
+| B4 | Large arguments, then a Cancel or a hang-up | The arguments are freed without the cyclic GC | test_hostile_calls.py::test_cancelled_call_frees_its_arguments_without_the_cyclic_gc |
+| B5 | One peer holding every registry watch slot | A per-address watch cap: real watchers keep getting changes at once | test_announced_addresses.py::test_one_peer_cannot_take_every_watch_slot |
+| B6 | The registry restarts, or is down for a while | Every live server listed again within 10 s with the defaults | test_registry_restart.py |
+| B7 | A server stopped with its socket open (SIGSTOP); calls that keep timing out | Keepalive pings: pending calls fail with ConnectionClosed; the XClient dials afresh after three timeouts in a row | test_keepalive.py, test_xclient.py::test_a_connection_whose_calls_keep_timing_out_is_dialed_afresh |
+| B8 | A service object with builtin bases (dict, Exception), or a class, module or builtin registered | Only methods of the user's own classes are exposed; the others are refused with a message | test_service.py |
+| B9 | HandleTimeout of 2^1024 ns, `1.0`, UTF-16 Options; a Cancel then the same seq at once | A refusal naming the field (or a silent close for non-UTF-8), counted, no traceback; the reused seq is served | test_hostile_calls.py |
+| B10 | Announced addresses that turn clients against their host (unix@ from afar, `tcp@0:1`, numeric tricks, scope ids) | Refused by the registry and by RegistryDiscovery | test_announced_addresses.py |
 """
 
 from __future__ import annotations
