@@ -30,6 +30,7 @@ __all__ = [
     "Request", "Cancel", "Ping", "PONG_PREFIX", "Response", "BadRequest", "BadResponse",
     "encode_option", "decode_option", "encode_request", "encode_cancel", "encode_ping", "encode_pong", "decode_pong",
     "encode_response", "encode_error", "decode_request", "decode_request_sized", "decode_response", "frame",
+    "DECODE_ERRORS", "request_decode_error", "request_from",
 ]
 
 MAGIC_NUMBER: Final = 0x3BEF5C  # 3927900, as in GeeRPC
@@ -387,11 +388,25 @@ def decode_request_sized(payload: bytes,
         else:
             message, cost = unpack(payload, max_elements)
     except _DECODE_ERRORS as exc:
-        seq = _salvage_seq(payload, MsgType.REQUEST, 6)
-        if seq is None:
-            raise ProtocolError(f"undecodable message: {_decode_error(exc)}") from None
-        what = "request too large" if isinstance(exc, TooManyElements) else "undecodable request"
-        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"{what}: {_decode_error(exc)}") from None
+        raise request_decode_error(payload, exc) from None
+    return request_from(message, cost)
+
+
+#: What msgpack raises for bytes that do not decode (see ``request_decode_error``).
+DECODE_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
+
+
+def request_decode_error(payload: bytes, exc: BaseException) -> BadRequest | ProtocolError:
+    """The error for a request payload that did not decode: BadRequest when its seq can be read."""
+    seq = _salvage_seq(payload, MsgType.REQUEST, 6)
+    if seq is None:
+        return ProtocolError(f"undecodable message: {_decode_error(exc)}")
+    what = "request too large" if isinstance(exc, TooManyElements) else "undecodable request"
+    return BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"{what}: {_decode_error(exc)}")
+
+
+def request_from(message: Any, cost: int) -> tuple[Request | Cancel | Ping, int]:
+    """Validate a decoded request, cancel or ping (see ``decode_request_sized``)."""
     if type(message) is not list or not message:
         raise ProtocolError("message must be a non-empty msgpack array")
     kind = message[0]

@@ -146,3 +146,72 @@ def test_the_small_path_in_protocol_matches_decoding() -> None:
     message, cost = p.decode_request_sized(payload)
     assert message == p.Request(3, "S.m", 1.5, ["a"], {"k": b"v"})
     assert cost == decoding.unpack(payload)[1]
+
+
+# --------------------------------------------------------------------------- Stepwise
+
+
+def decode_stepwise(payload: bytes, max_elements: int = decoding.DEFAULT_MAX_ELEMENTS) -> tuple[object, int, int]:
+    stepwise = decoding.Stepwise(payload, max_elements)
+    steps = 1
+    while not stepwise.step():
+        steps += 1
+    return stepwise.value, stepwise.cost, steps
+
+
+@pytest.mark.parametrize("value", [
+    [0, 1, "S.m", None, [b"x" * 3_000_000], {}],
+    [0, 1, "S.m", 2.5, [[{"a": i, "b": [1, "two", None]} for i in range(20_000)]], {"k": "v"}],
+    list(range(200_000)),
+    {"nested": [[[[]]]] * 20_000, "s": "é" * 100_000},
+])
+def test_stepwise_decodes_as_unpack_does(value: object) -> None:
+    payload = msgpack.packb(value)
+    decoded, cost, steps = decode_stepwise(payload)
+    assert (decoded, cost) == unpack(payload)
+    assert steps > 1
+
+
+def test_stepwise_bounds_the_work_of_each_step() -> None:
+    """A 16 MiB amplification frame: every step builds a bounded number of containers,
+    so the loop serves other connections between steps; refused at the limit."""
+    payload = request(nested_empties(16 * MiB, per_array=5_000))
+    stepwise = decoding.Stepwise(payload, max_elements=1_000_000)
+    built = []
+    with pytest.raises(TooManyElements):
+        while True:
+            before = stepwise._counter.elements  # noqa: SLF001 - the work done per step
+            try:
+                if stepwise.step():
+                    break
+            finally:
+                built.append(stepwise._counter.elements - before)  # noqa: SLF001
+    assert len(built) > 1
+    # at most one container per byte; each counts itself once and once in its parent
+    assert max(built) <= 2 * decoding._MAX_SLICE + 5_001  # noqa: SLF001
+
+
+def test_stepwise_after_few_containers_does_not_grow_past_its_cap() -> None:
+    """Bytes first (slices grow), then empty arrays: a slice is never more than the cap."""
+    body = b"\x92\xc6" + (4 * MiB).to_bytes(4, "big") + b"y" * (4 * MiB) + nested_empties(4 * MiB, per_array=5_000)
+    stepwise = decoding.Stepwise(request(body), max_elements=1_000_000)
+    built = []
+    with pytest.raises(TooManyElements):
+        while True:
+            before = stepwise._counter.elements  # noqa: SLF001
+            try:
+                if stepwise.step():
+                    break
+            finally:
+                built.append(stepwise._counter.elements - before)  # noqa: SLF001
+    assert max(built) <= 2 * decoding._MAX_SLICE + 5_001  # noqa: SLF001
+
+
+@pytest.mark.parametrize("payload,match", [
+    (msgpack.packb([b"x" * 300_000]) + b"\xc0", "extra data"),
+    (msgpack.packb([b"x" * 300_000])[:-10], "incomplete"),
+    (b"\xdd" + (10**6).to_bytes(4, "big") + b"\xc0" * 300_000, "a container of more than 1,000 elements"),
+])
+def test_stepwise_refuses_what_unpack_refuses(payload: bytes, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        decode_stepwise(payload, max_elements=1_000)
