@@ -424,7 +424,8 @@ async def dial(
         parsed = parse_address(address)
     except ValueError as exc:
         raise ConnectError(str(exc)) from None  # the message names the address
-    option = p.Option(connect_timeout=_nanoseconds(connect_seconds), handle_timeout=_nanoseconds(handle_seconds),
+    option = p.Option(connect_timeout=_nanoseconds(connect_seconds),
+                      handle_timeout=_nanoseconds(handle_seconds),
                       max_frame_size=max_frame_size, keepalive=_nanoseconds(keepalive_seconds))
 
     def connect() -> Awaitable[tuple[_ClientConnection, p.Option]]:

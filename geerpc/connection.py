@@ -218,8 +218,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         quiet = self._loop.time() - self._last_read
         busy = not self.idle
         if busy or quiet < idle_timeout:
-            self._idle_timer = self._loop.call_later(idle_timeout if busy else max(idle_timeout - quiet, 0.01),
-                                                     self._check_idle)
+            wait = idle_timeout if busy else max(idle_timeout - quiet, 0.01)
+            self._idle_timer = self._loop.call_later(wait, self._check_idle)
             return
         log.debug("closing a connection idle for %.1f s", quiet)
         self._idle_timer = None
@@ -248,7 +248,8 @@ class ServerConnection(asyncio.BufferedProtocol):
             while self._held and self._may_start():
                 _, held = self._held.popitem(last=False)
                 self._budget.held -= held.cost
-                self._calls.start(held.request, held.method, held.deadline, held.cost + self._budget.reserve(held.method))
+                cost = held.cost + self._budget.reserve(held.method)
+                self._calls.start(held.request, held.method, held.deadline, cost)
             while (not self._outbox.paused and len(self._held) < hold and self._stepwise is None
                    and self._may_take()):
                 payload = frames.next_frame()

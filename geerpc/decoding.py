@@ -23,7 +23,8 @@ from typing import Any, Final
 
 import msgpack
 
-__all__ = ["DEFAULT_MAX_ELEMENTS", "SMALL", "SMALL_COST", "VALUE_COST", "STEP", "Stepwise", "TooManyElements", "UNPACK_OPTIONS", "unpack"]
+__all__ = ["DEFAULT_MAX_ELEMENTS", "SMALL", "SMALL_COST", "VALUE_COST", "STEP", "Stepwise", "TooManyElements",
+           "UNPACK_OPTIONS", "unpack"]
 
 DEFAULT_MAX_ELEMENTS: Final = 262_144
 SMALL: Final = 512  # bytes: decoded without counting, charged the worst case
@@ -90,7 +91,8 @@ def unpack(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[An
                          max_str_len=size, max_bin_len=size, max_ext_len=size)
     except ValueError as exc:
         if "exceeds max_" in str(exc):  # an array or map header over the limit, before its body
-            raise TooManyElements(f"a container of more than {max_elements:,} elements (max_elements)") from None
+            raise TooManyElements(
+                f"a container of more than {max_elements:,} elements (max_elements)") from None
         raise
     finally:
         if pause:

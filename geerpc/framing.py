@@ -1,0 +1,120 @@
+"""Frames, sans I/O: a 4-byte big-endian length, then that many bytes of payload.
+
+The length is checked against the maximum frame size *before* any of the body is
+buffered, so a hostile peer cannot make us allocate more than that.
+docs/protocol.md, section 2, is the normative text. ``geerpc.protocol`` re-exports
+everything here.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from .errors import ProtocolError
+
+__all__ = ["DEFAULT_MAX_FRAME_SIZE", "FrameDecoder", "frame"]
+
+DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
+_LENGTH: Final = struct.Struct(">I")
+_unpack_length = _LENGTH.unpack_from
+_pack_length = _LENGTH.pack
+_INITIAL_BUFFER: Final = 16 * 1024  # per connection, grown only as large frames arrive
+_MIN_READ: Final = 16 * 1024
+_SHRINK_ABOVE: Final = 1024 * 1024
+
+
+def frame(payload: bytes) -> bytes:
+    """Prefix ``payload`` with its 4-byte big-endian length."""
+    return _pack_length(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame payloads, enforcing the maximum frame size.
+
+    Bytes come in either by ``feed(data)``, or straight into the decoder's own buffer:
+    ``get_buffer()`` hands out room to read into and ``buffer_updated(n)`` says how
+    much arrived (``asyncio.BufferedProtocol``, so the transport's ``recv_into`` needs
+    no allocation per read). ``next_frame()`` hands out complete payloads one at a time
+    (so a caller applying backpressure can stop taking them), ``None`` when no complete
+    frame is buffered. A bad length raises ProtocolError as soon as its four bytes are
+    in, before any of the body is buffered.
+
+    The buffer is never resized in place (a memoryview handed out may still exist): it
+    is compacted by moving bytes within it, or replaced by a larger one when a frame
+    needs the room, and replaced by a small one again once a large frame is gone.
+    """
+
+    __slots__ = ("_buffer", "_start", "_end", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self._buffer = bytearray(_INITIAL_BUFFER)
+        self._start = 0  # first byte not yet taken
+        self._end = 0  # end of the bytes received
+        self.max_frame_size = max_frame_size
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Room to receive into: at least ``_MIN_READ`` bytes, or the rest of a started frame."""
+        need = _MIN_READ
+        buffered = self._end - self._start
+        if buffered >= 4:
+            (size,) = _unpack_length(self._buffer, self._start)
+            if 0 < size <= self.max_frame_size:
+                # Room for the rest of the frame, but never more than what has already
+                # arrived: a peer must send bytes to make us allocate (at most doubling
+                # per read), not merely announce a large length.
+                need = max(need, min(4 + size - buffered, buffered))
+        self._make_room(need)
+        return memoryview(self._buffer)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+
+    def feed(self, data: bytes) -> None:
+        self._make_room(len(data))
+        self._buffer[self._end : self._end + len(data)] = data
+        self._end += len(data)
+
+    def take_all(self) -> bytes:
+        """Everything buffered and not taken (for a connection still in its handshake)."""
+        data = bytes(self._buffer[self._start : self._end])
+        self._start = self._end = 0
+        return data
+
+    def _make_room(self, need: int) -> None:
+        buffered = self._end - self._start
+        if not buffered:
+            self._start = self._end = 0
+            if len(self._buffer) > _SHRINK_ABOVE:  # a large frame has gone: give the memory back
+                self._buffer = bytearray(_INITIAL_BUFFER)
+        if len(self._buffer) - self._end >= need:
+            return
+        if len(self._buffer) - buffered >= need:  # compact: an equal-size move, no resize
+            self._buffer[:buffered] = self._buffer[self._start : self._end]
+        else:
+            # double (fewer copies for a growing frame), but never past one whole frame
+            grown = bytearray(max(buffered + need, min(2 * len(self._buffer), 4 + self.max_frame_size)))
+            grown[:buffered] = self._buffer[self._start : self._end]
+            self._buffer = grown
+        self._start, self._end = 0, buffered
+
+    def next_frame(self) -> bytes | None:
+        buffer, pos = self._buffer, self._start
+        available = self._end - pos
+        if available < 4:
+            return None
+        (size,) = _unpack_length(buffer, pos)
+        if size == 0 or size > self.max_frame_size:
+            raise ProtocolError(f"frame length {size} outside 1..{self.max_frame_size}")
+        if available < 4 + size:
+            return None
+        end = pos + 4 + size
+        with memoryview(buffer) as view:  # one copy (slicing the bytearray, then bytes(), is two)
+            payload = bytes(view[pos + 4 : end])
+        self._start = end
+        return payload
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered that do not yet form a whole frame (or were not taken)."""
+        return self._end - self._start
