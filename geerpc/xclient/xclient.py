@@ -163,6 +163,18 @@ class XClient:
             del self._timeouts[address]
             self._forget(address, client)
 
+    async def _call_on(self, address: str, client: Client, deadline: Deadline | None, service_method: str,
+                       args: Any, kwargs: dict[str, Any]) -> Any:
+        """One call on one server's connection, counting its timeouts in a row."""
+        try:
+            result = await client.call_until(deadline, service_method, args, kwargs)
+        except CallTimeout:
+            self._timed_out(address, client)
+            raise
+        if self._timeouts:
+            self._timeouts.pop(address, None)
+        return result
+
     def _forget(self, address: str, client: Client | None) -> None:
         if client is not None and self._clients.get(address) is client:
             del self._clients[address]
@@ -214,14 +226,7 @@ class XClient:
             try:
                 async with asyncio.timeout_at(at):
                     client = await self._client(address)
-                try:
-                    result = await client.call_until(deadline, service_method, args, kwargs)
-                except CallTimeout:
-                    self._timed_out(address, client)
-                    raise
-                if self._timeouts:
-                    self._timeouts.pop(address, None)
-                return result
+                return await self._call_on(address, client, deadline, service_method, args, kwargs)
             except _FAILOVER_ERRORS as exc:
                 if isinstance(exc, HandshakeError):
                     self._skip(address, exc)
@@ -308,16 +313,10 @@ class XClient:
                 self._skip(address, exc)  # not a geerpc server: it has no say in the broadcast
                 return _SKIPPED
             try:
-                result = await client.call_until(deadline, service_method, args, kwargs)
+                return await self._call_on(address, client, deadline, service_method, args, kwargs)
             except ConnectionClosed:
                 self._forget(address, client)
                 raise
-            except CallTimeout:
-                self._timed_out(address, client)
-                raise
-            if self._timeouts:
-                self._timeouts.pop(address, None)
-            return result
 
         tasks = [asyncio.ensure_future(one(address)) for address in servers]
         try:
