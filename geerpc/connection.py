@@ -36,7 +36,6 @@ from .dispatch import STOPPING, Calls, budget
 from .errors import ProtocolError
 from .handshake import ServerHandshake
 from .budget import HIGH_WATER, Budget
-from .decoding import Stepwise
 from .host import ConnectionHost
 from .outbox import Outbox
 from .replies import bad_request_reply, budget_reply, not_found_reply, stopped_reply, stopping_reply
@@ -50,7 +49,6 @@ _CLIENT_CANCELLED = "cancelled by the client"
 _CONNECTION_LOST = "connection lost"
 _FLUSH_AT = 256 * 1024  # queued reply bytes that are written without waiting for the read's end
 _HOLD_MIN = 16  # requests held at least, whatever max_in_flight, so Cancels and EOF get through
-_STEPWISE_ABOVE = 128 * 1024  # request bytes decoded a slice at a time (decoding.Stepwise) above this
 
 
 class _Held(NamedTuple):
@@ -86,7 +84,6 @@ class ServerConnection(asyncio.BufferedProtocol):
         # is full, then the socket is paused: that is the backpressure.
         self._held: collections.OrderedDict[int, _Held] = collections.OrderedDict()
         self._lost = False
-        self._stepwise: Stepwise | None = None  # a large request being decoded a slice at a time
         self._reading_paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -250,8 +247,7 @@ class ServerConnection(asyncio.BufferedProtocol):
                 self._budget.held -= held.cost
                 cost = held.cost + self._budget.reserve(held.method)
                 self._calls.start(held.request, held.method, held.deadline, cost)
-            while (not self._outbox.paused and len(self._held) < hold and self._stepwise is None
-                   and self._may_take()):
+            while not self._outbox.paused and len(self._held) < hold and self._may_take():
                 payload = frames.next_frame()
                 if payload is None:
                     break
@@ -266,7 +262,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             return
         self._flush()  # first: what it writes no longer counts against the budget
         if (self._reading_paused and not self._outbox.paused and len(self._held) < hold
-                and self._stepwise is None and self._may_take()):
+                and self._may_take()):
             self._reading_paused = False
             assert self._transport is not None
             self._transport.resume_reading()
@@ -280,44 +276,12 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._cancel_timer()
 
     def _handle(self, payload: bytes) -> None:
-        if len(payload) > _STEPWISE_ABOVE:
-            # Decoded a slice per loop iteration, other connections served in between;
-            # this one takes no more frames (and reads nothing) until it is done.
-            self._stepwise = Stepwise(payload, self._limits.max_elements)
-            self._pause_reading()
-            self._loop.call_soon(self._decode_step)
-            return
         try:
             message, cost = p.decode_request_sized(payload, self._limits.max_elements)
         except p.BadRequest as bad:
             self._queue(bad_request_reply(bad))
             return
         self._handle_message(message, cost)
-
-    def _decode_step(self) -> None:
-        stepwise = self._stepwise
-        if stepwise is None or self._lost:
-            self._stepwise = None
-            return
-        try:
-            try:
-                if not stepwise.step():
-                    self._loop.call_soon(self._decode_step)
-                    return
-            except p.DECODE_ERRORS as exc:
-                raise p.request_decode_error(stepwise.payload, exc) from None
-            self._stepwise = None
-            message, cost = p.request_from(stepwise.value, stepwise.cost)
-            del stepwise
-            self._handle_message(message, cost)
-        except p.BadRequest as bad:
-            self._stepwise = None
-            self._queue(bad_request_reply(bad))
-        except ProtocolError as exc:
-            self._stepwise = None
-            self._abort(str(exc))
-            return
-        self._take_frames()  # the frames after it, and reading again
 
     def _handle_message(self, message: p.Request | p.Cancel | p.Ping, cost: int) -> None:
         if type(message) is p.Cancel:
@@ -431,7 +395,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         if self._handshake is not None:
             return True
         transport = self._transport
-        return not (self._running or self._held or self._calls.parked or self._outbox or self._stepwise
+        return not (self._running or self._held or self._calls.parked or self._outbox
                     or (transport is not None and transport.get_write_buffer_size()))
 
     @property

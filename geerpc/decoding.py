@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import msgpack
 
-__all__ = ["DEFAULT_MAX_ELEMENTS", "SMALL", "SMALL_COST", "VALUE_COST", "STEP", "Stepwise", "TooManyElements",
+__all__ = ["DEFAULT_MAX_ELEMENTS", "SMALL", "SMALL_COST", "VALUE_COST", "TooManyElements",
            "UNPACK_OPTIONS", "unpack"]
 
 DEFAULT_MAX_ELEMENTS: Final = 262_144
@@ -33,8 +33,6 @@ SMALL: Final = 512  # bytes: decoded without counting, charged the worst case
 VALUE_COST: Final = 96
 SMALL_COST: Final = 2 * VALUE_COST  # per byte of a small payload: its worst case
 _GC_PAUSE_ABOVE: Final = 64 * 1024  # bytes: no cyclic GC passes while decoding payloads this large
-STEP: Final = 32 * 1024  # bytes decoded per step by Stepwise: a few milliseconds of the loop at most
-_MAX_SLICE: Final = 128 * 1024  # bytes per step when the slices hold few containers (at most one per byte)
 
 
 class TooManyElements(ValueError):
@@ -100,63 +98,3 @@ def unpack(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[An
     # Containers are counted by the hooks; a message with none (a bare value) is one element.
     return value, size + VALUE_COST * max(counter.elements, 1)
 
-
-class Stepwise:
-    """Decodes one large payload a slice at a time, so the event loop runs between slices.
-
-    A payload of many small containers takes tens of milliseconds to decode even within
-    the limit; decoded in one go it would hold the loop, and every other connection,
-    for all of it. ``step()`` decodes the next slice (``STEP`` bytes, growing while the
-    slices hold few containers; a streaming ``Unpacker`` keeps its place between
-    slices) and returns True once the value is whole: then
-    ``value`` and ``cost`` are as ``unpack`` gives them. It raises what ``unpack`` raises.
-    """
-
-    def __init__(self, payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
-        self.payload = payload
-        self._view = memoryview(payload)
-        self._at = 0
-        self._max_elements = max_elements
-        self._counter = _Counter(max_elements)
-        size = len(payload)
-        self._unpacker = msgpack.Unpacker(
-            **UNPACK_OPTIONS, list_hook=self._counter.container, object_hook=self._counter.container,
-            max_buffer_size=size, max_array_len=max_elements, max_map_len=max_elements,
-            max_str_len=size, max_bin_len=size, max_ext_len=size)
-        self.value: Any = None
-        self.cost = 0
-        self._slice = STEP
-
-    def step(self) -> bool:
-        size = len(self.payload)
-        chunk = self._view[self._at : self._at + self._slice]
-        self._at += len(chunk)
-        before = self._counter.elements
-        self._unpacker.feed(chunk)
-        pause = gc.isenabled()
-        if pause:
-            gc.disable()
-        try:
-            value = self._unpacker.unpack()
-        except msgpack.OutOfData:
-            if self._at < size:
-                # Few containers in this slice (bytes, strings, numbers): the next may be
-                # larger, as decoding it costs little; many: back to the first size.
-                few = self._counter.elements - before < STEP // 64
-                self._slice = min(self._slice * 2, _MAX_SLICE) if few else STEP
-                return False
-            raise ValueError("incomplete msgpack value") from None
-        except ValueError as exc:
-            if "exceeds max_" in str(exc):
-                raise TooManyElements(
-                    f"a container of more than {self._max_elements:,} elements (max_elements)") from None
-            raise
-        finally:
-            if pause:
-                gc.enable()
-        if self._at < size or self._unpacker.tell() != self._at:
-            raise ValueError(f"{size - self._unpacker.tell()} bytes of extra data after the msgpack value")
-        self._view.release()
-        self.value = value
-        self.cost = size + VALUE_COST * max(self._counter.elements, 1)
-        return True
