@@ -13,7 +13,7 @@ through ``host.ConnectionHost``. Design notes:
 - Backpressure instead of rejection: at ``max_in_flight`` calls, or while the peer
   does not read our replies, we stop taking frames from the buffer and pause reading
   the socket; finishing calls resume it. Requests held meanwhile are bounded in count
-  and bytes, so Cancels and EOF are still seen.
+  (so Cancels and EOF are still seen until the hold is full) and by the budget below.
 - One byte budget per connection (``Limits.connection_budget``) covers what the
   connection holds: requests held and the arguments of running calls (each charged
   what ``decoding`` says its decoded form may cost) and reply bytes not yet sent
@@ -139,10 +139,7 @@ class ServerConnection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._outbox.paused = False
         self._flush()
-        if self._calls.parked:
-            self._calls.unpark()
-            self._flush()
-        self._take_frames()
+        self._take_frames()  # encodes parked results first, then starts and takes what waits
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -281,9 +278,6 @@ class ServerConnection(asyncio.BufferedProtocol):
         except p.BadRequest as bad:
             self._queue(bad_request_reply(bad))
             return
-        self._handle_message(message, cost)
-
-    def _handle_message(self, message: p.Request | p.Cancel | p.Ping, cost: int) -> None:
         if type(message) is p.Cancel:
             self._cancel(message.seq, _CLIENT_CANCELLED)
             return

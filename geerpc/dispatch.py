@@ -60,11 +60,12 @@ def _cancelled_by_someone() -> bool:
 class _SyncCall(Job):
     """A plain ``def`` call handed to the worker threads."""
 
-    __slots__ = ("seq", "method", "timer", "start")
+    __slots__ = ("seq", "method", "timer", "start", "cost")
     seq: int
     method: Method
     timer: asyncio.TimerHandle | None
     start: float
+    cost: int  # bytes charged while it runs
 
 
 class Calls:
@@ -96,8 +97,7 @@ class Calls:
         self.running: dict[int, asyncio.Task[None] | _SyncCall] = {}
         self._running = self.running
         self._cancelled: set[asyncio.Task[None]] = set()  # cancelled tasks not yet ended
-        self._costs: dict[int, int] = {}  # seq -> bytes charged, until the handler has ended
-        self.charged = 0  # the sum of _costs, and of cancelled tasks' not yet ended
+        self.charged = 0  # bytes charged for running calls, and cancelled tasks not yet ended
         #: finished calls whose results wait for room: (seq, method, result, start)
         self.parked: collections.deque[tuple[int, Method, Any, float]] = collections.deque()
         self.frame_limit = frame_limit  # lowered to the client's own limit if smaller
@@ -135,7 +135,6 @@ class Calls:
             else:
                 task = self._loop.create_task(coroutine)
             self._running[seq] = task
-            self._costs[seq] = cost
             self.charged += cost
             # Cleaned up by a callback, not in _run: a task cancelled before its first
             # step (a Cancel in the same read as its Request) never runs _run at all.
@@ -146,17 +145,17 @@ class Calls:
             method.record(0.0, False)
             return
         call = _SyncCall(method.func, args, kwargs, self._sync_done)
-        call.seq, call.method, call.timer, call.start = seq, method, None, start
+        call.seq, call.method, call.timer, call.start, call.cost = seq, method, None, start, cost
         if deadline is not None:
             call.timer = self._loop.call_at(deadline, self._sync_timeout, call, message)
         self._running[seq] = call
-        self._costs[seq] = cost
         self.charged += cost
         self._submit(call)
 
     async def _run(self, message: p.Request, method: Method, deadline: float | None, start: float) -> None:
         seq, args, kwargs = message.seq, message.args, message.kwargs
         ok = False
+        parked = False  # then recorded when it is sent
         try:
             if deadline is None:
                 result = await method.func(*args, **kwargs)
@@ -178,7 +177,7 @@ class Calls:
                     return
             if self.parked or not self._room():
                 self.parked.append((seq, method, result, start))
-                start = 0.0  # recorded when it is sent
+                parked = True
                 return
             frame, ok = result_reply(seq, method, result, self.frame_limit)
             self._reply(frame)
@@ -201,14 +200,13 @@ class Calls:
         except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
             self._reply(failure_reply(seq, method, args, kwargs, exc, self.frame_limit))
         finally:
-            if start:
+            if not parked:
                 method.record(perf_counter() - start, ok)
 
     def _task_done(self, seq: int, cost: int, task: asyncio.Task[None]) -> None:
         self.charged -= cost  # the handler has ended: its arguments are free
         if self._running.get(seq) is task:
             del self._running[seq]
-            del self._costs[seq]
             self._ended()
         else:  # cancelled by the client (or the connection lost): already out of the table
             self._cancelled.discard(task)
@@ -219,7 +217,7 @@ class Calls:
         if call.timer is not None:
             call.timer.cancel()
         del self._running[call.seq]
-        self.charged -= self._costs.pop(call.seq)
+        self.charged -= call.cost
         if ok:
             if self.parked or not self._room():
                 self.parked.append((call.seq, call.method, value, call.start))
@@ -238,7 +236,7 @@ class Calls:
         call.abandoned = True
         del self._running[call.seq]
         # The thread may still hold the arguments, but nothing else will: uncharged.
-        self.charged -= self._costs.pop(call.seq)
+        self.charged -= call.cost
         self._reply(self._timed_out(message, call.method))
         call.method.record(perf_counter() - call.start, False)
         self._ended()
@@ -254,7 +252,6 @@ class Calls:
                 # the client may reuse the seq before the task has ended. The set keeps
                 # the task referenced until it does, and its cost stays charged.
                 del self._running[seq]
-                del self._costs[seq]
                 self._cancelled.add(call)
                 self._ended()
             return
@@ -262,11 +259,10 @@ class Calls:
         if call.timer is not None:
             call.timer.cancel()
         del self._running[seq]
-        self.charged -= self._costs.pop(seq)
+        self.charged -= call.cost
         if reason == STOPPING:
             self._reply(stopped_reply(seq, call.method))
         self._ended()
-
 
     def unpark(self, force: bool = False) -> None:
         """Encode and send parked results while there is room (all of them if ``force``)."""

@@ -35,7 +35,6 @@ __all__ = [
     "encode_option", "decode_option", "encode_request", "encode_cancel",
     "encode_ping", "encode_pong", "decode_pong",
     "encode_response", "encode_error", "decode_request", "decode_request_sized", "decode_response", "frame",
-    "DECODE_ERRORS", "request_decode_error", "request_from",
 ]
 
 MAX_METHOD_LENGTH: Final = 256
@@ -175,6 +174,15 @@ def decode_request(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> 
     return decode_request_sized(payload, max_elements)[0]
 
 
+def _undecodable(payload: bytes, exc: BaseException) -> BadRequest | ProtocolError:
+    """The error for a request payload that did not decode: BadRequest when its seq can be read."""
+    seq = _salvage_seq(payload, MsgType.REQUEST, 6)
+    if seq is None:
+        return ProtocolError(f"undecodable message: {_decode_error(exc)}")
+    what = "request too large" if isinstance(exc, TooManyElements) else "undecodable request"
+    return BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"{what}: {_decode_error(exc)}")
+
+
 def decode_request_sized(payload: bytes,
                          max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[Request | Cancel | Ping, int]:
     """Decode and validate what a client sent; return it and the memory it is charged.
@@ -190,25 +198,7 @@ def decode_request_sized(payload: bytes,
         else:
             message, cost = unpack(payload, max_elements)
     except _DECODE_ERRORS as exc:
-        raise request_decode_error(payload, exc) from None
-    return request_from(message, cost)
-
-
-#: What msgpack raises for bytes that do not decode (see ``request_decode_error``).
-DECODE_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
-
-
-def request_decode_error(payload: bytes, exc: BaseException) -> BadRequest | ProtocolError:
-    """The error for a request payload that did not decode: BadRequest when its seq can be read."""
-    seq = _salvage_seq(payload, MsgType.REQUEST, 6)
-    if seq is None:
-        return ProtocolError(f"undecodable message: {_decode_error(exc)}")
-    what = "request too large" if isinstance(exc, TooManyElements) else "undecodable request"
-    return BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"{what}: {_decode_error(exc)}")
-
-
-def request_from(message: Any, cost: int) -> tuple[Request | Cancel | Ping, int]:
-    """Validate a decoded request, cancel or ping (see ``decode_request_sized``)."""
+        raise _undecodable(payload, exc) from None
     if type(message) is not list or not message:
         raise ProtocolError("message must be a non-empty msgpack array")
     kind = message[0]
