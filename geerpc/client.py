@@ -237,9 +237,8 @@ class Client:
 
     def __init__(self, connection: _ClientConnection, option: p.Option,
                  redial: Callable[[], Awaitable[tuple[_ClientConnection, p.Option]]] | None = None) -> None:
-        self._conn = connection
         self.address = connection.address
-        connection.calls.max_frame_size = option.max_frame_size or p.DEFAULT_MAX_FRAME_SIZE
+        self._adopt(connection, option)
         self._redial = redial
         self._redialing: asyncio.Future[_ClientConnection] | None = None
         self._closed_by_user = False
@@ -322,11 +321,16 @@ class Client:
         if self._closed_by_user or self._redial is None or not lost.lost_idle:
             raise lost.error
         if self._redialing is None:
-            self._redialing = asyncio.ensure_future(self._dial_again())
+            self._redialing = redialing = asyncio.ensure_future(self._dial_again())
+            # Retrieved here too: every caller may have given up at its deadline first.
+            redialing.add_done_callback(lambda done: done.cancelled() or done.exception())
+        scope = asyncio.timeout_at(None if deadline is None else deadline.at)
         try:
-            async with asyncio.timeout_at(None if deadline is None else deadline.at):
+            async with scope:
                 return await asyncio.shield(self._redialing)
         except TimeoutError:
+            if not scope.expired():
+                raise  # the dial's own ConnectTimeout
             assert deadline is not None
             raise deadline.expired_error(service_method, f"while dialing {self.address} again") from None
 
@@ -339,9 +343,13 @@ class Client:
         if self._closed_by_user:  # closed while dialing: the new connection goes too
             _abort(conn)
             raise ConnectionClosed(f"client for {self.address} closed")
+        self._adopt(conn, ack)
+        return conn
+
+    def _adopt(self, conn: _ClientConnection, ack: p.Option) -> None:
+        """Use ``conn``, sending frames within the limit the server's acknowledgement states."""
         conn.calls.max_frame_size = ack.max_frame_size or p.DEFAULT_MAX_FRAME_SIZE
         self._conn = conn
-        return conn
 
     async def _wait_writable(self, service_method: str, deadline: Deadline | None) -> None:
         """The server is not reading: wait, within the call's deadline, before writing more.

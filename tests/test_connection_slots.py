@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 
 import pytest
@@ -204,3 +205,40 @@ async def test_concurrent_calls_share_one_new_dial() -> None:
             results = await asyncio.gather(*(client.call("Arith.add", i, 1) for i in range(20)))
             assert results == [i + 1 for i in range(20)]
             assert len(server.snapshot().connections) == 1
+
+
+async def test_a_new_dial_that_outlives_its_callers_fails_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """The server closed the idle connection, and the new dial hangs: the caller's call
+    times out while dialing, and the dial's own failure later is nobody's error."""
+    import gc
+
+    first = asyncio.Event()
+    hang_up = asyncio.Event()
+    given_up = asyncio.Event()  # the client gave up a dial that was never acknowledged
+
+    async def answers_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        if first.is_set():
+            await reader.read()  # later connections: never acknowledged
+            given_up.set()
+            return
+        first.set()
+        writer.write(p.encode_option(p.Option()))
+        await hang_up.wait()  # then closed while idle
+
+    async with fake_server(answers_once) as address:
+        client = await geerpc.dial(address, connect_timeout=0.3)
+        try:
+            hang_up.set()
+            await eventually(lambda: client.closed, what="the idle connection closed by the server")
+            with caplog.at_level(logging.ERROR, logger="asyncio"):
+                with pytest.raises(geerpc.CallTimeout, match="while dialing .* again"):
+                    await client.call("S.m", timeout=0.1)
+                await asyncio.wait_for(given_up.wait(), 5)  # the dial failed at 0.3 s, unawaited
+                gc.collect()
+            assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+            given_up.clear()
+            with pytest.raises(geerpc.ConnectTimeout, match="took longer than 0.3 s"):
+                await client.call("S.m", timeout=5)  # the dial's own error, not a CallTimeout
+        finally:
+            await client.close()
