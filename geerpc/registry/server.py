@@ -38,6 +38,7 @@ from .contract import (
     period_for,
 )
 from .dashboard import PAGE_HEADERS, accepts_json, prefers_html, render_dashboard
+from .metrics import CONTENT_TYPE, METRICS_PATH, Counts, RegistryMetrics
 from .render import ListRenderer
 from .requests import BadRequest, one_header, query_index, query_service, query_wait, server_header
 from .table import MAX_SERVERS, LivenessTable, TableFull
@@ -79,7 +80,9 @@ class Registry:
     live server stays unlisted after the registry restarts, at the cost of
     ``servers / heartbeat_period`` POSTs a second (see docs/registry.md).
     ``clock`` is a monotonic clock in seconds. Browsers get a live dashboard at the
-    path and at ``/`` (see ``dashboard.py``).
+    path and at ``/`` (see ``dashboard.py``), Prometheus its metrics at ``/metrics``
+    (see ``metrics.py``; ``registry.metrics.registry`` is this registry's own
+    ``CollectorRegistry``).
 
     Use ``url = await registry.start(host, port)`` and ``await registry.stop()``, or
     ``async with Registry() as registry:`` which starts on 127.0.0.1 with a free port
@@ -102,6 +105,8 @@ class Registry:
     ) -> None:
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', not {path!r}")
+        if path == METRICS_PATH:
+            raise ValueError(f"path {path!r} is where the registry serves its metrics; choose another")
         # Not ~0: a watch clamped to nothing would answer at once, and every watching
         # client would ask again as fast as it could.
         if not (math.isfinite(max_wait) and max_wait >= 0.1):
@@ -137,6 +142,8 @@ class Registry:
         self._sweeper: asyncio.Task[None] | None = None
         self.lists = ListRenderer(self.table)
         self.url: str | None = None
+        self.counts = Counts()
+        self.metrics = RegistryMetrics(self)  # read only when scraped
 
     @property
     def timeout(self) -> float:
@@ -146,6 +153,11 @@ class Registry:
     def watchers(self) -> int:
         """How many watches are parked now, waiting for a change (or their ``wait``)."""
         return self._watchers
+
+    def count_listed(self) -> int:
+        """How many servers are listed now: expired entries are dropped first, as a GET does."""
+        self._expire()
+        return len(self.table)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -158,6 +170,7 @@ class Registry:
             app.router.add_route(method, self.path, self._get)
             if self.path != "/":
                 app.router.add_route(method, "/", self._dashboard)
+            app.router.add_route(method, METRICS_PATH, self._metrics)
         app.router.add_route("POST", self.path, self._post)
         app.router.add_route("DELETE", self.path, self._delete)
         # handler_cancellation: a watcher that hangs up must not keep its slot for `wait` seconds.
@@ -258,6 +271,7 @@ class Registry:
                 H_PERIOD: format_seconds(self.heartbeat_period), H_INSTANCE: self.instance}
 
     def _reply(self, status: int, reason: str) -> web.Response:
+        self.counts.refuse(status)
         # backslashreplace: a reason may quote undecodable bytes the client sent.
         body = (reason + "\n").encode("utf-8", "backslashreplace")
         return web.Response(status=status, body=body, content_type="text/plain", headers=self._headers())
@@ -281,6 +295,7 @@ class Registry:
             return response
         finally:
             self._after(before)
+        self.counts.heartbeats += 1
         return web.Response(status=200, headers=self._headers())
 
     async def _delete(self, request: web.Request) -> web.Response:
@@ -293,10 +308,16 @@ class Registry:
         self._after(before)
         if not removed:
             return self._reply(404, f"{address} is not registered")
+        self.counts.deregistrations += 1
         return web.Response(status=200, headers=self._headers())
 
     async def _dashboard(self, request: web.Request) -> web.Response:
         return web.Response(body=self._page, headers=PAGE_HEADERS)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        # Outside every limit on the registry path: a scrape parks nothing, takes no slot,
+        # and changes nothing but dropping expired servers, as any GET does.
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def _get(self, request: web.Request) -> web.Response:
         try:

@@ -93,6 +93,7 @@ class LivenessTable:
             # Leave room above the start so the counter never reaches _MAX_INDEX in practice.
             first_index = random.SystemRandom().randrange(1, 2**52)
         self.index = first_index
+        self.expirations = 0  # servers dropped by expire() so far (read by the registry's metrics)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -151,6 +152,7 @@ class LivenessTable:
         for address in dropped:
             del self._entries[address]
         if dropped:
+            self.expirations += len(dropped)
             self._bump()
         return dropped
 
