@@ -17,23 +17,31 @@ from .errors import (
     InvalidArguments,
     MethodNotFound,
     NoServerAvailable,
+    NotSupported,
+    PermissionDenied,
     ProtocolError,
     RegistryError,
     RemoteError,
     RequestTooLarge,
     ServiceNotFound,
     Timeout,
+    Unauthenticated,
     Unavailable,
 )
 
 if TYPE_CHECKING:
     from .client import Client, dial
+    from .context import CallContext, ClientCall, Reply, current_call
     from .server import Server
     from .sync import SyncClient, SyncXClient
 
 # A lazy face: ``import geerpc`` (or ``import geerpc.protocol``) loads neither asyncio
 # nor aiohttp; each of these is imported on first use.
 _LAZY = {
+    "CallContext": "context",
+    "ClientCall": "context",
+    "Reply": "context",
+    "current_call": "context",
     "Client": "client",
     "dial": "client",
     "Server": "server",
@@ -60,8 +68,10 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "CallContext",
     "CallTimeout",
     "Client",
+    "ClientCall",
     "ConnectError",
     "ConnectTimeout",
     "ConnectionClosed",
@@ -71,15 +81,20 @@ __all__ = [
     "InvalidArguments",
     "MethodNotFound",
     "NoServerAvailable",
+    "NotSupported",
+    "PermissionDenied",
     "ProtocolError",
     "RegistryError",
     "RemoteError",
+    "Reply",
     "RequestTooLarge",
     "Server",
     "ServiceNotFound",
     "SyncClient",
     "SyncXClient",
     "Timeout",
+    "Unauthenticated",
     "Unavailable",
+    "current_call",
     "dial",
 ]

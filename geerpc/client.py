@@ -20,15 +20,20 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
 from . import protocol as p
 from .address import Address, parse_address
+from .context import CURRENT, ClientCall, Reply, outgoing_deadline
 from .deadline import Deadline, check_timeout
-from .errors import ConnectError, ConnectionClosed, ConnectTimeout, GeeRPCError, HandshakeError, ProtocolError
+from .errors import (
+    ConnectError, ConnectionClosed, ConnectTimeout, GeeRPCError, HandshakeError, NotSupported, ProtocolError,
+)
 from .handshake import ClientHandshake
+from .interceptors import ClientInterceptor, check_interceptors, client_chain
+from .metadata import outgoing
 from .pending import PendingCalls
 from .tcp import enable_keepalive
 
@@ -55,6 +60,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.error: ConnectionClosed | None = None  # set once the connection is unusable
         self.lost_idle = False  # the peer closed it while no call was pending
+        self.metadata_ok = False  # the server said it takes call metadata
         self.writable = asyncio.Event()
         self.writable.set()
         self._frames = p.FrameDecoder(max_frame_size)
@@ -236,8 +242,10 @@ class Client:
     """
 
     def __init__(self, connection: _ClientConnection, option: p.Option,
-                 redial: Callable[[], Awaitable[tuple[_ClientConnection, p.Option]]] | None = None) -> None:
+                 redial: Callable[[], Awaitable[tuple[_ClientConnection, p.Option]]] | None = None,
+                 interceptors: tuple[ClientInterceptor, ...] = ()) -> None:
         self.address = connection.address
+        self.interceptors = interceptors  # run around every call, outermost first
         self._adopt(connection, option)
         self._redial = redial
         self._redialing: asyncio.Future[_ClientConnection] | None = None
@@ -262,42 +270,104 @@ class Client:
         """Calls sent on this connection that await their reply."""
         return len(self._conn.calls)
 
-    async def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    async def call(self, service_method: str, /, *args: Any, timeout: float | None = None,
+                   metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Any:
         """Call ``"Service.method"`` with ``args``/``kwargs`` and return its result.
 
         ``timeout`` (seconds) bounds the whole call and travels to the server, which
-        stops the handler when nobody waits any more. (A remote keyword argument
-        named ``timeout`` therefore cannot be passed here.)
+        stops the handler when nobody waits any more. Inside a handler, a call
+        without a timeout gets the handler's time left, and one with a timeout the
+        smaller of the two. ``metadata`` (str keys, str or bytes values; see
+        ``geerpc.metadata``) travels with the call. (Remote keyword arguments named
+        ``timeout`` or ``metadata`` therefore cannot be passed here: use ``invoke``.)
 
         Raises:
-            CallTimeout: no reply in time, or the server enforced a deadline.
+            CallTimeout: no reply in time, or the server enforced a deadline, or the
+                handler this call is made from has no time left.
             RemoteError: the server could not run the call or the handler raised
-                (ServiceNotFound, MethodNotFound, InvalidArguments, Unavailable are
-                subclasses).
+                (ServiceNotFound, MethodNotFound, InvalidArguments, Unavailable,
+                Unauthenticated, PermissionDenied are subclasses).
             ConnectionClosed: the connection is gone (the call may have run).
+            NotSupported: ``metadata`` for a server too old to take it.
             TypeError: the arguments cannot be encoded with msgpack, or ``timeout``
                 is not a number (``deadline.check_timeout`` has the one rule).
-            ValueError: the request is larger than the frame limit, or ``timeout``
-                is zero, negative or NaN (infinity means no timeout).
+            ValueError: the request is larger than the frame limit, ``timeout`` is
+                zero, negative or NaN (infinity means no timeout), or ``metadata``
+                breaks the rules.
         """
-        deadline = None if timeout is None else Deadline.after(timeout, self._conn.loop.time())
-        return await self.call_until(deadline, service_method, args, kwargs)
+        loop = self._conn.loop
+        deadline = None if timeout is None else Deadline.after(timeout, loop.time())
+        if CURRENT.get(None) is not None:  # inside a handler: its deadline follows
+            deadline = outgoing_deadline(deadline, loop.time(), service_method)
+        if metadata is None and not self.interceptors:
+            return await self.call_until(deadline, service_method, args, kwargs)
+        return (await self.invoke_until(deadline, service_method, args, kwargs, metadata)).result
+
+    async def invoke(self, service_method: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+                     *, timeout: float | None = None, metadata: Mapping[str, str | bytes] | None = None) -> Reply:
+        """``call()`` in full: the result and the reply's metadata, as a ``Reply``.
+
+        The remote arguments are passed as they are, so they may be named
+        ``timeout`` or ``metadata``. Raises what ``call()`` raises.
+        """
+        loop = self._conn.loop
+        deadline = None if timeout is None else Deadline.after(timeout, loop.time())
+        if CURRENT.get(None) is not None:
+            deadline = outgoing_deadline(deadline, loop.time(), service_method)
+        return await self.invoke_until(deadline, service_method, args, kwargs, metadata)
+
+    async def invoke_until(self, deadline: Deadline | None, service_method: str, args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None, metadata: Mapping[str, str | bytes] | None = None,
+                           *, interceptors: tuple[ClientInterceptor, ...] | None = None) -> Reply:
+        """``invoke()`` with a deadline made earlier, through ``interceptors`` (this
+        client's own by default; an XClient passes its own)."""
+        chain = self.interceptors if interceptors is None else interceptors
+        if not chain:
+            value = await self.call_until(deadline, service_method, args, kwargs, metadata, want_metadata=True)
+            return value if type(value) is Reply else Reply(value)
+        loop = self._conn.loop
+        given = None if deadline is None else deadline.left(loop.time())
+        call = ClientCall(service_method, list(args), dict(kwargs or {}), dict(metadata or {}), given,
+                          self.address)
+
+        async def send() -> Reply:
+            # An interceptor may have changed the timeout: it then counts from now.
+            until = deadline if call.timeout == given else Deadline.after(call.timeout, loop.time())
+            value = await self.call_until(until, call.service_method, call.args, call.kwargs, call.metadata,
+                                          want_metadata=True)
+            return value if type(value) is Reply else Reply(value)
+
+        reply = await client_chain(chain, call, send)
+        if type(reply) is not Reply:
+            raise TypeError(f"a client interceptor returned {type(reply).__name__}, not a geerpc.Reply "
+                            f"(return what proceed() returned, or a Reply of your own)")
+        return reply
 
     async def call_until(self, deadline: Deadline | None, service_method: str, args: Sequence[Any] = (),
-                         kwargs: dict[str, Any] | None = None) -> Any:
+                         kwargs: dict[str, Any] | None = None, metadata: Mapping[str, str | bytes] | None = None,
+                         *, want_metadata: bool = False) -> Any:
         """``call()`` with a deadline made earlier (``Deadline.after(timeout, loop.time())``).
 
         Callers that spend part of a call's time elsewhere (discovery, dialing,
         failover) pass the same deadline on, instead of re-deriving a timeout.
+        No interceptors run here. With ``want_metadata``, a reply that carries
+        metadata comes back as a ``Reply``.
         """
         conn = self._conn
         if conn.error is not None:
             conn = await self._reconnect(conn, service_method, deadline)
+        checked = None
+        if metadata:
+            checked = outgoing(metadata)
+            if not conn.metadata_ok:
+                raise NotSupported(f"{self.address} does not take call metadata (a geerpc server older than "
+                                   f"metadata): {service_method} was not sent")
         if not conn.writable.is_set():
             await self._wait_writable(service_method, deadline)
         future: asyncio.Future[Any] = conn.loop.create_future()
         now = 0.0 if deadline is None else conn.loop.time()
-        seq, frame = conn.calls.add(service_method, args, kwargs if kwargs is not None else {}, deadline, now, future)
+        seq, frame = conn.calls.add(service_method, args, kwargs if kwargs is not None else {}, deadline, now, future,
+                                    checked, want_metadata)
         conn.send_request(frame)
         timer = None if deadline is None else conn.loop.call_at(deadline.at, conn.expire, seq)
         try:
@@ -349,6 +419,7 @@ class Client:
     def _adopt(self, conn: _ClientConnection, ack: p.Option) -> None:
         """Use ``conn``, sending frames within the limit the server's acknowledgement states."""
         conn.calls.max_frame_size = ack.max_frame_size or p.DEFAULT_MAX_FRAME_SIZE
+        conn.metadata_ok = ack.metadata >= 1
         self._conn = conn
 
     async def _wait_writable(self, service_method: str, deadline: Deadline | None) -> None:
@@ -400,6 +471,7 @@ async def dial(
     max_frame_size: int = p.DEFAULT_MAX_FRAME_SIZE,
     keepalive: float | None = 10.0,
     keepalive_timeout: float = 10.0,
+    interceptors: Sequence[ClientInterceptor] | None = None,
 ) -> Client:
     """Connect to a server at ``tcp@host:port``, ``unix@/path`` or ``http@host:port``.
 
@@ -416,12 +488,17 @@ async def dial(
     dead and its calls fail with ConnectionClosed. This catches a server that hangs
     with its socket open, which TCP does not notice. None turns it off.
 
+    ``interceptors``: ``async`` callables ``(call, proceed)`` run around every call,
+    outermost first; ``call`` is a ``ClientCall`` and ``proceed()`` returns the
+    ``Reply`` (``geerpc.interceptors``).
+
     Raises ConnectError (bad address, refused, unreachable; HandshakeError for a
     server that took the connection but is not a geerpc server or refused us) or
     ConnectTimeout; TypeError or ValueError for a timeout that is not a positive
     number of seconds or None (``deadline.check_timeout``; ``keepalive_timeout``
     must be a finite number).
     """
+    chain = check_interceptors(interceptors, "client")
     connect_seconds = check_timeout(connect_timeout)
     handle_seconds = check_timeout(handle_timeout)
     keepalive_seconds = check_timeout(keepalive)
@@ -434,14 +511,14 @@ async def dial(
         raise ConnectError(str(exc)) from None  # the message names the address
     option = p.Option(connect_timeout=_nanoseconds(connect_seconds),
                       handle_timeout=_nanoseconds(handle_seconds),
-                      max_frame_size=max_frame_size, keepalive=_nanoseconds(keepalive_seconds))
+                      max_frame_size=max_frame_size, keepalive=_nanoseconds(keepalive_seconds), metadata=1)
 
     def connect() -> Awaitable[tuple[_ClientConnection, p.Option]]:
         return _connect(address, parsed, option, connect_seconds, max_frame_size,
                         keepalive_seconds, keepalive_timeout_seconds)
 
     conn, ack = await connect()
-    return Client(conn, ack, connect)
+    return Client(conn, ack, connect, chain)
 
 
 async def _connect(address: str, parsed: Address, option: p.Option, connect_seconds: float | None,

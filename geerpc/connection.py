@@ -65,6 +65,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._host = host
         self._limits = limits = host.limits
         self._lookup = host.lookup
+        self._interceptors = host.interceptors
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._handshake: ServerHandshake | None = ServerHandshake(host.http_answer)
@@ -76,7 +77,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._budget = budget = Budget(limits.connection_budget, limits.max_frame_size, outbox, self._frames)
         self._calls = Calls(self._loop, queue=outbox.queue, reply=outbox.reply, submit=host.submit,
                             stopping=lambda: host.stopping, ended=self._call_ended, room=budget.reply_room,
-                            frame_limit=limits.max_frame_size, handle_timeout=limits.handle_timeout)
+                            frame_limit=limits.max_frame_size, handle_timeout=limits.handle_timeout,
+                            interceptors=host.interceptors, inline_chain=host.inline_interceptors)
         budget.calls = self._calls
         self._running = self._calls.running  # seq -> running call, read for counts
         # Requests received while max_in_flight calls run: started as calls finish.
@@ -102,6 +104,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip = str(peer[0])
+            self._calls.peer = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
         refusal = self._host.connection_opened(self)
         if refusal is not None:
             self._lost = True
@@ -198,8 +201,12 @@ class ServerConnection(asyncio.BufferedProtocol):
         # Keepalive: echoed, so the client knows its pings are answered; we also say
         # "still here" at that interval while we do not read (see _still_here).
         self._keepalive = option.keepalive / 1e9 if option.keepalive else None
+        # Metadata: we take it on requests whatever the client says; it goes on
+        # replies only to a client that said it takes it.
+        self._calls.metadata_ok = option.metadata >= 1
         ack = p.Option(handle_timeout=0 if effective is None else max(1, int(effective * 1e9)),
-                       max_frame_size=self._limits.max_frame_size, keepalive=option.keepalive)
+                       max_frame_size=self._limits.max_frame_size, keepalive=option.keepalive,
+                       metadata=1 if option.metadata else 0)
         self._transport.write(p.encode_option(ack))
         if self._limits.idle_timeout is not None:
             self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._check_idle)
@@ -298,14 +305,14 @@ class ServerConnection(asyncio.BufferedProtocol):
         if cost > self._budget.limit:  # could never start: refused rather than held for ever
             self._queue(budget_reply(seq, cost, self._budget.limit))
             return
-        if method.inline:  # cannot suspend: runs to the end now, needs no slot and no deadline
-            self._calls.start(message, method, None)
-            return
         # The deadline starts when the request arrives: time held at the cap counts.
         deadline = None
         if message.timeout or self._calls.handle_timeout is not None:  # a timeout of 0 is none
             seconds = budget(message.timeout, self._calls.handle_timeout)
             deadline = None if seconds is None else self._loop.time() + seconds
+        if method.inline and not self._interceptors:  # cannot suspend: runs to the end now, needs no slot
+            self._calls.start(message, method, deadline)
+            return
         if not self._held and self._may_start():
             self._calls.start(message, method, deadline, cost + self._budget.reserve(method))
         else:

@@ -20,19 +20,22 @@ import collections
 import contextvars
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from . import protocol as p
+from .context import CURRENT, CallContext
+from .interceptors import Resume, ServerInterceptor, server_chain
 from .replies import failure_reply, result_reply, run_inline, stopped_reply, timeout_reply
-from .service import Method
+from .service import CANCELLED, Method
 from .workers import Job
 
 __all__ = ["Calls", "STOPPING", "budget"]
 
 STOPPING = "server stopping"  # the cancel reason that answers Unavailable
 _EAGER = sys.version_info >= (3, 12)
+_TIMEOUT, _UNAVAILABLE = int(p.ErrorCode.TIMEOUT), int(p.ErrorCode.UNAVAILABLE)
 
 
 def budget(timeout: float | None, handle_timeout: float | None) -> float | None:
@@ -60,12 +63,26 @@ def _cancelled_by_someone() -> bool:
 class _SyncCall(Job):
     """A plain ``def`` call handed to the worker threads."""
 
-    __slots__ = ("seq", "method", "timer", "start", "cost")
+    __slots__ = ("seq", "method", "timer", "start", "cost", "call")
     seq: int
     method: Method
     timer: asyncio.TimerHandle | None
     start: float
     cost: int  # bytes charged while it runs
+    call: CallContext
+
+
+def _first_step(call: CallContext, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Set the call's context and run ``coroutine`` until it first suspends (or ends)."""
+    CURRENT.set(call)
+    return coroutine.send(None)
+
+
+def _in_context(call: CallContext) -> contextvars.Context:
+    """A copy of the current context in which ``current_call()`` is ``call``."""
+    context = contextvars.copy_context()
+    context.run(CURRENT.set, call)
+    return context
 
 
 class Calls:
@@ -84,12 +101,19 @@ class Calls:
         stopping: whether the server is stopping (cancelled calls then answer Unavailable).
         ended: called after a running call ended, so held requests can start.
         room: whether the connection's budget has room for another reply.
+        interceptors: the server's interceptors, outermost first.
+        inline_chain: whether every interceptor awaits nothing but ``proceed()``.
+
+    Every handler runs with its ``CallContext`` as ``geerpc.current_call()``. The
+    reply metadata it sets goes back only when ``metadata_ok`` (the client agreed
+    to metadata in its Option).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, queue: Callable[[bytes], None],
                  reply: Callable[[bytes], None], submit: Callable[[Job], None],
                  stopping: Callable[[], bool], ended: Callable[[], None], room: Callable[[], bool],
-                 frame_limit: int, handle_timeout: float | None) -> None:
+                 frame_limit: int, handle_timeout: float | None,
+                 interceptors: tuple[ServerInterceptor, ...] = (), inline_chain: bool = False) -> None:
         self._loop = loop
         self._queue, self._reply, self._submit = queue, reply, submit
         self._stopping, self._ended, self._room = stopping, ended, room
@@ -98,10 +122,15 @@ class Calls:
         self._running = self.running
         self._cancelled: set[asyncio.Task[None]] = set()  # cancelled tasks not yet ended
         self.charged = 0  # bytes charged for running calls, and cancelled tasks not yet ended
-        #: finished calls whose results wait for room: (seq, method, result, start)
-        self.parked: collections.deque[tuple[int, Method, Any, float]] = collections.deque()
+        #: finished calls whose results wait for room: (seq, method, result, start, reply metadata)
+        self.parked: collections.deque[tuple[int, Method, Any, float, dict[str, str | bytes] | None]] = (
+            collections.deque())
         self.frame_limit = frame_limit  # lowered to the client's own limit if smaller
         self.handle_timeout = handle_timeout  # lowered to the client's HandleTimeout if smaller
+        self._interceptors = interceptors
+        self._inline_chain = inline_chain
+        self.metadata_ok = False  # set once the client's Option says it takes reply metadata
+        self.peer = "unix"  # the client's address, for CallContext.peer
 
     def seqs(self) -> list[int]:
         return list(self._running)
@@ -110,76 +139,150 @@ class Calls:
         """The TIMEOUT reply, naming the time the call was given."""
         return timeout_reply(message.seq, method, budget(message.timeout, self.handle_timeout) or 0.0)
 
+    def _sent_metadata(self, call: CallContext) -> dict[str, str | bytes] | None:
+        """The reply metadata the handler set, when the client takes it."""
+        metadata = call._reply_metadata
+        return metadata if metadata and self.metadata_ok else None
+
     def start(self, message: p.Request, method: Method, deadline: float | None, cost: int = 0) -> None:
         """Run a call. ``cost`` is what its request was charged; it is held until the handler ends."""
         seq, args, kwargs = message.seq, message.args, message.kwargs
         start = perf_counter()
-        if method.inline:  # cannot suspend: runs to the end now, needs no slot
+        call = CallContext(message.service_method, message.metadata, deadline, self.peer, args, kwargs)
+        if method.inline and (not self._interceptors or self._inline_chain):
+            # Cannot suspend: runs to the end now, needs no slot and no task.
+            context = contextvars.copy_context()
+            if self._interceptors:
+                chain = self._chain(method, call, args, kwargs)
+                try:
+                    yielded = context.run(_first_step, call, chain)
+                except StopIteration as stop:
+                    self._answer(seq, method, call, stop.value, start)
+                except BaseException as exc:  # noqa: BLE001 - an interceptor must never take the server down
+                    self._fail(seq, method, call, exc, start)
+                else:  # it suspended after all: carry on in a task, where it stopped
+                    self._start_task(self._run(message, method, deadline, start, call, Resume(chain, yielded)),
+                                     seq, cost, context)
+                return
             try:
-                result = contextvars.copy_context().run(run_inline, method, args, kwargs)
+                result = context.run(run_inline, call, method, args, kwargs)
             except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
-                self._queue(failure_reply(seq, method, args, kwargs, exc, self.frame_limit))
-                method.record(perf_counter() - start, False)
+                self._fail(seq, method, call, exc, start)
             else:
-                frame, ok = result_reply(seq, method, result, self.frame_limit)
-                self._queue(frame)
-                _sized(method, frame)
-                method.record(perf_counter() - start, ok)
+                self._answer(seq, method, call, result, start)
             return
-        if method.is_async:  # _run checks the deadline once the task runs
-            coroutine = self._run(message, method, deadline, start)
-            if _EAGER:
-                task = asyncio.Task(coroutine, loop=self._loop, eager_start=True)  # type: ignore[call-arg]
-                if task.done():
-                    return
-            else:
-                task = self._loop.create_task(coroutine)
-            self._running[seq] = task
-            self.charged += cost
-            # Cleaned up by a callback, not in _run: a task cancelled before its first
-            # step (a Cancel in the same read as its Request) never runs _run at all.
-            task.add_done_callback(functools.partial(self._task_done, seq, cost))
+        if method.is_async or self._interceptors:  # _run checks the deadline once the task runs
+            self._start_task(self._run(message, method, deadline, start, call, None), seq, cost, None)
             return
         if deadline is not None and deadline <= self._loop.time():  # ran out while held
             self._queue(self._timed_out(message, method))
-            method.record(0.0, False)
+            method.record(0.0, _TIMEOUT)
             return
-        call = _SyncCall(method.func, args, kwargs, self._sync_done)
-        call.seq, call.method, call.timer, call.start, call.cost = seq, method, None, start, cost
+        job = _SyncCall(method.func, args, kwargs, self._sync_done, _in_context(call))
+        job.seq, job.method, job.timer, job.start, job.cost, job.call = seq, method, None, start, cost, call
         if deadline is not None:
-            call.timer = self._loop.call_at(deadline, self._sync_timeout, call, message)
-        self._running[seq] = call
+            job.timer = self._loop.call_at(deadline, self._sync_timeout, job, message)
+        self._running[seq] = job
         self.charged += cost
-        self._submit(call)
+        self._submit(job)
 
-    async def _run(self, message: p.Request, method: Method, deadline: float | None, start: float) -> None:
+    def _answer(self, seq: int, method: Method, call: CallContext, result: Any, start: float) -> None:
+        """Queue the reply of a call that ended inline."""
+        frame, code = result_reply(seq, method, result, self.frame_limit, self._sent_metadata(call))
+        self._queue(frame)
+        _sized(method, frame)
+        method.record(perf_counter() - start, code)
+
+    def _fail(self, seq: int, method: Method, call: CallContext, exc: BaseException, start: float) -> None:
+        frame, code = failure_reply(seq, method, call.args, call.kwargs, exc, self.frame_limit,
+                                    metadata=self._sent_metadata(call))
+        self._queue(frame)
+        method.record(perf_counter() - start, code)
+
+    def _start_task(self, coroutine: Coroutine[Any, Any, None], seq: int, cost: int,
+                    context: contextvars.Context | None) -> None:
+        if _EAGER:
+            task = asyncio.Task(coroutine, loop=self._loop, eager_start=True,  # type: ignore[call-arg]
+                                context=context)
+            if task.done():
+                return
+        else:
+            task = self._loop.create_task(coroutine, context=context)
+        self._running[seq] = task
+        self.charged += cost
+        # Cleaned up by a callback, not in _run: a task cancelled before its first
+        # step (a Cancel in the same read as its Request) never runs _run at all.
+        task.add_done_callback(functools.partial(self._task_done, seq, cost))
+
+    def _chain(self, method: Method, call: CallContext, args: list[Any],
+               kwargs: dict[str, Any]) -> Coroutine[Any, Any, Any]:
+        """The interceptors' coroutine, around the handler."""
+        if method.is_async:
+            def handler() -> Awaitable[Any]:
+                return cast(Awaitable[Any], method.func(*args, **kwargs))
+        else:
+            def handler() -> Awaitable[Any]:
+                return self._in_worker(method, args, kwargs, call)
+        return cast(Coroutine[Any, Any, Any], server_chain(self._interceptors, call, handler))
+
+    def _in_worker(self, method: Method, args: list[Any], kwargs: dict[str, Any],
+                   call: CallContext) -> asyncio.Future[Any]:
+        """Run a plain ``def`` handler on a worker thread (for interceptors to await)."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+
+        def done(job: Job, ok: bool, value: Any) -> None:
+            if future.done():
+                return
+            if ok:
+                future.set_result(value)
+            else:  # a future refuses StopIteration (it would end the awaiting coroutine)
+                future.set_exception(RuntimeError(f"handler raised {value!r}")
+                                     if isinstance(value, StopIteration) else value)
+
+        job = Job(method.func, args, kwargs, done, _in_context(call))
+        # The interceptors stopped waiting (deadline, cancel): the result is dropped.
+        future.add_done_callback(lambda f: setattr(job, "abandoned", True) if f.cancelled() else None)
+        self._submit(job)
+        return future
+
+    async def _run(self, message: p.Request, method: Method, deadline: float | None, start: float,
+                   call: CallContext, resumed: Resume | None) -> None:
         seq, args, kwargs = message.seq, message.args, message.kwargs
-        ok = False
-        parked = False  # then recorded when it is sent
+        CURRENT.set(call)
+        code: int | None = None  # set once answered; None: parked (recorded when sent)
+        awaitable: Awaitable[Any] | None = resumed
         try:
-            if deadline is None:
-                result = await method.func(*args, **kwargs)
-            else:
+            if deadline is not None and deadline <= self._loop.time():
                 # Checked here, not before the task was made: without an eager start
                 # the deadline may pass before the task's first step, and a handler
                 # must never start for a call answered TIMEOUT without running.
-                if deadline <= self._loop.time():
-                    self._reply(self._timed_out(message, method))
-                    return
+                if resumed is not None:
+                    resumed.close()
+                self._reply(self._timed_out(message, method))
+                code = _TIMEOUT
+                return
+            if awaitable is None:
+                awaitable = self._chain(method, call, args, kwargs) if self._interceptors else method.func(
+                    *args, **kwargs)
+            if deadline is None:
+                result = await awaitable
+            else:
                 scope = asyncio.timeout_at(deadline)
                 try:
                     async with scope:
-                        result = await method.func(*args, **kwargs)
+                        result = await awaitable
                 except TimeoutError:
                     if not scope.expired():
                         raise  # the handler's own TimeoutError, not our deadline
                     self._reply(self._timed_out(message, method))
+                    code = _TIMEOUT
                     return
+            del awaitable
+            metadata = self._sent_metadata(call)
             if self.parked or not self._room():
-                self.parked.append((seq, method, result, start))
-                parked = True
+                self.parked.append((seq, method, result, start, metadata))
                 return
-            frame, ok = result_reply(seq, method, result, self.frame_limit)
+            frame, code = result_reply(seq, method, result, self.frame_limit, metadata)
             self._reply(frame)
             _sized(method, frame)
         except asyncio.CancelledError as exc:
@@ -188,20 +291,27 @@ class Calls:
             # timeout scope, which holds it) would make a cycle, and the arguments
             # would stay resident until the cyclic GC runs.
             if deadline is not None:
-                del scope
+                scope = None
+            awaitable = None
             if not _cancelled_by_someone():
                 # Nobody cancelled this call: the handler raised CancelledError itself
                 # (say, it awaited a future someone else cancelled). Answer it.
-                self._reply(failure_reply(seq, method, args, kwargs, exc, self.frame_limit))
+                frame, code = failure_reply(seq, method, args, kwargs, exc, self.frame_limit,
+                                            metadata=self._sent_metadata(call))
+                self._reply(frame)
                 return
+            code = CANCELLED
             if self._stopping():
                 self._reply(stopped_reply(seq, method))
+                code = _UNAVAILABLE
             raise
         except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
-            self._reply(failure_reply(seq, method, args, kwargs, exc, self.frame_limit))
+            frame, code = failure_reply(seq, method, args, kwargs, exc, self.frame_limit,
+                                        metadata=self._sent_metadata(call))
+            self._reply(frame)
         finally:
-            if not parked:
-                method.record(perf_counter() - start, ok)
+            if code is not None:
+                method.record(perf_counter() - start, code)
 
     def _task_done(self, seq: int, cost: int, task: asyncio.Task[None]) -> None:
         self.charged -= cost  # the handler has ended: its arguments are free
@@ -218,17 +328,20 @@ class Calls:
             call.timer.cancel()
         del self._running[call.seq]
         self.charged -= call.cost
+        metadata = self._sent_metadata(call.call)
         if ok:
             if self.parked or not self._room():
-                self.parked.append((call.seq, call.method, value, call.start))
+                self.parked.append((call.seq, call.method, value, call.start, metadata))
                 self._ended()
                 return
-            frame, ok = result_reply(call.seq, call.method, value, self.frame_limit)
+            frame, code = result_reply(call.seq, call.method, value, self.frame_limit, metadata)
             self._reply(frame)
             _sized(call.method, frame)
         else:
-            self._reply(failure_reply(call.seq, call.method, call.args, call.kwargs, value, self.frame_limit))
-        call.method.record(perf_counter() - call.start, ok)
+            frame, code = failure_reply(call.seq, call.method, call.args, call.kwargs, value, self.frame_limit,
+                                        metadata=metadata)
+            self._reply(frame)
+        call.method.record(perf_counter() - call.start, code)
         self._ended()
 
     def _sync_timeout(self, call: _SyncCall, message: p.Request) -> None:
@@ -238,7 +351,7 @@ class Calls:
         # The thread may still hold the arguments, but nothing else will: uncharged.
         self.charged -= call.cost
         self._reply(self._timed_out(message, call.method))
-        call.method.record(perf_counter() - call.start, False)
+        call.method.record(perf_counter() - call.start, _TIMEOUT)
         self._ended()
 
     def cancel(self, seq: int, reason: str) -> None:
@@ -268,11 +381,11 @@ class Calls:
         """Encode and send parked results while there is room (all of them if ``force``)."""
         parked = self.parked
         while parked and (force or self._room()):
-            seq, method, result, start = parked.popleft()
-            frame, ok = result_reply(seq, method, result, self.frame_limit)
+            seq, method, result, start, metadata = parked.popleft()
+            frame, code = result_reply(seq, method, result, self.frame_limit, metadata)
             self._reply(frame)
             _sized(method, frame)
-            method.record(perf_counter() - start, ok)
+            method.record(perf_counter() - start, code)
 
     def forget_parked(self) -> None:
         """The connection is gone: parked results have nobody to go to."""

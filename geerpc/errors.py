@@ -6,6 +6,8 @@ This module imports nothing from the rest of geerpc, so every layer can use it.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 __all__ = [
@@ -18,6 +20,9 @@ __all__ = [
     "MethodNotFound",
     "InvalidArguments",
     "Unavailable",
+    "Unauthenticated",
+    "PermissionDenied",
+    "NotSupported",
     "ConnectError",
     "HandshakeError",
     "ConnectionClosed",
@@ -64,9 +69,25 @@ class RemoteError(GeeRPCError):
     ``type`` names the remote exception class (``"ValueError"``, or one of geerpc's
     own such as ``"MethodNotFound"``); ``str(error)`` is its message. The connection
     stays usable. The method may have run: do not retry blindly.
+
+    Raised on a server (by a handler or an interceptor), a RemoteError is an answer:
+    the caller gets its ``code`` and ``type``, so ``raise PermissionDenied("no")`` in
+    an interceptor reaches the caller as PermissionDenied. One that arrived in a reply
+    (``received`` is True: another server sent it) is passed on as any exception is,
+    as the handler's error. ``metadata`` is the reply's metadata, when it had any.
+
+    Made with one argument, the message, ``type`` is the class's name.
     """
 
-    def __init__(self, type: str, message: str) -> None:
+    #: the wire's error code (docs/protocol.md section 3): APPLICATION here
+    code: int = 1
+    #: True when this error arrived in a reply, False when raised in this process
+    received: bool = False
+    metadata: Mapping[str, str | bytes] = MappingProxyType({})
+
+    def __init__(self, type: str, message: str | None = None) -> None:
+        if message is None:
+            type, message = self.__class__.__name__, type
         super().__init__(message)
         self.type = type
 
@@ -77,17 +98,48 @@ class RemoteError(GeeRPCError):
 class ServiceNotFound(RemoteError):
     """The server has no service by the called name: fix the caller's name."""
 
+    code = 2
+
 
 class MethodNotFound(RemoteError):
     """The service exists but has no public method by the called name."""
 
+    code = 2
+
 
 class InvalidArguments(RemoteError):
-    """The arguments did not fit the method's signature; the method did not run."""
+    """The arguments (or the call's metadata) did not fit; the method did not run."""
+
+    code = 3
 
 
 class Unavailable(RemoteError):
     """The server is stopping and did not run the call: safe to retry on another server."""
+
+    code = 6
+
+
+class Unauthenticated(RemoteError):
+    """The call did not say who makes it, or not believably (no or a bad credential).
+
+    Raise it in a server interceptor or handler to refuse a call; the caller gets it.
+    """
+
+    code = 7
+
+
+class PermissionDenied(RemoteError):
+    """The caller is known but may not make this call.
+
+    Raise it in a server interceptor or handler to refuse a call; the caller gets it.
+    """
+
+    code = 8
+
+
+class NotSupported(GeeRPCError):
+    """The peer does not support what this call needs (an older geerpc, say, that takes
+    no call metadata). Nothing was sent; the message says what is missing."""
 
 
 class ConnectError(GeeRPCError, ConnectionError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from .interceptors import ServerInterceptor
 from .service import Method
 from .workers import Job
 
@@ -40,6 +41,16 @@ class ConnectionHost(Protocol):
 
     @property
     def limits(self) -> Limits: ...
+
+    @property
+    def interceptors(self) -> tuple[ServerInterceptor, ...]:
+        """Run around every call, outermost first."""
+        ...
+
+    @property
+    def inline_interceptors(self) -> bool:
+        """Whether every interceptor awaits nothing but its ``proceed()``."""
+        ...
 
     @property
     def stopping(self) -> bool:

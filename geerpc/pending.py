@@ -10,6 +10,7 @@ call timed out or was cancelled) is read and dropped.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
 from . import protocol as p
@@ -20,12 +21,15 @@ from .errors import (
     GeeRPCError,
     InvalidArguments,
     MethodNotFound,
+    PermissionDenied,
     RemoteError,
     RequestTooLarge,
     ServiceNotFound,
+    Unauthenticated,
     Unavailable,
     remote_builtin,
 )
+from .context import Reply
 from .mapkeys import arguments_problem
 
 __all__ = ["PendingCalls", "Outcome", "remote_error"]
@@ -39,6 +43,10 @@ _ERROR_TYPES: dict[str, type[RemoteError]] = {
     "Unavailable": Unavailable,
 }
 _OWN_CODES = (p.ErrorCode.NOT_FOUND, p.ErrorCode.INVALID_ARGUMENT, p.ErrorCode.UNAVAILABLE)
+_BY_CODE: dict[int, type[RemoteError]] = {
+    p.ErrorCode.UNAUTHENTICATED: Unauthenticated,
+    p.ErrorCode.PERMISSION_DENIED: PermissionDenied,
+}
 
 
 def remote_error(code: int, type_name: str, message: str) -> GeeRPCError:
@@ -52,10 +60,16 @@ def remote_error(code: int, type_name: str, message: str) -> GeeRPCError:
     """
     if code == p.ErrorCode.TIMEOUT:
         return CallTimeout(message)
+    error: RemoteError
     if code == p.ErrorCode.APPLICATION:
-        return remote_builtin(type_name, message) or RemoteError(type_name, message)
-    cls = _ERROR_TYPES.get(type_name, RemoteError) if code in _OWN_CODES else RemoteError
-    return cls(type_name, message)
+        error = remote_builtin(type_name, message) or RemoteError(type_name, message)
+    elif code in _BY_CODE:
+        error = _BY_CODE[code](type_name, message)
+    else:
+        cls = _ERROR_TYPES.get(type_name, RemoteError) if code in _OWN_CODES else RemoteError
+        error = cls(type_name, message)
+    error.received = True
+    return error
 
 
 # A pending call is a plain tuple (service_method, deadline, waiter), and an outcome a
@@ -69,18 +83,24 @@ class PendingCalls(Generic[W]):
         self.max_frame_size = max_frame_size  # the largest request frame we send
         self._calls: dict[int, tuple[str, Deadline | None, W]] = {}
         self._seq = 0
+        #: seqs of calls that want the reply's metadata (``Client.invoke``): their
+        #: results come back as a ``Reply`` when the reply carries metadata
+        self._want_metadata: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._calls)
 
     def add(self, service_method: str, args: Sequence[Any], kwargs: dict[str, Any],
-            deadline: Deadline | None, now: float, waiter: W) -> tuple[int, bytes]:
+            deadline: Deadline | None, now: float, waiter: W,
+            metadata: dict[str, str | bytes] | None = None, want_metadata: bool = False) -> tuple[int, bytes]:
         """Register a call; return its seq and the request frame to send.
 
-        The frame carries the deadline as the time left at ``now``. Raises
-        CallTimeout when the deadline has passed already, EncodeError (a TypeError)
-        when the arguments cannot be encoded or hold a map key that is not a str or
-        bytes, RequestTooLarge (a ValueError) when the frame is over the limit.
+        The frame carries the deadline as the time left at ``now``, and ``metadata``
+        (already checked, ``metadata.outgoing``) when there is any. With
+        ``want_metadata`` a reply that carries metadata resolves to a ``Reply``.
+        Raises CallTimeout when the deadline has passed already, EncodeError (a
+        TypeError) when the arguments cannot be encoded or hold a map key that is not
+        a str or bytes, RequestTooLarge (a ValueError) when the frame is over the limit.
         """
         timeout = None
         if deadline is not None:
@@ -89,7 +109,7 @@ class PendingCalls(Generic[W]):
                 raise deadline.expired_error(service_method)
         seq = self._seq + 1
         try:
-            frame = p.encode_request(seq, service_method, args, kwargs, timeout)
+            frame = p.encode_request(seq, service_method, args, kwargs, timeout, metadata)
         except (TypeError, ValueError, OverflowError) as exc:
             raise EncodeError(f"arguments of {service_method!r} cannot be encoded: {exc}") from exc
         if len(frame) - 4 > self.max_frame_size:
@@ -99,6 +119,8 @@ class PendingCalls(Generic[W]):
             raise EncodeError(f"arguments of {service_method!r} cannot be encoded: {problem}")
         self._seq = seq
         self._calls[seq] = (service_method, deadline, waiter)
+        if want_metadata:
+            self._want_metadata.add(seq)
         return seq, frame
 
     def resolve(self, payload: bytes) -> Outcome[W] | None:
@@ -107,25 +129,36 @@ class PendingCalls(Generic[W]):
         Raises ProtocolError when the payload is not a response at all.
         """
         try:
-            seq, error, result = p.decode_response(payload)
+            seq, error, result, metadata = p.decode_response(payload)
         except p.BadResponse as bad:  # framed and numbered, but its value won't decode
-            seq, error, result = bad.seq, (p.ErrorCode.INTERNAL, "SerializationError", str(bad)), None
+            seq, error, result, metadata = bad.seq, (p.ErrorCode.INTERNAL, "SerializationError", str(bad)), None, None
         call = self._calls.pop(seq, None)
         if call is None:
             return None
+        if self._want_metadata:
+            wanted = seq in self._want_metadata
+            self._want_metadata.discard(seq)
+            if wanted and metadata is not None and error is None:
+                result = Reply(result, MappingProxyType(metadata))
         if error is None:
             return call[2], result, None
         service_method, deadline, waiter = call
+        failure: GeeRPCError
         if error[0] == p.ErrorCode.TIMEOUT and deadline is not None:
             # The server gave up at the deadline we sent: say it as our own timer would.
-            return waiter, None, deadline.expired_error(service_method)
-        return waiter, None, remote_error(*error)
+            failure = deadline.expired_error(service_method)
+        else:
+            failure = remote_error(*error)
+        if metadata is not None and isinstance(failure, RemoteError):
+            failure.metadata = MappingProxyType(metadata)
+        return waiter, None, failure
 
     def expire(self, seq: int) -> tuple[W, CallTimeout, bytes] | None:
         """The call's deadline passed: forget it; return its waiter, the error and a Cancel frame."""
         call = self._calls.pop(seq, None)
         if call is None:
             return None
+        self._want_metadata.discard(seq)
         service_method, deadline, waiter = call
         assert deadline is not None, "only calls with a deadline expire"
         return waiter, deadline.expired_error(service_method), p.encode_cancel(seq)
@@ -134,9 +167,11 @@ class PendingCalls(Generic[W]):
         """The caller gave up: forget the call; return the Cancel frame to send, if it was pending."""
         if self._calls.pop(seq, None) is None:
             return None
+        self._want_metadata.discard(seq)
         return p.encode_cancel(seq)
 
     def fail_all(self) -> list[W]:
         """The connection is gone: forget every call and return their waiters."""
         calls, self._calls = self._calls, {}
+        self._want_metadata.clear()
         return [call[2] for call in calls.values()]

@@ -23,6 +23,7 @@ import msgpack
 from .decoding import DEFAULT_MAX_ELEMENTS, SMALL, SMALL_COST, UNPACK_OPTIONS, TooManyElements, unpack
 from .errors import ProtocolError
 from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, frame
+from .metadata import incoming_problem
 from .option import (
     CODEC_TYPE, MAGIC_NUMBER, MAX_OPTION_SIZE, BadOption, Option, OptionReader, decode_option, encode_option,
 )
@@ -63,6 +64,8 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 4  # the server's handle timeout or the caller's deadline passed
     INTERNAL = 5  # the server could not finish the call (e.g. unencodable result)
     UNAVAILABLE = 6  # the server is stopping; the handler did not run
+    UNAUTHENTICATED = 7  # the call carries no credential, or one that does not check out
+    PERMISSION_DENIED = 8  # the caller is known but may not make this call
 
 
 # --------------------------------------------------------------------------- messages
@@ -74,6 +77,7 @@ class Request(NamedTuple):
     timeout: float | None  # seconds the caller will still wait, or None
     args: list[Any]
     kwargs: dict[str, Any]
+    metadata: dict[str, str | bytes] | None = None  # None when the request had none
 
 
 class Cancel(NamedTuple):
@@ -93,6 +97,7 @@ class Response(NamedTuple):
     seq: int
     error: tuple[int, str, str] | None  # (ErrorCode, type name, message)
     result: Any
+    metadata: dict[str, str | bytes] | None = None  # None when the response had none
 
 
 class BadRequest(Exception):
@@ -114,9 +119,17 @@ _packb: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, autoreset=Tru
 _DECODE_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
 
 
-def encode_request(seq: int, service_method: str, args: Any, kwargs: Any, timeout: float | None) -> bytes:
-    """A whole request frame. Raises TypeError/ValueError/OverflowError for unencodable args."""
-    body = _packb([0, seq, service_method, timeout, args, kwargs])
+def encode_request(seq: int, service_method: str, args: Any, kwargs: Any, timeout: float | None,
+                   metadata: dict[str, str | bytes] | None = None) -> bytes:
+    """A whole request frame. Raises TypeError/ValueError/OverflowError for unencodable args.
+
+    With ``metadata`` (only for a server that agreed to it in the Option) the request
+    has seven elements; without, the six every geerpc server takes.
+    """
+    if metadata:
+        body = _packb([0, seq, service_method, timeout, args, kwargs, metadata])
+    else:
+        body = _packb([0, seq, service_method, timeout, args, kwargs])
     return _pack_length(len(body)) + body
 
 
@@ -147,14 +160,19 @@ def decode_pong(payload: bytes) -> int:
     return message[1]
 
 
-def encode_response(seq: int, result: Any) -> bytes:
-    """A whole success frame. Raises TypeError/ValueError/OverflowError if unencodable."""
-    body = _packb([1, seq, None, result])
+def encode_response(seq: int, result: Any, metadata: dict[str, str | bytes] | None = None) -> bytes:
+    """A whole success frame. Raises TypeError/ValueError/OverflowError if unencodable.
+
+    ``metadata`` (only for a client that agreed to it) makes it a five-element response.
+    """
+    body = _packb([1, seq, None, result, metadata] if metadata else [1, seq, None, result])
     return _pack_length(len(body)) + body
 
 
-def encode_error(seq: int, code: ErrorCode, type: str, message: str) -> bytes:
-    body = _packb([1, seq, [int(code), type, message], None])
+def encode_error(seq: int, code: int, type: str, message: str,
+                 metadata: dict[str, str | bytes] | None = None) -> bytes:
+    error = [int(code), type, message]
+    body = _packb([1, seq, error, None, metadata] if metadata else [1, seq, error, None])
     return _pack_length(len(body)) + body
 
 
@@ -176,7 +194,7 @@ def decode_request(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> 
 
 def _undecodable(payload: bytes, exc: BaseException) -> BadRequest | ProtocolError:
     """The error for a request payload that did not decode: BadRequest when its seq can be read."""
-    seq = _salvage_seq(payload, MsgType.REQUEST, 6)
+    seq = _salvage_seq(payload, MsgType.REQUEST, (6, 7))
     if seq is None:
         return ProtocolError(f"undecodable message: {_decode_error(exc)}")
     what = "request too large" if isinstance(exc, TooManyElements) else "undecodable request"
@@ -202,8 +220,8 @@ def decode_request_sized(payload: bytes,
     if type(message) is not list or not message:
         raise ProtocolError("message must be a non-empty msgpack array")
     kind = message[0]
-    if kind == 0 and type(kind) is int and len(message) == 6:
-        _, seq, method, timeout, args, kwargs = message
+    if kind == 0 and type(kind) is int and 6 <= len(message) <= 7:
+        seq, method, timeout, args, kwargs = message[1:6]
         if not _valid_seq(seq):
             raise ProtocolError(f"seq must be an integer from 1 to {_MAX_SEQ}")
         if type(method) is not str:
@@ -217,6 +235,12 @@ def decode_request_sized(payload: bytes,
         if type(args) is not list or type(kwargs) is not dict:
             raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
                              "args must be an array and kwargs a map")
+        if len(message) == 7 and message[6] is not None:  # nil: no metadata
+            metadata = message[6]
+            problem = incoming_problem(metadata)
+            if problem is not None:
+                raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"metadata: {problem}")
+            return Request(seq, method, timeout, args, kwargs, metadata or None), cost
         return Request(seq, method, timeout, args, kwargs), cost
     if kind == 2 and type(kind) is int and len(message) == 2:
         if not _valid_seq(message[1]):
@@ -226,15 +250,15 @@ def decode_request_sized(payload: bytes,
         if type(message[1]) is not int or not 0 <= message[1] <= _MAX_SEQ:
             raise ProtocolError("ping: id must be an integer from 0 to 2^63-1")
         return Ping(message[1]), cost
-    raise ProtocolError(f"not a request or cancel message (type {str(kind)[:16]}, {len(message)} elements)")
+    raise ProtocolError(f"not a request, cancel or ping message (type {str(kind)[:16]}, {len(message)} elements)")
 
 
-def _salvage_seq(payload: bytes, kind: int, length: int) -> int | None:
+def _salvage_seq(payload: bytes, kind: int, lengths: tuple[int, ...]) -> int | None:
     """Read just the type and seq of a message whose body would not decode."""
     unpacker = msgpack.Unpacker(**_UNPACK_OPTIONS, max_buffer_size=len(payload) + 1)
     unpacker.feed(payload)
     try:
-        if unpacker.read_array_header() != length or unpacker.unpack() != kind:
+        if unpacker.read_array_header() not in lengths or unpacker.unpack() != kind:
             return None
         seq = unpacker.unpack()
     except _DECODE_ERRORS:
@@ -259,18 +283,25 @@ def decode_response(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) ->
     try:
         message = unpack(payload, max_elements)[0]
     except _DECODE_ERRORS as exc:
-        seq = _salvage_seq(payload, MsgType.RESPONSE, 4)
+        seq = _salvage_seq(payload, MsgType.RESPONSE, (4, 5))
         if seq is None:
             raise ProtocolError(f"undecodable response: {_decode_error(exc)}") from None
         raise BadResponse(seq, f"the reply could not be decoded: {_decode_error(exc)}") from None
-    if type(message) is not list or len(message) != 4 or message[0] != 1 or type(message[0]) is not int:
-        raise ProtocolError("response must be a 4-element array starting with 1")
-    _, seq, error, result = message
+    if type(message) is not list or not 4 <= len(message) <= 5 or message[0] != 1 or type(message[0]) is not int:
+        raise ProtocolError("response must be an array of 4 or 5 elements starting with 1")
+    seq, error, result = message[1:4]
     if not _valid_seq(seq):
         raise ProtocolError("response seq must be a positive integer")
+    metadata = None
+    if len(message) == 5 and message[4] is not None:
+        metadata = message[4]
+        problem = incoming_problem(metadata)
+        if problem is not None:
+            raise BadResponse(seq, f"the reply's metadata breaks the rules: {problem}")
+        metadata = metadata or None
     if error is not None:
         if (type(error) is not list or len(error) != 3 or type(error[0]) is not int
                 or type(error[1]) is not str or type(error[2]) is not str):
             raise ProtocolError("response error must be [code, type, message]")
-        return Response(seq, (error[0], error[1], error[2]), None)
-    return Response(seq, None, result)
+        return Response(seq, (error[0], error[1], error[2]), None, metadata)
+    return Response(seq, None, result, metadata)

@@ -15,7 +15,10 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from . import protocol as p
+from .context import CURRENT, CallContext
+from .errors import RemoteError
 from .mapkeys import result_problem
+from .metadata import outgoing
 from .service import Method, argument_error
 
 __all__ = [
@@ -77,8 +80,10 @@ class HandlerTracebacks:
 _TRACEBACKS = HandlerTracebacks()
 
 
-def run_inline(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    """Run a coroutine method that has no ``await`` to its end, without a task."""
+def run_inline(call: CallContext, method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Run a coroutine method that has no ``await`` to its end, without a task, with
+    ``call`` as its ``current_call()`` (in the context the caller runs this in)."""
+    CURRENT.set(call)
     coroutine = method.func(*args, **kwargs)
     try:
         coroutine.send(None)
@@ -88,52 +93,82 @@ def run_inline(method: Method, args: list[Any], kwargs: dict[str, Any]) -> Any:
     raise RuntimeError(f"{method.name} suspended although it has no await")
 
 
-def result_reply(seq: int, method: Method, result: Any, limit: int) -> tuple[bytes, bool]:
-    """The success frame and True, or a SerializationError frame and False when the
-    result cannot be sent: msgpack cannot encode it, a map in it has a key that is not a
-    str or bytes (the client would refuse it), or it is over the frame limit. Logged at
-    WARNING: the handler ran, but its caller gets an error."""
+def _reply_metadata(method: Method, metadata: dict[str, str | bytes] | None) -> tuple[dict[str, str | bytes] | None,
+                                                                                     str | None]:
+    """The reply metadata a handler set, checked: (metadata, None), or (None, what is wrong)."""
+    if not metadata:
+        return None, None
     try:
-        reply = p.encode_response(seq, result)
-    except (TypeError, ValueError, OverflowError) as exc:
-        problem = f"result of {method.name} cannot be encoded: {describe(exc)}"
-    else:
-        if len(reply) - 4 <= limit:
-            keys = result_problem(result)  # what the client's decoder would refuse
-            if keys is None:
-                return reply, True
-            problem = f"result of {method.name} cannot be encoded: {keys}"
+        return outgoing(metadata, f"reply metadata of {method.name}"), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def result_reply(seq: int, method: Method, result: Any, limit: int,
+                 metadata: dict[str, str | bytes] | None = None) -> tuple[bytes, int]:
+    """The success frame and code 0, or a SerializationError frame and INTERNAL when
+    the result cannot be sent: msgpack cannot encode it, a map in it has a key that is
+    not a str or bytes (the client would refuse it), it is over the frame limit, or the
+    reply ``metadata`` the handler set breaks the rules. Logged at WARNING: the handler
+    ran, but its caller gets an error."""
+    metadata, problem = _reply_metadata(method, metadata)
+    if problem is None:
+        try:
+            reply = p.encode_response(seq, result, metadata)
+        except (TypeError, ValueError, OverflowError) as exc:
+            problem = f"result of {method.name} cannot be encoded: {describe(exc)}"
         else:
-            problem = f"result of {method.name} is {len(reply) - 4} bytes, over the {limit}-byte frame limit"
+            if len(reply) - 4 <= limit:
+                keys = result_problem(result)  # what the client's decoder would refuse
+                if keys is None:
+                    return reply, 0
+                problem = f"result of {method.name} cannot be encoded: {keys}"
+            else:
+                problem = f"result of {method.name} is {len(reply) - 4} bytes, over the {limit}-byte frame limit"
     log.warning("%s", problem)
-    return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError", problem), False
+    return p.encode_error(seq, p.ErrorCode.INTERNAL, "SerializationError", problem), p.ErrorCode.INTERNAL
 
 
 def failure_reply(seq: int, method: Method, args: list[Any], kwargs: dict[str, Any],
                   exc: BaseException, limit: int, now: float | None = None,
-                  tracebacks: HandlerTracebacks | None = None) -> bytes:
-    """The error frame for a handler that raised (or arguments that did not fit).
+                  tracebacks: HandlerTracebacks | None = None,
+                  metadata: dict[str, str | bytes] | None = None) -> tuple[bytes, int]:
+    """The error frame and its code for a handler or interceptor that raised (or
+    arguments that did not fit).
 
-    A handler's own exception is logged with its traceback by ``tracebacks`` (the
-    process's, on the ``geerpc.handler`` logger, by default) at ``now`` (monotonic).
+    A RemoteError raised here (not one that arrived from another server) is an answer:
+    its code and type go to the caller as they are, with no traceback logged. Any other
+    exception is the handler's error (APPLICATION), logged with its traceback by
+    ``tracebacks`` (the process's, on the ``geerpc.handler`` logger, by default) at
+    ``now`` (monotonic). ``metadata`` is the reply metadata set meanwhile.
     """
     if isinstance(exc, TypeError):
         # Binding happens before the body runs; re-check the signature only now
         # to tell the caller's mistake from a TypeError raised inside the handler.
         problem = argument_error(method, args, kwargs)
         if problem is not None:
-            return p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments", problem)
-    # Tracebacks stay on the server, in its log: they leak paths and code.
-    (tracebacks or _TRACEBACKS).log(method.name, exc, time.monotonic() if now is None else now)
-    name = type(exc).__name__[:200]
+            return (p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments", problem),
+                    p.ErrorCode.INVALID_ARGUMENT)
+    metadata, bad_metadata = _reply_metadata(method, metadata)
+    if bad_metadata is not None:
+        log.warning("%s", bad_metadata)
+    if isinstance(exc, RemoteError) and not exc.received and type(exc.code) is int and 0 < exc.code < 2**31:
+        code, name = exc.code, str(exc.type)[:200]
+        handler_log.debug("%s answered %s: %s", method.name, name, exc)
+    else:
+        # Tracebacks stay on the server, in its log: they leak paths and code.
+        (tracebacks or _TRACEBACKS).log(method.name, exc, time.monotonic() if now is None else now)
+        code, name = p.ErrorCode.APPLICATION, type(exc).__name__[:200]
     message = describe(exc)[:MAX_ERROR_MESSAGE]
-    reply = p.encode_error(seq, p.ErrorCode.APPLICATION, name, message)
+    reply = p.encode_error(seq, code, name, message, metadata)
     excess = len(reply) - 4 - limit
     if excess > 0:  # cut the message (by bytes, at a character boundary) to fit
         keep = max(0, len(message.encode()) - excess - 8)
         message = message.encode()[:keep].decode(errors="ignore") + "..."
-        reply = p.encode_error(seq, p.ErrorCode.APPLICATION, name, message)
-    return reply
+        reply = p.encode_error(seq, code, name, message, metadata)
+        if len(reply) - 4 > limit:  # the metadata alone is too large: it goes
+            reply = p.encode_error(seq, code, name, message)
+    return reply, code
 
 
 def timeout_reply(seq: int, method: Method, budget: float) -> bytes:

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from types import TracebackType
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 from . import http
@@ -23,6 +23,7 @@ from .admission import Admission
 from .connection import ServerConnection
 from .debug import render_debug_page
 from .host import Limits
+from .interceptors import ServerInterceptor, awaits_only_proceed, check_interceptors
 from .service import Method, Service, build_service
 from .snapshot import ConnectionStats, ServerSnapshot, service_stats
 from .workers import Job, WorkerPool
@@ -69,6 +70,8 @@ class Server:
             redial: a Client whose connection was closed while idle dials again on
             its next call.
         max_workers: threads for plain ``def`` handlers.
+        interceptors: ``async`` callables ``(call, proceed)`` run around every call,
+            outermost first (``geerpc.interceptors``); ``call`` is the CallContext.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Server:
         frame_timeout: float = 30.0,
         idle_timeout: float | None = 300.0,
         max_workers: int = 32,
+        interceptors: Sequence[ServerInterceptor] | None = None,
     ) -> None:
         if handle_timeout is not None and not handle_timeout > 0:
             raise ValueError("handle_timeout must be positive or None")
@@ -118,6 +122,9 @@ class Server:
                              max_elements=max_elements, connection_budget=connection_budget,
                              handle_timeout=handle_timeout, handshake_timeout=handshake_timeout,
                              frame_timeout=frame_timeout, idle_timeout=idle_timeout)
+        #: run around every call, outermost first (``geerpc.interceptors``)
+        self.interceptors: tuple[ServerInterceptor, ...] = check_interceptors(interceptors, "server")
+        self.inline_interceptors = all(awaits_only_proceed(i) for i in self.interceptors)
         self.protocol_errors = 0  # connections closed because the peer broke the protocol
         self._services: dict[str, Service] = {}
         self._methods: dict[str, Method] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dis
+from bisect import bisect_left as _bucket
 import inspect
 import os
 import sys
@@ -18,9 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Method", "Service", "build_service", "argument_error", "LATENCY_WINDOW"]
+__all__ = ["Method", "Service", "build_service", "argument_error", "LATENCY_WINDOW", "DURATION_BUCKETS", "CANCELLED"]
 
+#: What ``Method.record`` counts a call whose caller cancelled it (or whose connection
+#: was lost) as: not a wire code, since nobody is answered.
+CANCELLED = 100
 LATENCY_WINDOW = 2048  # calls whose latency the debug page's percentiles cover
+#: Upper bounds, in seconds, of the call-duration histogram (``/metrics``): from 100 µs,
+#: since a small call takes tens of µs, to OpenTelemetry's RPC buckets' 10 s.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0,
+)
 
 
 @dataclass(slots=True)
@@ -39,13 +49,23 @@ class Method:
     reply_size: int = -1
     latencies: collections.deque[float] = field(
         default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW), repr=False)
+    #: failed calls by error code (``protocol.ErrorCode``); calls - errors succeeded
+    codes: dict[int, int] = field(default_factory=dict, repr=False)
+    #: calls by duration: ``buckets[i]`` took at most ``DURATION_BUCKETS[i]`` seconds
+    #: and more than the bound before; the last one, longer than every bound
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1), repr=False)
+    seconds: float = 0.0  # the durations' sum
 
-    def record(self, seconds: float, ok: bool) -> None:
-        """Count one finished call (the debug page shows these)."""
+    def record(self, seconds: float, code: int = 0) -> None:
+        """Count one finished call, with its error code (0: it succeeded): the debug
+        page and ``/metrics`` show these."""
         self.calls += 1
-        if not ok:
+        if code:
             self.errors += 1
+            self.codes[code] = self.codes.get(code, 0) + 1
         self.latencies.append(seconds)
+        self.buckets[_bucket(DURATION_BUCKETS, seconds)] += 1
+        self.seconds += seconds
 
     @property
     def signature(self) -> inspect.Signature | None:

@@ -22,11 +22,13 @@ import contextlib
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from .client import Client, dial
+from .context import Reply
+from .interceptors import ClientInterceptor
 from .errors import ConnectionClosed
 from .xclient import Discovery, SelectMode, XClient
 
@@ -142,25 +144,35 @@ class SyncClient(_LoopThread):
     """
 
     def __init__(self, address: str, *, connect_timeout: float | None = 10.0,
-                 handle_timeout: float | None = None) -> None:
+                 handle_timeout: float | None = None,
+                 interceptors: Sequence[ClientInterceptor] | None = None) -> None:
         super().__init__(name=f"geerpc-sync {address}")
         self.address = address
         try:
             self._client: Client = self._submit(
-                dial(address, connect_timeout=connect_timeout, handle_timeout=handle_timeout))
+                dial(address, connect_timeout=connect_timeout, handle_timeout=handle_timeout,
+                     interceptors=interceptors))
         except BaseException:
             self._stop(None)
             raise
         self._resources.name = f"SyncClient {address}"
         self._resources.close = self._client.close
 
-    def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def call(self, service_method: str, /, *args: Any, timeout: float | None = None,
+             metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Any:
         """Call ``"Service.method"`` and block until its result; as ``Client.call``.
 
-        Raises CallTimeout, RemoteError (and its subclasses), ConnectionClosed (also
-        after ``close()``), TypeError and ValueError, as the async client does.
+        Called from a plain ``def`` handler, the handler's deadline follows the call
+        as it does for the async client. Raises CallTimeout, RemoteError (and its
+        subclasses), ConnectionClosed (also after ``close()``), TypeError and
+        ValueError, as the async client does.
         """
-        return self._submit(self._client.call(service_method, *args, timeout=timeout, **kwargs))
+        return self._submit(self._client.call(service_method, *args, timeout=timeout, metadata=metadata, **kwargs))
+
+    def invoke(self, service_method: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+               timeout: float | None = None, metadata: Mapping[str, str | bytes] | None = None) -> Reply:
+        """The result and the reply's metadata; as ``Client.invoke``."""
+        return self._submit(self._client.invoke(service_method, args, kwargs, timeout=timeout, metadata=metadata))
 
     @property
     def closed(self) -> bool:
@@ -204,13 +216,21 @@ class SyncXClient(_LoopThread):
         """The XClient underneath (its methods must run on this client's loop)."""
         return self._xclient
 
-    def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def call(self, service_method: str, /, *args: Any, timeout: float | None = None,
+             metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Any:
         """Call one server chosen by the select mode, with failover; as ``XClient.call``."""
-        return self._submit(self._xclient.call(service_method, *args, timeout=timeout, **kwargs))
+        return self._submit(self._xclient.call(service_method, *args, timeout=timeout, metadata=metadata, **kwargs))
 
-    def broadcast(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def invoke(self, service_method: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+               timeout: float | None = None, metadata: Mapping[str, str | bytes] | None = None) -> Reply:
+        """The result and the reply's metadata; as ``XClient.invoke``."""
+        return self._submit(self._xclient.invoke(service_method, args, kwargs, timeout=timeout, metadata=metadata))
+
+    def broadcast(self, service_method: str, /, *args: Any, timeout: float | None = None,
+                  metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Any:
         """Call every server offering the service; as ``XClient.broadcast``."""
-        return self._submit(self._xclient.broadcast(service_method, *args, timeout=timeout, **kwargs))
+        return self._submit(self._xclient.broadcast(service_method, *args, timeout=timeout, metadata=metadata,
+                                                    **kwargs))
 
     def close(self) -> None:
         """Close every connection and the discovery (unless told not to), then the loop thread."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
@@ -19,14 +20,19 @@ __all__ = ["WorkerPool", "Job"]
 
 
 class Job:
-    """One call for a worker. ``abandoned`` jobs are skipped or their result dropped."""
+    """One call for a worker. ``abandoned`` jobs are skipped or their result dropped.
 
-    __slots__ = ("func", "args", "kwargs", "done", "abandoned")
+    ``context``, when set, is the ``contextvars.Context`` the function runs in (the
+    one holding the call's ``geerpc.current_call()``).
+    """
+
+    __slots__ = ("func", "args", "kwargs", "done", "abandoned", "context")
 
     def __init__(self, func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
-                 done: Callable[[Job, bool, Any], None]) -> None:
+                 done: Callable[[Job, bool, Any], None], context: contextvars.Context | None = None) -> None:
         self.func, self.args, self.kwargs, self.done = func, args, kwargs, done
         self.abandoned = False
+        self.context = context
 
 
 class WorkerPool:
@@ -61,7 +67,10 @@ class WorkerPool:
             outcome = None
             if not job.abandoned:
                 try:
-                    outcome = (job, True, job.func(*job.args, **job.kwargs))
+                    if job.context is None:
+                        outcome = (job, True, job.func(*job.args, **job.kwargs))
+                    else:
+                        outcome = (job, True, job.context.run(job.func, *job.args, **job.kwargs))
                 except BaseException as exc:  # noqa: BLE001 - delivered as the call's error
                     outcome = (job, False, exc)
                 outcomes.append(outcome)

@@ -428,7 +428,7 @@ def test_request_wrong_type_tag_is_protocol_error(kind):
 
 
 @pytest.mark.parametrize("message", [[0], [0, 1], [0, 1, "S.m"], [0, 1, "S.m", None, []],
-                                     [0, 1, "S.m", None, [], {}, None], [2], [2, 1, 1]])
+                                     [0, 1, "S.m", None, [], {}, {}, None], [2], [2, 1, 1]])
 def test_request_wrong_length_is_protocol_error(message):
     protocol_error(pack(message))
 
@@ -671,7 +671,7 @@ def test_response_undecodable_with_an_invalid_seq_is_protocol_error():
         response_protocol_error(pack([1, seq, None, {1: 2}]))
 
 
-@pytest.mark.parametrize("message", [{"seq": 1}, 1, None, [], [1], [1, 1, None], [1, 1, None, 1, 1],
+@pytest.mark.parametrize("message", [{"seq": 1}, 1, None, [], [1], [1, 1, None], [1, 1, None, 1, {}, 1],
                                      [0, 1, None, 1], [2, 1, None, 1], [True, 1, None, 1], ["1", 1, None, 1],
                                      [1.0, 1, None, 1]], ids=repr)
 def test_response_wrong_shape_is_protocol_error(message):

@@ -79,7 +79,7 @@ async def test_a_request_held_at_the_cap_counts_its_wait_against_its_deadline():
         svc.gate.set()
         replies = {}
         for _ in range(2):
-            seq, error, result = await raw.read_response()
+            seq, error, result, _ = await raw.read_response()
             replies[seq] = (error, result)
         assert replies[1] == (None, "first")
         assert replies[2][0] is not None and replies[2][0][0] == p.ErrorCode.TIMEOUT

@@ -28,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
 from ..client import Client, dial
+from ..context import CURRENT, Reply, outgoing_deadline
 from ..deadline import Deadline, check_timeout
 from ..errors import (
     CallTimeout,
@@ -42,6 +44,7 @@ from ..errors import (
     NoServerAvailable,
     Unavailable,
 )
+from ..interceptors import ClientInterceptor, check_interceptors
 from .discovery import Discovery, MultiServerDiscovery
 from .selection import SelectMode, Skipped, pick
 
@@ -77,6 +80,9 @@ class XClient:
             infinity for no limit. A call's own timeout bounds its dials too.
         close_discovery: when True (default), ``close()`` closes the discovery too;
             pass False to share one discovery between XClients.
+        interceptors: ``async`` callables ``(call, proceed)`` run around every
+            attempt, outermost first: a call that fails over runs them once per
+            server tried, and a broadcast once per server (``geerpc.interceptors``).
 
     Raises:
         ValueError: a string that is not a registry URL, a mode that is not a
@@ -92,10 +98,12 @@ class XClient:
         failover: bool = True,
         connect_timeout: float | None = 10.0,
         close_discovery: bool = True,
+        interceptors: Sequence[ClientInterceptor] | None = None,
     ) -> None:
         if not isinstance(mode, SelectMode):
             raise ValueError(f"mode must be a SelectMode, not {mode!r}")
         check_timeout(connect_timeout)  # refused here, not at the first dial
+        self.interceptors = check_interceptors(interceptors, "client")
         self.discovery = _as_discovery(discovery)
         self.mode = mode
         self.failover = failover
@@ -164,10 +172,19 @@ class XClient:
             self._forget(address, client)
 
     async def _call_on(self, address: str, client: Client, deadline: Deadline | None, service_method: str,
-                       args: Any, kwargs: dict[str, Any]) -> Any:
-        """One call on one server's connection, counting its timeouts in a row."""
+                       args: Any, kwargs: dict[str, Any], metadata: Mapping[str, str | bytes] | None = None,
+                       full: bool = False) -> Any:
+        """One call on one server's connection, counting its timeouts in a row.
+
+        Through the interceptors, when there are any, and as a ``Reply`` when ``full``.
+        """
         try:
-            result = await client.call_until(deadline, service_method, args, kwargs)
+            if full or metadata is not None or self.interceptors:
+                reply = await client.invoke_until(deadline, service_method, args, kwargs, metadata,
+                                                  interceptors=self.interceptors)
+                result = reply if full else reply.result
+            else:
+                result = await client.call_until(deadline, service_method, args, kwargs)
         except CallTimeout:
             self._timed_out(address, client)
             raise
@@ -198,17 +215,30 @@ class XClient:
 
     # ------------------------------------------------------------- calls
 
-    async def call(self, service_method: str, /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    async def call(self, service_method: str, /, *args: Any, timeout: float | None = None,
+                   metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Any:
         """Call one server chosen by the select mode; fail over as the module says.
 
-        Raises NoServerAvailable when discovery offers no server for the service
-        (or every one is skipped, see the module docstring), CallTimeout when
-        ``timeout`` passes (dials and failover included), and otherwise what
-        ``Client.call`` raises, a bad ``timeout`` included.
+        ``timeout`` and ``metadata`` are as for ``Client.call`` (inside a handler,
+        the handler's deadline follows). Raises NoServerAvailable when discovery
+        offers no server for the service (or every one is skipped, see the module
+        docstring), CallTimeout when ``timeout`` passes (dials and failover
+        included), and otherwise what ``Client.call`` raises, a bad ``timeout`` included.
         """
+        return await self._call(service_method, args, kwargs, timeout, metadata, False)
+
+    async def invoke(self, service_method: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
+                     *, timeout: float | None = None, metadata: Mapping[str, str | bytes] | None = None) -> Reply:
+        """``call()`` in full: the result and the reply's metadata, as a ``Reply``;
+        the remote arguments may be named ``timeout`` or ``metadata``."""
+        reply: Reply = await self._call(service_method, args, kwargs or {}, timeout, metadata, True)
+        return reply
+
+    async def _call(self, service_method: str, args: Sequence[Any], kwargs: dict[str, Any],
+                    timeout: float | None, metadata: Mapping[str, str | bytes] | None, full: bool) -> Any:
         self._check_open()
         loop = asyncio.get_running_loop()
-        deadline = Deadline.after(timeout, loop.time())  # one deadline for discovery, dials and calls
+        deadline = _deadline(timeout, loop.time(), service_method)  # one for discovery, dials and calls
         at = None if deadline is None else deadline.at
         service = service_method.rpartition(".")[0] or None
         tried: set[str] = set()
@@ -226,7 +256,7 @@ class XClient:
             try:
                 async with asyncio.timeout_at(at):
                     client = await self._client(address)
-                return await self._call_on(address, client, deadline, service_method, args, kwargs)
+                return await self._call_on(address, client, deadline, service_method, args, kwargs, metadata, full)
             except _FAILOVER_ERRORS as exc:
                 if isinstance(exc, HandshakeError):
                     self._skip(address, exc)
@@ -275,7 +305,7 @@ class XClient:
         return untried[self._rng.randrange(len(untried))]
 
     async def broadcast(self, service_method: str, /, *args: Any, timeout: float | None = None,
-                        **kwargs: Any) -> Any:
+                        metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Any:
         """Call every server offering the service at once; return one successful reply.
 
         The first error cancels the other calls (the cancellation reaches their
@@ -287,7 +317,7 @@ class XClient:
         self._check_open()
         service = service_method.rpartition(".")[0] or None
         loop = asyncio.get_running_loop()
-        deadline = Deadline.after(timeout, loop.time())
+        deadline = _deadline(timeout, loop.time(), f"broadcast of {service_method}")
         at = None if deadline is None else deadline.at
         try:
             async with asyncio.timeout_at(at):
@@ -313,7 +343,7 @@ class XClient:
                 self._skip(address, exc)  # not a geerpc server: it has no say in the broadcast
                 return _SKIPPED
             try:
-                return await self._call_on(address, client, deadline, service_method, args, kwargs)
+                return await self._call_on(address, client, deadline, service_method, args, kwargs, metadata)
             except ConnectionClosed:
                 self._forget(address, client)
                 raise
@@ -374,6 +404,15 @@ class XClient:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+
+def _deadline(timeout: float | None, now: float, what: str) -> Deadline | None:
+    """The deadline of a call or broadcast: its timeout's, or inside a handler the
+    handler's when that is sooner (``context.outgoing_deadline``)."""
+    deadline = Deadline.after(timeout, now)
+    if CURRENT.get(None) is not None:
+        deadline = outgoing_deadline(deadline, now, what)
+    return deadline
 
 
 def _offering(service: str | None) -> str:
