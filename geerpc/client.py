@@ -299,8 +299,8 @@ class Client:
         deadline = None if timeout is None else Deadline.after(timeout, loop.time())
         if CURRENT.get(None) is not None:  # inside a handler: its deadline follows
             deadline = outgoing_deadline(deadline, loop.time(), service_method)
-        if metadata is None and not self.interceptors:
-            return await self.call_until(deadline, service_method, args, kwargs)
+        if not self.interceptors:
+            return await self.call_until(deadline, service_method, args, kwargs, metadata)
         return (await self.invoke_until(deadline, service_method, args, kwargs, metadata)).result
 
     async def invoke(self, service_method: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None,
@@ -327,8 +327,8 @@ class Client:
             return value if type(value) is Reply else Reply(value)
         loop = self._conn.loop
         given = None if deadline is None else deadline.left(loop.time())
-        call = ClientCall(service_method, list(args), dict(kwargs or {}), dict(metadata or {}), given,
-                          self.address)
+        call = ClientCall(service_method, args, dict(kwargs) if kwargs else {}, dict(metadata) if metadata else {},
+                          given, self.address)
 
         async def send() -> Reply:
             # An interceptor may have changed the timeout: it then counts from now.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, NamedTuple
 
@@ -97,7 +97,8 @@ def current_call() -> CallContext:
 class ClientCall:
     """One call as a client interceptor sees it, before it is sent.
 
-    Interceptors may change ``metadata`` (a plain dict), ``args``, ``kwargs`` and
+    Interceptors may change ``metadata`` (a plain dict of its own) and ``kwargs`` (a
+    dict of its own), and replace ``args`` (a sequence, as the caller passed it) and
     ``timeout`` (seconds from when the next step runs; None for none) before calling
     ``proceed()``. ``address`` is the server it goes to (for an XClient, the one this
     attempt picked).
@@ -105,7 +106,7 @@ class ClientCall:
 
     __slots__ = ("service_method", "args", "kwargs", "metadata", "timeout", "address")
 
-    def __init__(self, service_method: str, args: list[Any], kwargs: dict[str, Any],
+    def __init__(self, service_method: str, args: Sequence[Any], kwargs: dict[str, Any],
                  metadata: dict[str, str | bytes], timeout: float | None, address: str) -> None:
         self.service_method = service_method
         self.args = args

@@ -22,7 +22,7 @@ import functools
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from time import perf_counter
-from typing import Any, cast
+from typing import Any
 
 from . import protocol as p
 from .context import CURRENT, CallContext
@@ -214,16 +214,16 @@ class Calls:
         # step (a Cancel in the same read as its Request) never runs _run at all.
         task.add_done_callback(functools.partial(self._task_done, seq, cost))
 
-    def _chain(self, method: Method, call: CallContext, args: list[Any],
-               kwargs: dict[str, Any]) -> Coroutine[Any, Any, Any]:
+    def _chain(self, method: Method, call: CallContext, args: list[Any], kwargs: dict[str, Any]) -> Any:
         """The interceptors' coroutine, around the handler."""
+        func = method.func
         if method.is_async:
-            def handler() -> Awaitable[Any]:
-                return cast(Awaitable[Any], method.func(*args, **kwargs))
+            def handler() -> Any:
+                return func(*args, **kwargs)
         else:
-            def handler() -> Awaitable[Any]:
+            def handler() -> Any:
                 return self._in_worker(method, args, kwargs, call)
-        return cast(Coroutine[Any, Any, Any], server_chain(self._interceptors, call, handler))
+        return server_chain(self._interceptors, call, handler)
 
     def _in_worker(self, method: Method, args: list[Any], kwargs: dict[str, Any],
                    call: CallContext) -> asyncio.Future[Any]:

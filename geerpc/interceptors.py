@@ -115,6 +115,8 @@ def _calls_proceed(before: list[dis.Instruction], proceed: str) -> bool:
 def server_chain(interceptors: tuple[ServerInterceptor, ...], call: CallContext,
                  innermost: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
     """The awaitable that runs ``interceptors`` around ``innermost`` (the handler)."""
+    if len(interceptors) == 1:
+        return interceptors[0](call, innermost)
     proceed = innermost
     for interceptor in reversed(interceptors[1:]):
         proceed = _step(interceptor, call, proceed)
@@ -124,6 +126,8 @@ def server_chain(interceptors: tuple[ServerInterceptor, ...], call: CallContext,
 def client_chain(interceptors: tuple[ClientInterceptor, ...], call: ClientCall,
                  innermost: Callable[[], Awaitable[Reply]]) -> Awaitable[Reply]:
     """The awaitable that runs ``interceptors`` around ``innermost`` (the sending)."""
+    if len(interceptors) == 1:
+        return interceptors[0](call, innermost)
     proceed = innermost
     for interceptor in reversed(interceptors[1:]):
         proceed = _step(interceptor, call, proceed)

@@ -35,10 +35,25 @@ EMPTY: Final[Mapping[str, str | bytes]] = MappingProxyType({})
 _KEY: Final = re.compile(r"[a-z0-9._-]+")
 
 
-def _size(value: str | bytes) -> int:
-    if isinstance(value, bytes) or value.isascii():
-        return len(value)
-    return len(value.encode("utf-8", "surrogatepass"))
+# Keys seen to be valid and not reserved, so the next call with them costs a set
+# lookup, not a regular expression: calls repeat the same few keys. Bounded.
+_GOOD_KEYS: set[str] = set()
+_MAX_GOOD_KEYS: Final = 4096
+
+
+def _key_problem(key: Any, reserved_ok: bool) -> str | None:
+    if type(key) is not str:
+        return f"keys must be str, not {type(key).__name__}"
+    if not _KEY.fullmatch(key):
+        shown = key if len(key) <= 40 else key[:40] + "..."
+        return f"key {shown!r} is not lowercase ASCII letters, digits, '-', '_' and '.'" if key else "a key is empty"
+    if key.startswith(RESERVED_PREFIX):
+        if reserved_ok:
+            return None
+        return f"key {key!r} is reserved: keys starting with {RESERVED_PREFIX!r} are geerpc's own"
+    if len(_GOOD_KEYS) < _MAX_GOOD_KEYS:
+        _GOOD_KEYS.add(key)
+    return None
 
 
 def _problem(metadata: Mapping[Any, Any], *, reserved_ok: bool) -> str | None:
@@ -46,30 +61,32 @@ def _problem(metadata: Mapping[Any, Any], *, reserved_ok: bool) -> str | None:
     if len(metadata) > MAX_ENTRIES:
         return f"{len(metadata)} entries, over the limit of {MAX_ENTRIES}"
     total = 0
+    good = _GOOD_KEYS
     for key, value in metadata.items():
-        if type(key) is not str:
-            return f"keys must be str, not {type(key).__name__}"
-        if not _KEY.fullmatch(key):
-            shown = key if len(key) <= 40 else key[:40] + "..."
-            return (f"key {shown!r} is not lowercase ASCII letters, digits, '-', '_' and '.'"
-                    if key else "a key is empty")
-        if not reserved_ok and key.startswith(RESERVED_PREFIX):
-            return f"key {key!r} is reserved: keys starting with {RESERVED_PREFIX!r} are geerpc's own"
-        if type(value) is not str and type(value) is not bytes:
-            return f"the value of {key!r} must be str or bytes, not {type(value).__name__}"
-        if type(value) is str:
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return f"the value of {key!r} is not valid UTF-8 text (a lone surrogate)"
-        total += len(key) + _size(value)
+        if key not in good:
+            problem = _key_problem(key, reserved_ok)
+            if problem is not None:
+                return problem
+        kind = type(value)
+        if kind is str:
+            if value.isascii():
+                total += len(key) + len(value)
+            else:
+                try:
+                    total += len(key) + len(value.encode("utf-8"))
+                except UnicodeEncodeError:
+                    return f"the value of {key!r} is not valid UTF-8 text (a lone surrogate)"
+        elif kind is bytes:
+            total += len(key) + len(value)
+        else:
+            return f"the value of {key!r} must be str or bytes, not {kind.__name__}"
     if total > MAX_SIZE:
         return f"{total} bytes of keys and values, over the limit of {MAX_SIZE}"
     return None
 
 
 def outgoing(metadata: Mapping[str, str | bytes], what: str = "metadata") -> dict[str, str | bytes]:
-    """A checked copy of metadata about to be sent, as a plain dict.
+    """Metadata about to be sent, checked, as a plain dict (itself when it is one).
 
     Raises ValueError, naming ``what``, when it breaks a rule or is not a mapping.
     """
@@ -78,7 +95,7 @@ def outgoing(metadata: Mapping[str, str | bytes], what: str = "metadata") -> dic
     problem = _problem(metadata, reserved_ok=False)
     if problem is not None:
         raise ValueError(f"{what}: {problem}")
-    return dict(metadata)
+    return metadata if type(metadata) is dict else dict(metadata)
 
 
 def incoming_problem(metadata: Any) -> str | None:
