@@ -453,3 +453,69 @@ async def _until(condition) -> None:
     from conftest import eventually
 
     await eventually(condition, what="the late handler to finish")
+
+
+# --------------------------------------------------------------------------- hostile peers (rows C1-C6 of test_hostile.py)
+
+
+async def test_a_seven_element_request_from_a_client_that_did_not_negotiate_is_served(ctx_server):
+    raw = await Raw.handshake(ctx_server.address)
+    try:
+        await raw.send(p.encode_request(1, "Context.seen", [], {}, None, {"k": "v"}))
+        response = await raw.read_response()
+        assert response.error is None and response.result["metadata"] == {"k": "v"}
+    finally:
+        await raw.close()
+
+
+@pytest.mark.parametrize("value", ["1.0", "true", "-1", "9223372036854775808", '"yes"'])
+async def test_a_bad_metadata_field_in_the_option_is_refused_by_name(ctx_server, value):
+    raw = await Raw.open(ctx_server.address)
+    try:
+        line = option()[:-2] + b', "Metadata": ' + value.encode() + b"}\n"
+        await raw.send(line)
+        ack = await raw.read_ack()
+        assert "Metadata must be an integer" in ack["Error"]
+    finally:
+        await raw.close()
+
+
+async def test_a_server_sending_bad_reply_metadata_fails_that_call_only():
+    from _raw import fake_server
+
+    async def behaviour(reader, writer):
+        await reader.readline()
+        writer.write(b'{"MagicNumber":3927900,"CodecType":"application/msgpack","ConnectTimeout":0,'
+                     b'"HandleTimeout":0,"Metadata":1}\n')
+        while True:
+            header = await reader.readexactly(4)
+            message = p.decode_request(await reader.readexactly(int.from_bytes(header, "big")))
+            if message.service_method == "A.bad":
+                body = pack([1, message.seq, None, 1, {"Bad Key": "x" * 10}])
+            elif message.service_method == "A.huge":
+                body = pack([1, message.seq, None, 1, {f"k{i}": "v" for i in range(1000)}])
+            else:
+                body = pack([1, message.seq, None, 2, {"ok": b"\x00"}])
+            writer.write(len(body).to_bytes(4, "big") + body)
+
+    async with fake_server(behaviour) as address:
+        async with await geerpc.dial(address) as client:
+            for method in ("A.bad", "A.huge"):
+                with pytest.raises(geerpc.RemoteError, match="reply's metadata breaks the rules"):
+                    await client.invoke(method)
+            reply = await client.invoke("A.good")
+            assert reply == geerpc.Reply(2, {"ok": b"\x00"})
+            assert await client.call("A.good") == 2  # call() drops the metadata
+
+
+async def test_a_handler_setting_too_much_reply_metadata_gets_an_error_not_a_huge_reply(ctx_server, ctx_client):
+    class Bomb:
+        async def f(self):
+            for i in range(100_000):
+                geerpc.current_call().reply_metadata[f"k{i}"] = "v" * 100
+            return "done"
+
+    ctx_server.register(Bomb())
+    with pytest.raises(geerpc.RemoteError, match="100000 entries, over the limit of 64") as caught:
+        await ctx_client.invoke("Bomb.f")
+    assert caught.value.type == "SerializationError"

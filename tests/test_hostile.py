@@ -22,6 +22,18 @@ runs the heavy versions).
 | B8 | A service object with builtin bases (dict, Exception), or a class, module or builtin registered | Only methods of the user's own classes are exposed; the others are refused with a message | test_service.py |
 | B9 | HandleTimeout of 2^1024 ns, `1.0`, UTF-16 Options; a Cancel then the same seq at once | A refusal naming the field (or a silent close for non-UTF-8), counted, no traceback; the reused seq is served | test_hostile_calls.py |
 | B10 | Announced addresses that turn clients against their host (unix@ from afar, `tcp@0:1`, numeric tricks, scope ids) | Refused by the registry and by RegistryDiscovery | test_announced_addresses.py |
+
+Call context (metadata and interceptors):
+
+| # | Input / event | Expected safe behaviour | Test |
+|---|---|---|---|
+| C1 | Request metadata over 64 entries or 8 KiB, keys with upper case or spaces, values that are not str or bin, metadata that is not a map | InvalidArguments naming the rule; the handler does not run; the connection stays open | test_context.py::test_a_server_answers_bad_metadata_invalid_arguments_and_keeps_the_connection |
+| C2 | A 7-element request from a client whose Option said nothing of metadata; nil as the seventh element | Served (nil is no metadata) | test_context.py::test_a_seven_element_request_from_a_client_that_did_not_negotiate_is_served, test_a_nil_metadata_element_is_no_metadata |
+| C3 | `"Metadata": 1.0`, `true`, `-1`, 2^63, a string in the Option | A refusal line naming the field | test_context.py::test_a_bad_metadata_field_in_the_option_is_refused_by_name |
+| C4 | A server answering with reply metadata that breaks the rules (bad keys, 1,000 entries) | That call fails with a RemoteError saying so; the connection serves the next call | test_context.py::test_a_server_sending_bad_reply_metadata_fails_that_call_only |
+| C5 | A handler setting 100,000 reply metadata entries | SerializationError instead of a huge reply | test_context.py::test_a_handler_setting_too_much_reply_metadata_gets_an_error_not_a_huge_reply |
+| C6 | An interceptor raising SystemExit, KeyboardInterrupt or GeneratorExit | Answered as the handler's error; the server serves on | test_interceptors.py::test_an_interceptor_raising_a_base_exception_is_answered_and_the_server_lives |
+| C7 | An old server (no Metadata in its acknowledgement) called with metadata | NotSupported before anything is sent; calls without metadata work | test_context.py::test_an_old_server_gets_no_metadata_and_the_caller_a_clear_error |
 """
 
 from __future__ import annotations

@@ -587,3 +587,21 @@ async def test_xclient_broadcast_runs_the_interceptors_once_per_server():
     finally:
         await one.stop()
         await two.stop()
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+async def test_an_interceptor_raising_a_base_exception_is_answered_and_the_server_lives(error):
+    async def bad(call, proceed):
+        if call.service_method == "Svc.add":
+            raise error
+        return await proceed()
+
+    server, _ = await serve(bad)
+    try:
+        async with await geerpc.dial(server.address) as client:
+            with pytest.raises(geerpc.RemoteError) as caught:
+                await client.call("Svc.add", 1, 2)
+            assert caught.value.type == type(error).__name__
+            assert await client.call("Svc.mul", 2, 2) == 4
+    finally:
+        await server.stop()
