@@ -26,13 +26,14 @@ import h11
 from .errors import ProtocolError
 
 __all__ = [
-    "MAX_HEAD", "RPC_PATHS", "CONNECTED", "DEBUG_PATH", "HeadReader", "Request",
+    "MAX_HEAD", "RPC_PATHS", "CONNECTED", "DEBUG_PATH", "METRICS_PATH", "HeadReader", "Request",
     "parse_request", "parse_response_status", "connect_request", "response", "route",
 ]
 
 MAX_HEAD: Final = 8192
 RPC_PATHS: Final = ("/_geerpc_", "/_geeprc_")  # the second is GeeRPC's own spelling
 DEBUG_PATH: Final = "/debug/geerpc"
+METRICS_PATH: Final = "/metrics"  # Prometheus's text format (``metrics.py``)
 CONNECTED: Final = b"HTTP/1.0 200 Connected to Gee RPC\r\n\r\n"
 
 _HEAD_END: Final = re.compile(rb"\n\r?\n")  # what h11 takes for the end of a head
@@ -122,24 +123,26 @@ def connect_request(path: str = RPC_PATHS[1]) -> bytes:
     return f"CONNECT {path} HTTP/1.0\r\n\r\n".encode()
 
 
-def response(status: int, reason: str, body: str, content_type: str = "text/plain; charset=utf-8", *,
+def response(status: int, reason: str, body: str | bytes, content_type: str = "text/plain; charset=utf-8", *,
              head_only: bool = False) -> bytes:
     """A whole HTTP/1.0 response that closes the connection after it.
 
     ``head_only`` (the answer to a HEAD request) sends the headers a GET would get,
     Content-Length included, and no body.
     """
-    payload = body.encode()
+    payload = body.encode() if isinstance(body, str) else body
     head = (f"HTTP/1.0 {status} {reason}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(payload)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
     return head.encode() if head_only else head.encode() + payload
 
 
-def route(request: Request, debug_page: Callable[[], str]) -> bytes | None:
+def route(request: Request, debug_page: Callable[[], str],
+          metrics: Callable[[], tuple[bytes, str]] | None = None) -> bytes | None:
     """The answer to ``request`` on the RPC port, or None to switch to RPC.
 
     CONNECT to one of ``RPC_PATHS`` switches (None); GET or HEAD of ``DEBUG_PATH``
-    answers ``debug_page()`` as HTML; other paths get 404, other methods 405.
+    answers ``debug_page()`` as HTML, of ``METRICS_PATH`` the body and content type
+    ``metrics()`` gives (404 without it); other paths get 404, other methods 405.
     """
     path = request.path.split("?", 1)[0]
     if request.method == "CONNECT":
@@ -150,5 +153,7 @@ def route(request: Request, debug_page: Callable[[], str]) -> bytes | None:
         head_only = request.method == "HEAD"
         if path == DEBUG_PATH:
             return response(200, "OK", debug_page(), "text/html; charset=utf-8", head_only=head_only)
+        if path == METRICS_PATH and metrics is not None:
+            return response(200, "OK", *metrics(), head_only=head_only)
         return response(404, "Not Found", f"nothing at {path[:100]}; try {DEBUG_PATH}\n", head_only=head_only)
     return response(405, "Method Not Allowed", "this port answers CONNECT and GET only\n")

@@ -15,7 +15,7 @@ import socket
 import time
 from types import TracebackType
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from . import http
 from . import protocol as p
@@ -27,6 +27,9 @@ from .interceptors import ServerInterceptor, awaits_only_proceed, check_intercep
 from .service import Method, Service, build_service
 from .snapshot import ConnectionStats, ServerSnapshot, service_stats
 from .workers import Job, WorkerPool
+
+if TYPE_CHECKING:
+    from .metrics import ServerMetrics
 
 __all__ = ["Server"]
 
@@ -125,6 +128,7 @@ class Server:
         #: run around every call, outermost first (``geerpc.interceptors``)
         self.interceptors: tuple[ServerInterceptor, ...] = check_interceptors(interceptors, "server")
         self.inline_interceptors = all(awaits_only_proceed(i) for i in self.interceptors)
+        self._metrics: ServerMetrics | None = None
         self.protocol_errors = 0  # connections closed because the peer broke the protocol
         self._services: dict[str, Service] = {}
         self._methods: dict[str, Method] = {}
@@ -212,7 +216,20 @@ class Server:
         self.protocol_errors += 1
 
     def http_answer(self, request: http.Request) -> bytes | None:
-        return http.route(request, lambda: render_debug_page(self.snapshot()))
+        return http.route(request, lambda: render_debug_page(self.snapshot()),
+                          lambda: self.metrics.exposition())
+
+    @property
+    def metrics(self) -> ServerMetrics:
+        """This server's Prometheus metrics (``/metrics``); ``metrics.registry`` is its
+        own ``CollectorRegistry``. Built on first use, so prometheus_client is loaded
+        only by a server that is scraped."""
+        if self._metrics is None:
+            from .metrics import ServerCollector, ServerMetrics
+
+            self._metrics = ServerMetrics(ServerCollector(self._methods, self._connections,
+                                                          lambda: self.protocol_errors))
+        return self._metrics
 
     # ------------------------------------------------------------- life cycle
 
