@@ -2,22 +2,28 @@
 
 etcd runs on free 127.0.0.1 ports with a temporary data directory (in memory under
 /dev/shm where there is one) and fast Raft timings, so it is up in well under a second.
-Readiness is polled on ``/health`` with a deadline, never slept for.
+Readiness is polled on ``/health`` with a deadline, never slept for. With ``tls=True``
+it serves HTTPS with certificates from ``trustme`` (written to its temporary directory,
+never kept), and with ``client_cert_auth=True`` it also wants a client certificate;
+``client_ssl()`` is a context that passes both. ``enable_auth()`` turns on etcd's auth.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["EtcdProcess", "etcd_binary", "etcd_required", "free_port"]
 
@@ -46,7 +52,7 @@ def free_port() -> int:
 class EtcdProcess:
     """One etcd member; ``stop()`` then ``start()`` again keeps its ports and data."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *, tls: bool = False, client_cert_auth: bool = False) -> None:
         self._binary = binary
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self._tmp = Path(tempfile.mkdtemp(prefix="geerpc-etcd-", dir=base))
@@ -54,6 +60,33 @@ class EtcdProcess:
         self.peer_port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = self._tmp / "etcd.log"
+        self.tls = tls or client_cert_auth
+        self.client_cert_auth = client_cert_auth
+        self._token: str | None = None  # root's, once enable_auth() ran
+        if self.tls:
+            self._make_certificates()
+
+    def _make_certificates(self) -> None:
+        import trustme
+
+        self.ca = trustme.CA()
+        self.ca.cert_pem.write_to_path(str(self._tmp / "ca.pem"))
+        server = self.ca.issue_cert("127.0.0.1", "localhost")
+        server.private_key_pem.write_to_path(str(self._tmp / "server.key"))
+        server.cert_chain_pems[0].write_to_path(str(self._tmp / "server.pem"))
+        self._client_cert = self.ca.issue_cert("geerpc-client")
+
+    def client_ssl(self, *, with_cert: bool = True) -> ssl.SSLContext:
+        """A context trusting this etcd's CA, with a client certificate unless ``with_cert=False``."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        if with_cert:
+            self._client_cert.configure_cert(context)
+        return context
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def endpoint(self) -> str:
@@ -69,7 +102,7 @@ class EtcdProcess:
         """Start etcd and return once ``/health`` says it is healthy."""
         if self._proc is not None:
             raise RuntimeError("etcd is already running")
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = self.base_url
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             self._binary,
@@ -86,6 +119,10 @@ class EtcdProcess:
             "--logger", "zap",
             "--log-level", "warn",
         ]
+        if self.tls:
+            args += ["--cert-file", str(self._tmp / "server.pem"), "--key-file", str(self._tmp / "server.key")]
+        if self.client_cert_auth:
+            args += ["--trusted-ca-file", str(self._tmp / "ca.pem"), "--client-cert-auth"]
         with open(self._log, "ab") as log:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
@@ -97,12 +134,13 @@ class EtcdProcess:
     def _wait_healthy(self) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + _START_TIMEOUT
-        health = f"http://{self.endpoint}/health"
+        health = f"{self.base_url}/health"
+        context = self.client_ssl() if self.tls else None
         while True:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self._proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(health, timeout=0.5) as response:
+                with urllib.request.urlopen(health, timeout=0.5, context=context) as response:
                     if b'"true"' in response.read():
                         return
             except (OSError, urllib.error.URLError):
@@ -140,6 +178,39 @@ class EtcdProcess:
         """Stop etcd and delete its data directory."""
         self.stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def gateway(self, path: str, body: dict[str, Any], *, auth: bool = True) -> dict[str, Any]:
+        """POST ``body`` to etcd's JSON gateway at ``path`` (as root once auth is on)."""
+        headers = {"Content-Type": "application/json"}
+        if auth and self._token:
+            headers["Authorization"] = self._token
+        request = urllib.request.Request(self.base_url + path, json.dumps(body).encode(), headers)
+        context = self.client_ssl() if self.tls else None
+        try:
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                reply: dict[str, Any] = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"etcd refused {path}: {exc.read().decode(errors='replace')}") from None
+        return reply
+
+    def enable_auth(self, user: str, password: str, prefix: str, root_password: str = "root-secret") -> None:
+        """Turn on etcd's auth: a root user, and ``user`` allowed to read and write ``/prefix/``."""
+        key = f"/{prefix}/".encode()
+        end = key[:-1] + b"0"  # just past "/prefix/": the range of every key under it
+        perm = {"permType": "READWRITE", "key": base64.b64encode(key).decode(),
+                "range_end": base64.b64encode(end).decode()}
+        for path, body in [
+            ("/v3/auth/user/add", {"name": "root", "password": root_password}),
+            ("/v3/auth/role/add", {"name": "root"}),
+            ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+            ("/v3/auth/user/add", {"name": user, "password": password}),
+            ("/v3/auth/role/add", {"name": f"{user}-rw"}),
+            ("/v3/auth/role/grant", {"name": f"{user}-rw", "perm": perm}),
+            ("/v3/auth/user/grant", {"user": user, "role": f"{user}-rw"}),
+            ("/v3/auth/enable", {}),
+        ]:
+            self.gateway(path, body)
+        self._token = self.gateway("/v3/auth/authenticate", {"name": "root", "password": root_password})["token"]
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines etcd logged, for failure messages."""

@@ -7,6 +7,7 @@ URL tests need nothing; the rest run against a real etcd started for the session
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,14 +16,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from conftest import eventually
 from etcd_server import EtcdProcess, etcd_binary, etcd_required, free_port
 
 from geerpc.errors import NoServerAvailable, RegistryError
-from geerpc.registry.etcd import EtcdClients, EtcdURL, import_aetcd, parse_etcd_url, register
+from geerpc.registry.etcd import EtcdClients, EtcdURL, parse_etcd_url, register
+from geerpc.registry.etcd_gateway import EtcdEndpoint, prefix_end
 from geerpc.xclient.etcd_discovery import EtcdDiscovery
 from geerpc.xclient.selection import SelectMode
 
@@ -49,6 +50,34 @@ def test_parse_etcd_url(url: str, endpoints: tuple[tuple[str, int], ...], prefix
     assert parse_etcd_url(url) == EtcdURL(endpoints, prefix, ttl)
 
 
+@pytest.mark.parametrize(
+    ("url", "tls", "username", "password"),
+    [
+        ("etcd://h/x", False, None, None),
+        ("etcds://h/x", True, None, None),
+        ("ETCDS://h/x?ssl=1", True, None, None),
+        ("etcd://h/x?ssl=1&ttl=3", True, None, None),
+        ("etcd://h/x?ssl=0", False, None, None),
+        ("etcd://geerpc:s3cret@h1,h2/x", False, "geerpc", "s3cret"),
+        ("etcds://geerpc@h/x", True, "geerpc", None),
+        ("etcd://us%40er:p%3Aw%2Fd%40@h/x", False, "us@er", "p:w/d@"),
+        ("etcd://u:@h/x", False, "u", ""),
+    ],
+)
+def test_parse_tls_and_credentials(url: str, tls: bool, username: str | None, password: str | None) -> None:
+    config = parse_etcd_url(url)
+    assert (config.tls, config.username, config.password) == (tls, username, password)
+    assert "@" not in config.describe()
+    if password:
+        assert password not in repr(config)
+
+
+def test_prefix_end_covers_the_prefix() -> None:
+    assert prefix_end(b"/geerpc/") == b"/geerpc0"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff") == b"\0"
+
+
 def test_keys_live_under_the_prefix() -> None:
     config = parse_etcd_url("etcd://h:2379/geerpc")
     assert config.key("tcp@10.0.0.5:9000") == b"/geerpc/tcp@10.0.0.5:9000"
@@ -70,7 +99,11 @@ def test_keys_live_under_the_prefix() -> None:
         ("etcd://h:/x", "bad port"),
         ("etcd://bad_host!/x", "bad host"),
         ("etcd://::1/x", "brackets"),
-        ("etcd://user:pw@h/x", "not supported"),
+        (":pw@h/x", "want etcd://"),
+        ("etcd://:pw@h/x", "password without a user name"),
+        ("etcds://h/x?ssl=0", "contradicts"),
+        ("etcd://h/x?ssl=yes", "ssl must be 1"),
+        ("etcd://h/x?ssl=1&ssl=1", "twice"),
         ("etcd://h/x?ttl=0", "ttl must be a positive"),
         ("etcd://h/x?ttl=-5", "ttl must be a positive"),
         ("etcd://h/x?ttl=1.5", "ttl must be a positive"),
@@ -87,12 +120,29 @@ def test_parse_etcd_url_rejects(url: str, problem: str) -> None:
         parse_etcd_url(url)
 
 
-def test_missing_aetcd_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "aetcd", None)  # makes `import aetcd` fail
-    with pytest.raises(ImportError, match=r"etcd extra .*pip install -e '\.\[etcd\]'"):
-        EtcdClients([("127.0.0.1", 2379)])
-    with pytest.raises(ImportError, match="aetcd"):
-        EtcdDiscovery("etcd://127.0.0.1:2379/geerpc")
+def test_a_bad_url_never_shows_its_password() -> None:
+    with pytest.raises(ValueError, match="bad port") as caught:
+        parse_etcd_url("etcd://geerpc:hunter2@h:99999/x")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_credentials_come_from_arguments_url_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from geerpc.registry.etcd_client import credentials
+
+    monkeypatch.delenv("GEERPC_ETCD_PASSWORD", raising=False)
+    url = parse_etcd_url("etcd://u:from-url@h/x")
+    assert credentials(url, None, None) == ("u", "from-url")
+    assert credentials(url, None, "given") == ("u", "given")
+    assert credentials(url, "other", "given") == ("other", "given")
+    bare = parse_etcd_url("etcd://h/x")
+    assert credentials(bare, None, None) == (None, None)
+    with pytest.raises(ValueError, match="GEERPC_ETCD_PASSWORD"):
+        credentials(bare, "u", None)
+    with pytest.raises(ValueError, match="needs a user name"):
+        credentials(bare, None, "pw")
+    monkeypatch.setenv("GEERPC_ETCD_PASSWORD", "from-env")
+    assert credentials(bare, "u", None) == ("u", "from-env")
+    assert credentials(parse_etcd_url("etcd://u@h/x"), None, None) == ("u", "from-env")
 
 
 async def test_register_rejects_bad_arguments_before_any_io() -> None:
@@ -114,18 +164,8 @@ def _missing(problem: str) -> None:
     pytest.skip(problem)
 
 
-def _aetcd_or_skip() -> ModuleType:
-    """aetcd; skips (or fails, with GEERPC_REQUIRE_ETCD=1) without it."""
-    try:
-        return import_aetcd()  # imported as geerpc does, without protobuf's version warning
-    except ImportError:
-        _missing("aetcd is not installed (the etcd extra: pip install -e '.[etcd]')")
-        raise
-
-
 def _etcd_or_skip() -> str:
-    """The etcd binary; skips (or fails, with GEERPC_REQUIRE_ETCD=1) without etcd or aetcd."""
-    _aetcd_or_skip()
+    """The etcd binary; skips (or fails, with GEERPC_REQUIRE_ETCD=1) without it."""
     binary = etcd_binary()
     if binary is None:
         _missing("no etcd binary on PATH (install etcd-server)")
@@ -147,12 +187,20 @@ def prefix() -> str:
     return f"geerpc-test-{uuid.uuid4().hex[:10]}"
 
 
+@contextlib.asynccontextmanager
+async def plain_client(etcd: EtcdProcess) -> AsyncIterator[EtcdEndpoint]:
+    """The gateway of ``etcd`` with no failover and no login, to look at it and to meddle with it."""
+    clients = EtcdClients([("127.0.0.1", etcd.client_port)], call_timeout=5)
+    try:
+        yield clients.client()
+    finally:
+        await clients.close()
+
+
 @pytest.fixture
-async def kv(etcd: EtcdProcess) -> AsyncIterator[object]:
-    """A plain aetcd client, to look at etcd and to meddle with it."""
-    client = _aetcd_or_skip().Client("127.0.0.1", etcd.client_port, timeout=5)
-    yield client
-    await client.close()
+async def kv(etcd: EtcdProcess) -> AsyncIterator[EtcdEndpoint]:
+    async with plain_client(etcd) as client:
+        yield client
 
 
 async def test_register_writes_one_leased_key(etcd: EtcdProcess, prefix: str, kv) -> None:
@@ -162,8 +210,8 @@ async def test_register_writes_one_leased_key(etcd: EtcdProcess, prefix: str, kv
         assert got is not None
         assert json.loads(got.value) == {"address": A1, "services": ["Arith", "Echo"], "metadata": {"zone": "a"}}
         assert got.lease == reg.lease_id != 0
-        info = await kv.get_lease_info(reg.lease_id)
-        assert info.grantedTTL == 5
+        _, granted = await kv.time_to_live(reg.lease_id)
+        assert granted == 5
     finally:
         await reg.stop()
 
@@ -220,7 +268,7 @@ async def test_stop_after_the_lease_vanished_is_quiet(etcd: EtcdProcess, prefix:
                                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="geerpc.registry.etcd")
     reg = await register(etcd.url(prefix, ttl=30), A1, ["Arith"])  # next renewal in 10 s
-    await kv.revoke_lease(reg.lease_id)
+    await kv.revoke(reg.lease_id)
     await reg.stop()
     assert "deregistered" in caplog.text
     assert "could not revoke" not in caplog.text
@@ -263,7 +311,7 @@ async def test_keep_alive_grants_a_new_lease_when_the_old_one_is_revoked(
     async with await register(etcd.url(prefix, ttl=1), A1, ["Arith"]) as reg:
         old = reg.lease_id
         key = f"/{prefix}/{A1}".encode()
-        await kv.revoke_lease(old)  # as if it expired while etcd was out of reach
+        await kv.revoke(old)  # as if it expired while etcd was out of reach
         assert await kv.get(key) is None
 
         await eventually(lambda: _leased_anew(kv, key, reg.lease_id, old), 3,
@@ -305,7 +353,6 @@ async def test_bad_values_are_skipped(etcd: EtcdProcess, prefix: str, kv,
 
 
 async def test_unreachable_etcd_is_a_registry_error_naming_it() -> None:
-    _aetcd_or_skip()
     endpoint = f"127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(RegistryError, match=endpoint):
@@ -320,7 +367,6 @@ async def test_failover_skips_a_dead_first_endpoint(etcd: EtcdProcess, prefix: s
 
 
 async def test_discovery_without_etcd_serves_nothing_after_a_bounded_wait() -> None:
-    _aetcd_or_skip()
     async with EtcdDiscovery(f"etcd://127.0.0.1:{free_port()}/geerpc", first_list_timeout=0.3) as discovery:
         start = time.monotonic()
         assert await discovery.get_all() == []
@@ -358,7 +404,6 @@ async def test_both_sides_recover_when_etcd_restarts(own_etcd: EtcdProcess, pref
                                                      caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="geerpc")
     own = own_etcd
-    aetcd = _aetcd_or_skip()
     discovery = EtcdDiscovery(own.url(prefix))
     reg = await register(own.url(prefix, ttl=2), A1, ["Arith"])
     try:
@@ -373,9 +418,9 @@ async def test_both_sides_recover_when_etcd_restarts(own_etcd: EtcdProcess, pref
                          "keep-alive renewed after the restart")
 
         # The keep-alive lives on: revoke its lease and it writes the key again.
-        async with aetcd.Client("127.0.0.1", own.client_port, timeout=5) as kv:
+        async with plain_client(own) as kv:
             old = reg.lease_id
-            await kv.revoke_lease(old)
+            await kv.revoke(old)
             await eventually(lambda: _leased_anew(kv, f"/{prefix}/{A1}".encode(), reg.lease_id, old), 5,
                              "keep-alive re-registered after the restart")
         # The watch lives on: a new server shows up.
@@ -390,8 +435,7 @@ async def test_both_sides_recover_when_etcd_restarts(own_etcd: EtcdProcess, pref
 
 async def test_discovery_follows_an_etcd_that_lost_its_data(own_etcd: EtcdProcess, prefix: str) -> None:
     own = own_etcd
-    aetcd = _aetcd_or_skip()
-    async with aetcd.Client("127.0.0.1", own.client_port, timeout=5) as kv:
+    async with plain_client(own) as kv:
         for i in range(300):  # revisions well past what the fresh etcd will reach
             await kv.put(f"/{prefix}-other/{i}".encode(), b"x")
     discovery = EtcdDiscovery(own.url(prefix))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl as ssl_module
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 from ..address import parse_address
 from ..backoff import Backoff, FailureLog
@@ -25,17 +26,16 @@ from .etcd_client import (
     REGISTER_TIMEOUT,
     STOP_TIMEOUT,
     EtcdClients,
+    EtcdEndpoint,
+    EtcdRefused,
     EtcdURL,
     cancel_and_wait,
-    import_aetcd,
     parse_etcd_url,
 )
+from .etcd_gateway import EtcdError
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_TTL", "EtcdClients", "EtcdRegistration", "EtcdURL",
-           "import_aetcd", "parse_etcd_url", "register"]
-
-if TYPE_CHECKING:
-    import aetcd
+__all__ = ["DEFAULT_PORT", "DEFAULT_PREFIX", "DEFAULT_TTL", "EtcdClients", "EtcdRefused", "EtcdRegistration",
+           "EtcdURL", "parse_etcd_url", "register"]
 
 logger = logging.getLogger("geerpc.registry.etcd")
 
@@ -75,17 +75,17 @@ class EtcdRegistration:
         """True until ``stop()``."""
         return self._task is not None and not self._task.done()
 
-    async def _grant_and_put(self, client: aetcd.Client) -> None:
-        lease = await client.lease(self.url.ttl)
+    async def _grant_and_put(self, client: EtcdEndpoint) -> None:
+        lease, ttl = await client.grant(self.url.ttl)
         # Remembered for stop(), should we be cancelled after the put but before the next line.
-        self._granting = lease.id
-        await client.put(self.key, self._value, lease=lease.id)
-        self._lease_id, self._granted_ttl, self._granting = lease.id, max(1, int(lease.ttl)), 0
+        self._granting = lease
+        await client.put(self.key, self._value, lease=lease)
+        self._lease_id, self._granted_ttl, self._granting = lease, max(1, ttl), 0
 
-    async def _renew(self, client: aetcd.Client) -> None:
-        reply = await client.refresh_lease(self._lease_id)
-        if reply is not None and reply.TTL > 0:
-            self._granted_ttl = int(reply.TTL)
+    async def _renew(self, client: EtcdEndpoint) -> None:
+        ttl = await client.keep_alive(self._lease_id)
+        if ttl > 0:
+            self._granted_ttl = ttl
             return
         # etcd answers a keep-alive for an unknown lease with TTL 0, not an error.
         logger.warning("etcd lease %x of %s is gone; registering again", self._lease_id, self.address)
@@ -100,6 +100,9 @@ class EtcdRegistration:
                     try:
                         await self._clients.call(self._grant_and_put)
                         break
+                    except EtcdRefused as exc:  # a wrong password or failing TLS: waiting will not help
+                        raise RegistryError(f"cannot register {self.address} in etcd at {self.url.describe()}: "
+                                            f"{exc}") from exc
                     except RegistryError as exc:
                         last = exc
                     await asyncio.sleep(backoff.next_delay())
@@ -156,12 +159,12 @@ class EtcdRegistration:
         if not leases:
             return
 
-        async def revoke(client: aetcd.Client) -> None:
+        async def revoke(client: EtcdEndpoint) -> None:
             for lease_id in leases:
                 try:
-                    await client.revoke_lease(lease_id)
-                except self._clients.aetcd.ClientError as exc:
-                    if "lease not found" not in str(exc):  # already gone is as good as revoked
+                    await client.revoke(lease_id)
+                except EtcdError as exc:
+                    if "lease not found" not in exc.message:  # already gone is as good as revoked
                         raise
 
         try:
@@ -190,16 +193,27 @@ async def register(
     metadata: dict[str, object] | None = None,
     *,
     timeout: float = REGISTER_TIMEOUT,
+    ssl: ssl_module.SSLContext | None = None,
+    username: str | None = None,
+    password: str | None = None,
 ) -> EtcdRegistration:
     """Register ``address`` (offering ``services``) in etcd and keep it alive.
 
     ``services=None`` means not known: discoveries count the server as offering every service.
-    ``url`` is ``etcd://host:port[,host:port...]/prefix?ttl=N``. ``metadata`` must be
-    JSON-serialisable; discoveries read it but geerpc does not interpret it.
-    Returns a running ``EtcdRegistration``: ``await reg.stop()`` deregisters.
+    ``url`` is ``etcd[s]://[user[:password]@]host:port[,host:port...]/prefix?ttl=N&ssl=1``.
+    ``metadata`` must be JSON-serialisable; discoveries read it but geerpc does not
+    interpret it. Returns a running ``EtcdRegistration``: ``await reg.stop()`` deregisters.
 
-    Raises ``ValueError`` for a malformed URL, address, services or metadata, and
-    ``RegistryError`` (naming the endpoints) when no endpoint answers within ``timeout``.
+    ``ssl`` (an ``ssl.SSLContext``: the CA to trust, and the client certificate when etcd
+    runs with ``--client-cert-auth``) makes every call HTTPS; ``etcds://`` or ``ssl=1``
+    alone uses the default context. ``username`` and ``password`` log in to etcd's auth
+    (they win over the URL's; a user name alone takes the password from
+    ``GEERPC_ETCD_PASSWORD``).
+
+    Raises ``ValueError`` for a malformed URL, address, services, metadata or credentials,
+    and ``RegistryError`` (naming the endpoints) when no endpoint answers within
+    ``timeout``, at once when etcd refuses the password ("authentication failed") or the
+    TLS handshake fails ("certificate verify failed").
     """
     config = parse_etcd_url(url)
     parse_address(address)  # ValueError naming the problem
@@ -216,7 +230,7 @@ async def register(
                            sort_keys=True).encode()
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
-    clients = EtcdClients(config.endpoints)
+    clients = EtcdClients.for_url(config, ssl=ssl, username=username, password=password)
     registration = EtcdRegistration(config, address, value, clients)
     try:
         await registration._start(timeout)

@@ -380,7 +380,7 @@ async def announce(url: str, address: str, services: list[str] | tuple[str, ...]
         if not await beat.wait_first():
             log.warning("registry %s did not accept %s yet; the heartbeat keeps retrying", url, address)
         return beat
-    if scheme == "etcd":
+    if scheme in ("etcd", "etcds"):
         from .etcd import register  # optional dependency: only imported when used
 
         return await register(url, address, services)

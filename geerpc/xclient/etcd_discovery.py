@@ -3,7 +3,7 @@
 Layer: xclient, one of the discoveries. It reads the keys ``geerpc.registry.etcd`` writes
 (``<prefix>/<address>`` -> JSON ``{"address", "services", "metadata"}``) and hands the
 list to ``ServerList``, which does the selection. It relies on nothing of the XClient,
-and imports aetcd only when constructed.
+and talks to etcd's JSON gateway through ``geerpc.registry.etcd_client``.
 
 Strategy: list the prefix, then watch it from the next revision, so that no change
 between the two is missed. When the watch breaks (etcd stopped, a network fault),
@@ -12,6 +12,9 @@ last list stays in force: a client keeps calling the servers it knows. An etcd t
 comes back with its data wiped (as in a container without a volume) counts revisions
 from 1 again: seen when a relisting is below what was applied (or by another cluster
 id, or a Raft term gone back), its listing then replaces ours whatever its revision.
+While the watch is quiet, etcd is asked for its status every ``_PROBE_EVERY`` seconds:
+a member that vanished without closing the connection (a dead host, a partition) is
+noticed within that, not when TCP gives up hours later.
 """
 
 from __future__ import annotations
@@ -19,16 +22,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Final, Self
+import ssl as ssl_module
+from typing import Final, Self
 
 from ..address import parse_address
 from ..backoff import Backoff, FailureLog
 from ..errors import RegistryError
-from ..registry.etcd_client import EtcdClients, cancel_and_wait, parse_etcd_url
+from ..registry.etcd_client import EtcdClients, EtcdEndpoint, cancel_and_wait, parse_etcd_url
+from ..registry.etcd_gateway import Event, Listing
 from .discovery import ServerList
-
-if TYPE_CHECKING:
-    import aetcd
 
 __all__ = ["FIRST_LIST_TIMEOUT", "EtcdDiscovery"]
 
@@ -36,6 +38,7 @@ logger = logging.getLogger("geerpc.xclient.etcd_discovery")
 
 FIRST_LIST_TIMEOUT: Final = 3.0  # how long the first read waits for the first list
 _STABLE_WATCH: Final = 5.0  # a watch that lived this long starts the back-off afresh
+_PROBE_EVERY: Final = 10.0  # while watching, how often etcd must show it still answers
 
 _Entry = tuple[str, frozenset[str] | None]  # address, services (None: not known)
 
@@ -43,20 +46,28 @@ _Entry = tuple[str, frozenset[str] | None]  # address, services (None: not known
 class EtcdDiscovery(ServerList):
     """Servers registered in etcd under the URL's prefix, kept current by a watch.
 
-    ``url`` is ``etcd://host:port[,host:port...]/prefix`` (a ``ttl`` in it is ignored
-    here). The background task starts with the first ``get()``, ``get_all()`` or
-    ``refresh()``; the first read waits up to ``first_list_timeout`` seconds for the
-    first list, later reads never wait. Changes arrive as etcd reports them, well
-    within a second. ``close()`` stops the task and closes the connections.
+    ``url`` is ``etcd[s]://[user[:password]@]host:port[,host:port...]/prefix[?ssl=1]``
+    (a ``ttl`` in it is ignored here). The background task starts with the first
+    ``get()``, ``get_all()`` or ``refresh()``; the first read waits up to
+    ``first_list_timeout`` seconds for the first list, later reads never wait. Changes
+    arrive as etcd reports them, well within a second. ``close()`` stops the task and
+    closes the connections.
 
-    Raises ``ValueError`` for a malformed URL and ``ImportError`` without aetcd.
+    ``ssl``, ``username`` and ``password`` are as for ``geerpc.registry.etcd.register``:
+    an ``ssl.SSLContext`` (with the client certificate for ``--client-cert-auth``), and
+    etcd's auth, winning over the URL's, the password else from ``GEERPC_ETCD_PASSWORD``.
+    A wrong password or failing TLS shows in ``refresh()``'s ``RegistryError`` and in the
+    log, and is retried with back-off like an outage.
+
+    Raises ``ValueError`` for a malformed URL or credentials.
     """
 
     def __init__(self, url: str, *, first_list_timeout: float = FIRST_LIST_TIMEOUT,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, ssl: ssl_module.SSLContext | None = None,
+                 username: str | None = None, password: str | None = None) -> None:
         self.url = parse_etcd_url(url)
         super().__init__(seed=seed)
-        self._clients = EtcdClients(self.url.endpoints)
+        self._clients = EtcdClients.for_url(self.url, ssl=ssl, username=username, password=password)
         self._first_list_timeout = first_list_timeout
         self._entries: dict[bytes, _Entry] = {}
         self._skipped: dict[bytes, int] = {}  # bad keys already logged, with their revision
@@ -156,35 +167,50 @@ class EtcdDiscovery(ServerList):
     async def _list_and_watch(self) -> None:
         listing = await self._clients.call(self._list)
         self._apply_listing(listing, relisting=True)
+        # The watch goes to the endpoint that answered the listing; a prober beside it
+        # ends it when that endpoint stops answering.
         client = self._clients.client()
-        watch: aetcd.Watch | None = None
+        watch = asyncio.create_task(self._watch(client, listing.header.revision + 1))
+        probe = asyncio.create_task(self._probe(client))
         try:
+            await asyncio.wait([watch, probe], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait(probe)
+            await cancel_and_wait(watch)
+        if not watch.cancelled() and watch.exception() is not None:
+            raise watch.exception()  # type: ignore[misc]
+        if probe.done() and not probe.cancelled():
+            raise RegistryError(f"etcd at {self._clients.current_endpoint} stopped answering "
+                                f"({probe.result()}); watching anew")
+
+    async def _watch(self, client: EtcdEndpoint, start_revision: int) -> None:
+        created = False
+        async for events in client.watch_prefix(self.url.key_prefix, start_revision):
+            if not created:  # only now: a listing alone does not keep us current
+                created = True
+                recovery = self._trouble.recovered(asyncio.get_running_loop().time())
+                if recovery is not None:
+                    logger.info("etcd discovery at %s: etcd answers again after %d failed attempt(s) in %.1f s",
+                                self.url.describe(), recovery.failures, recovery.seconds)
+            for event in events:
+                self._apply_event(event)
+
+    async def _probe(self, client: EtcdEndpoint) -> str:
+        """Return (how it failed) once ``client`` stops answering."""
+        while True:
+            await asyncio.sleep(_PROBE_EVERY)
             try:
                 async with asyncio.timeout(self._clients.call_timeout):
-                    watch = await client.watch_prefix(
-                        self.url.key_prefix, start_revision=listing.header.revision + 1)
-            except self._clients.failures:  # our deadline (TimeoutError) included
-                # aetcd can leave its watch stream wedged after some failures: start afresh.
-                await self._clients.reset()
-                raise
-            _raise_if_cancelled()
-            # Only now: a listing alone does not keep us current.
-            recovery = self._trouble.recovered(asyncio.get_running_loop().time())
-            if recovery is not None:
-                logger.info("etcd discovery at %s: etcd answers again after %d failed attempt(s) in %.1f s",
-                            self.url.describe(), recovery.failures, recovery.seconds)
-            async for event in watch:
-                self._apply_event(event)
-        finally:
-            if watch is not None:
-                await _cancel_watch(watch)
+                    await client.status()
+            except self._clients.failures as exc:
+                return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
-    async def _list(self, client: aetcd.Client) -> aetcd.GetRange:
+    async def _list(self, client: EtcdEndpoint) -> Listing:
         return await client.get_prefix(self.url.key_prefix)
 
     # ------------------------------------------------------------ applying changes
 
-    def _apply_listing(self, listing: aetcd.GetRange, *, relisting: bool = False) -> None:
+    def _apply_listing(self, listing: Listing, *, relisting: bool = False) -> None:
         """Apply a listing. ``relisting``: taken while no watch runs, so that nothing
         newer can have been applied from the same etcd since it was read."""
         header = listing.header
@@ -201,7 +227,7 @@ class EtcdDiscovery(ServerList):
         if revision < self._applied_revision:
             return  # a listing older than events already applied
         entries: dict[bytes, _Entry] = {}
-        for kv in listing:
+        for kv in listing.kvs:
             entry = self._parse(kv.key, kv.value, kv.mod_revision)
             if entry is not None:
                 entries[kv.key] = entry
@@ -210,7 +236,7 @@ class EtcdDiscovery(ServerList):
         self._publish()
         self._listed.set()
 
-    def _apply_event(self, event: aetcd.Event) -> None:
+    def _apply_event(self, event: Event) -> None:
         kv = event.kv
         if kv.mod_revision <= self._listed_revision:
             return
@@ -254,19 +280,3 @@ class EtcdDiscovery(ServerList):
             return None
         self._skipped.pop(key, None)
         return address, None if services is None else frozenset(services)
-
-
-def _raise_if_cancelled() -> None:
-    # aetcd creates a watch under asyncio.wait_for, which on Python 3.11 can swallow a
-    # cancellation that lands as the watch is created: honour it here, not after the next event.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-async def _cancel_watch(watch: aetcd.Watch) -> None:
-    try:
-        async with asyncio.timeout(1.0):
-            await watch.cancel()
-    except Exception as exc:  # the stream may already be gone; nothing is left to cancel
-        logger.debug("cancelling an etcd watch failed: %r", exc)
