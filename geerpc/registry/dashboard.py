@@ -158,6 +158,10 @@ _SCRIPT: Final = """
 (() => {
   const $ = (id) => document.getElementById(id);
   const api = new URL(document.body.dataset.api, location.href);
+  // A registry with a read token serves this page to ?token=...; the page then sends
+  // it as a header, so it never rides in the API's URLs.
+  const token = new URLSearchParams(location.search).get("token");
+  const auth = token ? { Authorization: "Bearer " + token } : {};
   // One loop: a watch (index + wait) answers at once on a change, and after WAIT
   // seconds otherwise, which refreshes the heartbeat ages that often.
   const WAIT = 2;
@@ -285,7 +289,7 @@ _SCRIPT: Final = """
       }
       try {
         const response = await fetch(url, {
-          headers: { Accept: "application/json" }, cache: "no-store",
+          headers: { Accept: "application/json", ...auth }, cache: "no-store",
           signal: AbortSignal.timeout((WAIT + 8) * 1000),
         });
         if (response.status === 429) {  // too many watchers: poll instead

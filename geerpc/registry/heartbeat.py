@@ -19,6 +19,7 @@ import inspect
 import logging
 import math
 import random
+import ssl as _ssl
 import time
 import warnings
 import weakref
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 
 from ..address import parse_address
 from ..backoff import Backoff, FailureLog
+from .auth import check_token
 from .contract import (
     DEFAULT_PERIOD,
     H_INSTANCE,
@@ -54,6 +56,7 @@ __all__ = [
     "Announcement",
     "Heartbeat",
     "announce",
+    "announce_heartbeat",
     "heartbeat",
     "period_for",
 ]
@@ -86,6 +89,12 @@ class Heartbeat:
     monotonic clock in seconds) and ``sleep`` are what the background task reads
     and waits with; tests pass a fake pair.
 
+    ``token`` is sent as ``Authorization: Bearer <token>`` with every POST and
+    DELETE (a registry made with ``Registry(token=...)`` wants it); a 401 is logged as
+    the registry refusing our token and retried like any failure. ``ssl`` is the
+    context an ``https://`` registry's certificate is verified with (None: the
+    system's trusted certificates, ``ssl.create_default_context()``).
+
     A failed beat is retried with exponential backoff from 0.5 s, capped at the
     period or ``RELIST_PERIOD`` (5 s), whichever is shorter (but at least 0.5 s),
     with equal jitter: half fixed, so it never spins (0.25 s at the least), half
@@ -112,11 +121,18 @@ class Heartbeat:
         *,
         services: list[str] | tuple[str, ...] | frozenset[str] | None = None,
         timeout: float = 5.0,
+        token: str | None = None,
+        ssl: _ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"registry URL must be http:// or https://, not {url!r}")
+        check_token("token", token)
+        if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext or None, not {type(ssl).__name__}")
+        if ssl is not None and urlsplit(url).scheme != "https":
+            raise ValueError(f"ssl= is for an https:// registry, not {url!r}")
         parse_address(address)  # fail here, not in the background task
         if period is not None and not _positive_seconds(period):
             raise ValueError(f"period must be a positive number of seconds, not {period!r}")
@@ -133,6 +149,8 @@ class Heartbeat:
         self.address = address
         self.services = None if services is None else sorted(set(services))
         self.timeout = float(timeout)
+        self._token = token
+        self._ssl = ssl
         self._fixed_period = None if period is None else max(MIN_PERIOD, float(period))
         self.period = DEFAULT_PERIOD if self._fixed_period is None else self._fixed_period
         self.beats = 0  # successful POSTs so far
@@ -198,7 +216,9 @@ class Heartbeat:
         if self._session is None:
             import aiohttp  # at first use: importing geerpc.registry stays cheap
 
-            self._session = aiohttp.ClientSession()
+            # ssl: verify with the caller's context, or the system's (aiohttp's default: True).
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+            self._session = aiohttp.ClientSession(connector=connector)
             # Should this heartbeat be collected with its session open (its loop closed
             # under a pending task), close the session first, quietly.
             self._forget = weakref.finalize(self, _close_now, self._session)
@@ -217,9 +237,15 @@ class Heartbeat:
         return max(MIN_PERIOD, self.period * (1 - _PERIOD_JITTER * random.random()))
 
     def _headers(self) -> dict[str, str]:
-        headers = {H_SERVER: self.address}
+        headers = self._delete_headers()
         if self.services is not None:
             headers[H_SERVICES] = ",".join(self.services)
+        return headers
+
+    def _delete_headers(self) -> dict[str, str]:
+        headers = {H_SERVER: self.address}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
     async def _run(self) -> None:
@@ -257,6 +283,8 @@ class Heartbeat:
         try:
             async with asyncio.timeout(self.timeout):
                 async with session.post(self.url, headers=self._headers()) as response:
+                    if response.status == 401:
+                        raise _HTTPStatus(_refused_token(self._token))
                     if response.status != 200:
                         reason = (await response.content.read(200)).decode("utf-8", "replace").strip()
                         raise _HTTPStatus(f"HTTP {response.status} {reason}".strip())
@@ -289,10 +317,13 @@ class Heartbeat:
 
         try:
             async with asyncio.timeout(_STOP_TIMEOUT):
-                async with self._get_session().delete(self.url, headers={H_SERVER: self.address}) as response:
+                async with self._get_session().delete(self.url, headers=self._delete_headers()) as response:
                     # 404: already gone (expired, or a restarted registry); 405: GeeRPC's
                     # registry cannot deregister, the entry will expire.
-                    if response.status not in (200, 404):
+                    if response.status == 401:
+                        log.warning("deregistering %s from %s: %s; it will expire instead",
+                                    self.address, self.url, _refused_token(self._token))
+                    elif response.status not in (200, 404):
                         log.info("deregistering %s from %s: HTTP %d; it will expire instead",
                                  self.address, self.url, response.status)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -339,6 +370,12 @@ class _HTTPStatus(Exception):
     """The registry answered, but not with 200."""
 
 
+def _refused_token(token: str | None) -> str:
+    if token is None:
+        return "HTTP 401: the registry wants a token and we sent none (pass token=, or --registry-token)"
+    return "HTTP 401: the registry refused our token (is it the registry's token?)"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
@@ -352,16 +389,37 @@ def heartbeat(
     *,
     services: list[str] | tuple[str, ...] | frozenset[str] | None = None,
     timeout: float = 5.0,
+    token: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
 ) -> Heartbeat:
     """Start heartbeating ``address`` to the registry at ``url``; needs a running loop.
 
     The first POST is sent at once; ``await hb.wait_first()`` to know how it went,
     ``await hb.stop()`` to stop and deregister. Raises ``ValueError`` for a bad URL,
-    address, period, timeout or service name, ``RuntimeError`` without a running
-    event loop.
+    address, period, timeout, token or service name, ``RuntimeError`` without a running
+    event loop. ``token`` and ``ssl``: see ``Heartbeat``.
     """
-    beat = Heartbeat(url, address, period, services=services, timeout=timeout)
+    beat = Heartbeat(url, address, period, services=services, timeout=timeout, token=token, ssl=ssl)
     beat.start()
+    return beat
+
+
+async def announce_heartbeat(
+    url: str,
+    address: str,
+    services: list[str] | tuple[str, ...] | None,
+    *,
+    token: str | None = None,
+    ssl: _ssl.SSLContext | None = None,
+) -> Heartbeat:
+    """Register ``address`` with the ``http://`` or ``https://`` registry at ``url``
+    until stopped: a ``Heartbeat`` that sends ``token`` and verifies the registry with
+    ``ssl``. Returns after the first POST, successful or not (a server whose registry
+    is down, or refuses its token, still serves; the heartbeat keeps retrying and logs why).
+    """
+    beat = heartbeat(url, address, services=services, token=token, ssl=ssl)
+    if not await beat.wait_first():
+        log.warning("registry %s did not accept %s yet; the heartbeat keeps retrying", url, address)
     return beat
 
 

@@ -27,10 +27,10 @@ __all__ = ["CONTENT_TYPE", "METRICS_PATH", "REFUSALS", "Counts", "Observed", "Re
 
 METRICS_PATH: Final = "/metrics"
 CONTENT_TYPE: Final[str] = CONTENT_TYPE_LATEST
-# The error statuses the registry's handlers answer: a bad request, an unknown server
-# on DELETE, too many watchers, a full table. Listed up front so each shows as 0 before
-# it first happens (a counter that appears only later hides its first increase).
-REFUSALS: Final = (400, 404, 429, 503)
+# The error statuses the registry's handlers answer: a bad request, a missing or wrong
+# token, an unknown server on DELETE, too many watchers, a full table. Listed up front
+# so each shows as 0 before it first happens (a counter that appears only later hides its first increase).
+REFUSALS: Final = (400, 401, 404, 429, 503)
 
 
 def _no_refusals() -> dict[int, int]:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import math
 import secrets
+import ssl as _ssl
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -20,6 +21,7 @@ from typing import Final, Self
 
 from aiohttp import web
 
+from .auth import Tokens
 from .contract import (
     DEFAULT_PATH,
     DEFAULT_TIMEOUT,
@@ -84,6 +86,11 @@ class Registry:
     (see ``metrics.py``; ``registry.metrics.registry`` is this registry's own
     ``CollectorRegistry``).
 
+    ``token`` (optional) must come as ``Authorization: Bearer <token>`` with every
+    POST and DELETE; ``read_token`` (optional, needs ``token``) with every GET, the
+    dashboard and ``/metrics`` included (the write token reads too). Without them
+    the registry is open, as GeeRPC's is. Refusals are 401s (see ``auth.py``).
+
     Use ``url = await registry.start(host, port)`` and ``await registry.stop()``, or
     ``async with Registry() as registry:`` which starts on 127.0.0.1 with a free port
     unless ``start()`` was already called, and stops on exit.
@@ -102,7 +109,10 @@ class Registry:
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         heartbeat_period: float = RELIST_PERIOD,
         clock: Callable[[], float] = time.monotonic,
+        token: str | None = None,
+        read_token: str | None = None,
     ) -> None:
+        self.tokens = Tokens(token, read_token)  # ValueError for a token no header can carry
         if not path.startswith("/"):
             raise ValueError(f"path must start with '/', not {path!r}")
         if path == METRICS_PATH:
@@ -161,10 +171,20 @@ class Registry:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Listen on ``host:port`` (0: a free port); return the registry's URL once listening."""
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, ssl: _ssl.SSLContext | None = None) -> str:
+        """Listen on ``host:port`` (0: a free port); return the registry's URL once listening.
+
+        With ``ssl`` (a server context, such as
+        ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` with its certificate
+        loaded) the registry speaks HTTPS only and the URL is ``https://``.
+        """
         if self._runner is not None:
             raise RuntimeError(f"registry already started at {self.url}")
+        if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext or None, not {type(ssl).__name__}")
+        if ssl is not None and ssl.check_hostname:
+            raise ValueError("a registry's ssl context must not check host names "
+                             "(make it with ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))")
         app = web.Application()
         for method in ("GET", "HEAD"):
             app.router.add_route(method, self.path, self._get)
@@ -186,7 +206,9 @@ class Registry:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            # A plaintext request to this port fails the TLS handshake at its first
+            # bytes and is closed; one that sends nothing waits out asyncio's handshake timeout.
+            site = web.TCPSite(runner, host, port, ssl_context=ssl)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -198,7 +220,7 @@ class Registry:
         self.instance = secrets.token_hex(8)  # so a heartbeat can tell it reached a new run
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.url = f"http://{shown}:{bound_port}{self.path}"
+        self.url = f"{'https' if ssl is not None else 'http'}://{shown}:{bound_port}{self.path}"
         if self.table.timeout > 0:
             self._sweeper = asyncio.create_task(self._sweep(), name="geerpc-registry-sweep")
         log.info("registry listening at %s (timeout %ss)", self.url, format_seconds(self.timeout))
@@ -276,7 +298,24 @@ class Registry:
         body = (reason + "\n").encode("utf-8", "backslashreplace")
         return web.Response(status=status, body=body, content_type="text/plain", headers=self._headers())
 
+    def _unauthorized(self, write: bool) -> web.Response:
+        # No X-Geerpc-* headers: a caller without the token learns nothing of the list.
+        self.counts.refuse(401)
+        what = "changing the list" if write else "reading the list"
+        return web.Response(status=401, body=f"{what} needs the registry's token (Authorization: Bearer ...)\n"
+                            .encode(), content_type="text/plain",
+                            headers={"WWW-Authenticate": 'Bearer realm="geerpc-registry"'})
+
+    def _may_read(self, request: web.Request, *, page: bool = False) -> bool:
+        # The dashboard's page cannot send a header on its first load: it may carry
+        # ?token= (and its script then sends the header). Other GETs use the header only,
+        # so tokens stay out of URLs, logs and proxies wherever they can.
+        query = request.query.get("token") if page else None
+        return self.tokens.may_read(request.headers.get("Authorization"), query)
+
     async def _post(self, request: web.Request) -> web.Response:
+        if not self.tokens.may_write(request.headers.get("Authorization")):
+            return self._unauthorized(write=True)
         try:
             address = server_header(request, announcing=True)
             services = parse_services(one_header(request, H_SERVICES), max_services=self.table.max_services)
@@ -299,6 +338,8 @@ class Registry:
         return web.Response(status=200, headers=self._headers())
 
     async def _delete(self, request: web.Request) -> web.Response:
+        if not self.tokens.may_write(request.headers.get("Authorization")):
+            return self._unauthorized(write=True)
         try:
             address = server_header(request)
         except BadRequest as exc:
@@ -312,14 +353,20 @@ class Registry:
         return web.Response(status=200, headers=self._headers())
 
     async def _dashboard(self, request: web.Request) -> web.Response:
+        if not self._may_read(request, page=True):
+            return self._unauthorized(write=False)
         return web.Response(body=self._page, headers=PAGE_HEADERS)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         # Outside every limit on the registry path: a scrape parks nothing, takes no slot,
         # and changes nothing but dropping expired servers, as any GET does.
+        if not self._may_read(request):
+            return self._unauthorized(write=False)
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     async def _get(self, request: web.Request) -> web.Response:
+        if not self._may_read(request, page=prefers_html(request.headers.get("Accept", ""))):
+            return self._unauthorized(write=False)
         try:
             service = query_service(request)
             index = query_index(request)

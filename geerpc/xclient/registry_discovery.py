@@ -31,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl as _ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Self
 from urllib.parse import urlsplit
 
 from ..errors import RegistryError
+from ..registry.auth import check_token
 from ..registry.contract import DEFAULT_PATH, DEFAULT_TIMEOUT, DEFAULT_WAIT, Q_INDEX, Q_WAIT
 from .discovery import ServerList
 from .registry_policy import DiscoveryPolicy, Outcome
@@ -69,7 +71,11 @@ class RegistryDiscovery(ServerList):
     answers. ``timeout``: each HTTP request's own limit (a watch adds its ``wait``).
     ``watch``: long-poll for changes (falls back to polling when unsupported).
     ``max_response_bytes``: cap on a reply's body and on its list header.
-    ``restart_grace``: see the module docstring. ``clock`` (a monotonic clock in
+    ``restart_grace``: see the module docstring. ``ssl``: the context an ``https://``
+    registry's certificate is verified with (None: the system's trusted certificates).
+    ``token``: the registry's read token (``Registry(read_token=...)``), sent as
+    ``Authorization: Bearer``; a 401 is a ``RegistryError`` saying the token was
+    missing or refused. ``clock`` (a monotonic clock in
     seconds) and ``sleep`` are what freshness is judged by and the watch task waits
     with; tests pass a fake pair. Close with ``await d.close()``.
     """
@@ -85,6 +91,8 @@ class RegistryDiscovery(ServerList):
         max_response_bytes: int = DEFAULT_MAX_RESPONSE,
         restart_grace: float = DEFAULT_TIMEOUT,
         seed: int | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        token: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -93,6 +101,10 @@ class RegistryDiscovery(ServerList):
             raise ValueError(f"not a registry URL: {registry!r} (want an http:// or https:// registry URL, "
                              f"such as http://127.0.0.1:9999{DEFAULT_PATH})")
         super().__init__((), seed=seed)
+        if ssl is not None and not isinstance(ssl, _ssl.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext or None, not {type(ssl).__name__}")
+        self._ssl = ssl
+        self._token = check_token("token", token)
         if not (_seconds(update_interval) and update_interval > 0):
             raise ValueError(f"update_interval must be a positive, finite number of seconds, not {update_interval!r}")
         # NaN, None or an infinity would leave a request pending for ever; 0 fails every one.
@@ -225,13 +237,19 @@ class RegistryDiscovery(ServerList):
             import aiohttp  # at the first request: importing geerpc.xclient stays cheap
 
             # The list may arrive in one header (GeeRPC's registry): allow it to be large.
-            self._session = aiohttp.ClientSession(max_field_size=self.max_response_bytes)
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+            self._session = aiohttp.ClientSession(max_field_size=self.max_response_bytes, connector=connector)
         params = {} if index is None else {Q_INDEX: str(index), Q_WAIT: repr(float(self.wait))}
         limit = self.timeout + (0 if index is None else self.wait)
         headers = {"Accept": "application/json"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
         async with asyncio.timeout(limit):
             async with self._session.get(self.registry, params=params, headers=headers) as response:
                 received = self._clock()
+                if response.status == 401:  # not a refused watch: no request will work
+                    raise RegistryError("HTTP 401: the registry refused our token" if self._token is not None
+                                        else "HTTP 401: the registry wants a read token and we sent none")
                 if response.status != 200:
                     reason = (await response.content.read(200)).decode("utf-8", "replace").strip()
                     message = f"HTTP {response.status} {reason}".strip()
