@@ -63,6 +63,7 @@ class EtcdProcess:
         self.tls = tls or client_cert_auth
         self.client_cert_auth = client_cert_auth
         self._token: str | None = None  # root's, once enable_auth() ran
+        self._root_password: str | None = None
         if self.tls:
             self._make_certificates()
 
@@ -83,6 +84,11 @@ class EtcdProcess:
         if with_cert:
             self._client_cert.configure_cert(context)
         return context
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate (PEM) that signed this etcd's certificate."""
+        return self._tmp / "ca.pem"
 
     @property
     def base_url(self) -> str:
@@ -127,6 +133,7 @@ class EtcdProcess:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             self._wait_healthy()
+            self._login()
         except BaseException:
             self.stop()
             raise
@@ -210,7 +217,15 @@ class EtcdProcess:
             ("/v3/auth/enable", {}),
         ]:
             self.gateway(path, body)
-        self._token = self.gateway("/v3/auth/authenticate", {"name": "root", "password": root_password})["token"]
+        self._root_password = root_password
+        self._login()
+
+    def _login(self) -> None:
+        # etcd's simple tokens live in its memory: log in again after every start.
+        self._token = None
+        if self._root_password is not None:
+            reply = self.gateway("/v3/auth/authenticate", {"name": "root", "password": self._root_password})
+            self._token = reply["token"]
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines etcd logged, for failure messages."""

@@ -305,8 +305,9 @@ async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
 def _describe_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "timed out"
-    if isinstance(exc, ssl_module.SSLCertVerificationError):
-        return f"TLS: certificate verify failed ({exc.verify_message or exc.reason})"
+    cause = getattr(exc, "certificate_error", exc)  # aiohttp wraps the ssl module's error
+    if isinstance(cause, ssl_module.SSLCertVerificationError):
+        return f"TLS: certificate verify failed ({getattr(cause, 'verify_message', None) or cause.reason})"
     if isinstance(exc, EtcdError | EtcdAuthFailed):
         return str(exc)
     text = str(exc).splitlines()[0] if str(exc) else ""

@@ -36,10 +36,11 @@ _STALE_TOKEN: Final = ("invalid auth token", "user name is empty", "auth token n
 class EtcdError(RegistryError):
     """etcd answered, with an error (``code`` is its gRPC status code)."""
 
-    def __init__(self, message: str, code: int = 0) -> None:
+    def __init__(self, message: str, code: int = 0, *, refusal: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.refusal = refusal  # a configuration error: asking again will not help
 
 
 class EtcdAuthFailed(RegistryError):
@@ -213,6 +214,8 @@ class EtcdEndpoint:
     async def _post(self, path: str, body: Mapping[str, object]) -> dict[str, Any]:
         async with self._session.post(self.base + path, json=body, headers=self._headers()) as response:
             raw = await response.read()
+        if response.status == 400 and b"HTTP request to an HTTPS server" in raw:
+            raise EtcdError("etcd serves HTTPS here: use etcds://, ?ssl=1 or ssl=", refusal=True)
         try:
             reply = json.loads(raw)
         except ValueError:
@@ -289,6 +292,17 @@ def _b64(data: bytes) -> str:
 
 
 def is_tls_refusal(exc: BaseException) -> bool:
-    """True when TLS itself failed (a certificate that does not verify, a handshake refused):
-    a configuration error, which trying again will not mend."""
-    return isinstance(exc, ssl.SSLError)
+    """True when TLS itself failed (a certificate that does not verify, a client certificate
+    etcd refuses or misses, plain HTTP to an HTTPS port): a configuration error, which
+    trying again will not mend."""
+    seen: BaseException | None = exc
+    for _ in range(5):  # aiohttp wraps the ssl module's error, sometimes twice
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or (isinstance(seen, EtcdError) and seen.refusal):
+            return True
+        text = str(seen).upper()
+        if isinstance(seen, OSError) and "ALERT" in text and "CERTIFICATE" in text:
+            return True  # the peer's TLS alert: bad, unknown or missing certificate
+        seen = seen.__cause__ or seen.__context__
+    return False

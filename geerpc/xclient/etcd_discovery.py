@@ -177,8 +177,9 @@ class EtcdDiscovery(ServerList):
         finally:
             await cancel_and_wait(probe)
             await cancel_and_wait(watch)
-        if not watch.cancelled() and watch.exception() is not None:
-            raise watch.exception()  # type: ignore[misc]
+        failure = None if watch.cancelled() else watch.exception()
+        if failure is not None:
+            raise failure
         if probe.done() and not probe.cancelled():
             raise RegistryError(f"etcd at {self._clients.current_endpoint} stopped answering "
                                 f"({probe.result()}); watching anew")
