@@ -30,6 +30,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .auth import BearerTokens
     from .client import Client, dial
     from .context import CallContext, ClientCall, Reply, current_call
     from .server import Server
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 # A lazy face: ``import geerpc`` (or ``import geerpc.protocol``) loads neither asyncio
 # nor aiohttp; each of these is imported on first use.
 _LAZY = {
+    "BearerTokens": "auth",
     "CallContext": "context",
     "ClientCall": "context",
     "Reply": "context",
@@ -68,6 +70,7 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BearerTokens",
     "CallContext",
     "CallTimeout",
     "Client",

@@ -16,13 +16,13 @@ from typing import Final
 __all__ = ["Address", "parse_address", "check_announced", "is_local_host", "MAX_ADDRESS_LENGTH"]
 
 MAX_ADDRESS_LENGTH: Final = 256
-_SCHEMES: Final = ("tcp", "unix", "http")
+_SCHEMES: Final = ("tcp", "unix", "http", "tls")
 _NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0x[0-9a-f]*")  # what inet_aton reads as a number
 
 
 @dataclass(frozen=True, slots=True)
 class Address:
-    """A parsed address. ``host``/``port`` for tcp and http, ``path`` for unix."""
+    """A parsed address. ``host``/``port`` for tcp, tls and http, ``path`` for unix."""
 
     scheme: str
     host: str = ""
@@ -37,7 +37,8 @@ class Address:
 
 
 def parse_address(text: str) -> Address:
-    """Parse ``tcp@host:port``, ``http@host:port`` or ``unix@/path``; canonicalise the host.
+    """Parse ``tcp@host:port``, ``tls@host:port`` (TCP with TLS from the first byte),
+    ``http@host:port`` or ``unix@/path``; canonicalise the host.
 
     A bare ``host:port`` means tcp. The port is 1 to 65535 in ASCII digits. Raises
     ``ValueError`` naming what is wrong.
@@ -52,7 +53,7 @@ def parse_address(text: str) -> Address:
     if not sep:
         scheme, rest = "tcp", text
     if scheme not in _SCHEMES:
-        raise ValueError(f"address {text!r}: unknown protocol {scheme!r} (want tcp, unix or http)")
+        raise ValueError(f"address {text!r}: unknown protocol {scheme!r} (want tcp, tls, unix or http)")
     if scheme == "unix":
         if not rest:
             raise ValueError(f"address {text!r}: empty socket path")

@@ -20,12 +20,15 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl as ssl_module
+from ssl import SSLContext
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, cast
 
 from . import protocol as p
-from .address import Address, parse_address
+from . import tls
+from .address import Address, is_local_host, parse_address
 from .context import CURRENT, ClientCall, Reply, outgoing_deadline
 from .deadline import Deadline, check_timeout
 from .errors import (
@@ -36,6 +39,7 @@ from .interceptors import ClientInterceptor, check_interceptors, client_chain
 from .metadata import outgoing
 from .pending import PendingCalls
 from .tcp import enable_keepalive
+from .tls import closed_during_handshake
 
 __all__ = ["Client", "dial"]
 
@@ -61,6 +65,7 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.error: ConnectionClosed | None = None  # set once the connection is unusable
         self.lost_idle = False  # the peer closed it while no call was pending
         self.metadata_ok = False  # the server said it takes call metadata
+        self.tls = False  # the connection is TLS
         self.writable = asyncio.Event()
         self.writable.set()
         self._frames = p.FrameDecoder(max_frame_size)
@@ -172,9 +177,20 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.lost_idle = self.error is None and self._handshake is None and not self.calls
         self.lose(ConnectionClosed(f"connection to {self.address} lost" + (f": {exc}" if exc else "")), exc)
         if not self.ready.done():
-            self.ready.set_exception(HandshakeError(
-                f"{self.address} closed the connection during the handshake: not a geerpc server, "
-                f"or it does not speak {p.CODEC_TYPE}"))
+            why = closed_during_handshake(self.address, exc) if self.tls else None
+            if why is None and self.tls:
+                # A server that wants a client certificate (mutual TLS) and got none or a
+                # bad one finishes TLS 1.3 with us, then drops the connection: asyncio does
+                # not send its alert, so this is all we see.
+                why = (f"{self.address} closed the connection right after the TLS handshake: it probably "
+                       f"requires a client certificate (mutual TLS) and got none, or refused ours "
+                       f"(load one with load_cert_chain()); or it is not a geerpc server")
+            if why is None:
+                why = (f"{self.address} closed the connection during the handshake: not a geerpc server, "
+                       f"or it does not speak {p.CODEC_TYPE}")
+                if not self.tls:
+                    why += " (or it speaks TLS: dial tls@ instead)"
+            self.ready.set_exception(HandshakeError(why))
             self.ready.exception()  # retrieved here: dial() may already have given up
         self.writable.set()
         if not self.closed.done():
@@ -243,9 +259,12 @@ class Client:
 
     def __init__(self, connection: _ClientConnection, option: p.Option,
                  redial: Callable[[], Awaitable[tuple[_ClientConnection, p.Option]]] | None = None,
-                 interceptors: tuple[ClientInterceptor, ...] = ()) -> None:
+                 interceptors: tuple[ClientInterceptor, ...] = (), token: str | None = None) -> None:
         self.address = connection.address
         self.interceptors = interceptors  # run around every call, outermost first
+        # sent as metadata with every call: "authorization: Bearer <token>"
+        self._authorization: dict[str, str | bytes] | None = (
+            None if token is None else {"authorization": f"Bearer {token}"})
         self._adopt(connection, option)
         self._redial = redial
         self._redialing: asyncio.Future[_ClientConnection] | None = None
@@ -357,6 +376,8 @@ class Client:
         if conn.error is not None:
             conn = await self._reconnect(conn, service_method, deadline)
         checked = None
+        if self._authorization is not None:
+            metadata = {**self._authorization, **metadata} if metadata else self._authorization
         if metadata:
             checked = outgoing(metadata)
             if not conn.metadata_ok:
@@ -472,8 +493,21 @@ async def dial(
     keepalive: float | None = 10.0,
     keepalive_timeout: float = 10.0,
     interceptors: Sequence[ClientInterceptor] | None = None,
+    ssl: SSLContext | None = None,
+    token: str | None = None,
+    insecure_token: bool = False,
 ) -> Client:
-    """Connect to a server at ``tcp@host:port``, ``unix@/path`` or ``http@host:port``.
+    """Connect to a server at ``tcp@host:port``, ``tls@host:port``, ``unix@/path`` or
+    ``http@host:port``.
+
+    ``tls@`` is TLS from the first byte, with ``ssl`` (an ``ssl.SSLContext``; None:
+    ``ssl.create_default_context()``, which verifies the server's certificate and host
+    name). For mutual TLS, load the client's certificate into it (``load_cert_chain``).
+
+    ``token`` is sent with every call as ``authorization: Bearer <token>`` metadata (a
+    server with ``auth=geerpc.BearerTokens(...)`` checks it). A token is never sent in
+    clear to another host: over ``tcp@`` or ``http@`` to a host that is not loopback
+    it raises ValueError before dialing, unless ``insecure_token=True``.
 
     ``http@`` dials the server's port and switches with ``CONNECT /_geeprc_`` first,
     as GeeRPC does (a geerpc server answers both on one port).
@@ -499,6 +533,9 @@ async def dial(
     must be a finite number).
     """
     chain = check_interceptors(interceptors, "client")
+    if token is not None and (not isinstance(token, str) or not token or not token.isprintable()
+                              or len(token) > 4096):
+        raise ValueError("token must be a non-empty printable str of at most 4096 characters")
     connect_seconds = check_timeout(connect_timeout)
     handle_seconds = check_timeout(handle_timeout)
     keepalive_seconds = check_timeout(keepalive)
@@ -509,33 +546,51 @@ async def dial(
         parsed = parse_address(address)
     except ValueError as exc:
         raise ConnectError(str(exc)) from None  # the message names the address
+    context = None
+    if parsed.scheme == "tls":
+        context = tls.client_context(ssl)
+    elif ssl is not None:
+        raise ValueError(f"ssl= is for tls@ addresses, and {address} is not one (dial tls@host:port)")
+    if (token is not None and context is None and not insecure_token
+            and not (parsed.scheme == "unix" or is_local_host(parsed.host))):
+        raise ValueError(f"refusing to send a token in clear to {address}: anyone on the path could read "
+                         f"and replay it; dial tls@ (or pass insecure_token=True to send it anyway)")
     option = p.Option(connect_timeout=_nanoseconds(connect_seconds),
                       handle_timeout=_nanoseconds(handle_seconds),
                       max_frame_size=max_frame_size, keepalive=_nanoseconds(keepalive_seconds), metadata=1)
 
     def connect() -> Awaitable[tuple[_ClientConnection, p.Option]]:
         return _connect(address, parsed, option, connect_seconds, max_frame_size,
-                        keepalive_seconds, keepalive_timeout_seconds)
+                        keepalive_seconds, keepalive_timeout_seconds, context)
 
     conn, ack = await connect()
-    return Client(conn, ack, connect, chain)
+    return Client(conn, ack, connect, chain, token)
 
 
 async def _connect(address: str, parsed: Address, option: p.Option, connect_seconds: float | None,
-                   max_frame_size: int, keepalive: float | None,
-                   keepalive_timeout: float) -> tuple[_ClientConnection, p.Option]:
+                   max_frame_size: int, keepalive: float | None, keepalive_timeout: float,
+                   context: SSLContext | None = None) -> tuple[_ClientConnection, p.Option]:
     """Dial and shake hands: the connection and the server's acknowledgement."""
     loop = asyncio.get_running_loop()
 
     def factory() -> _ClientConnection:
         handshake = ClientHandshake(address, option, via_http=parsed.scheme == "http")
-        return _ClientConnection(address, max_frame_size, handshake, keepalive, keepalive_timeout)
+        made = _ClientConnection(address, max_frame_size, handshake, keepalive, keepalive_timeout)
+        made.tls = context is not None
+        return made
 
     conn: _ClientConnection | None = None
     try:
         async with asyncio.timeout(connect_seconds):
             if parsed.scheme == "unix":
                 _, conn = await loop.create_unix_connection(factory, parsed.path)
+            elif context is not None:
+                try:
+                    _, conn = await loop.create_connection(factory, parsed.host, parsed.port, ssl=context,
+                                                           server_hostname=parsed.host,
+                                                           ssl_handshake_timeout=connect_seconds)
+                except (ssl_module.SSLError, ConnectionResetError, BrokenPipeError, EOFError) as exc:
+                    raise ConnectError(tls.client_failure(address, parsed.host, exc)) from exc
             else:
                 _, conn = await loop.create_connection(factory, parsed.host, parsed.port)
             ack = await conn.ready

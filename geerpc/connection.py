@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import ssl
 from typing import NamedTuple, cast
 
 from . import protocol as p
@@ -41,6 +42,7 @@ from .outbox import Outbox
 from .replies import bad_request_reply, budget_reply, not_found_reply, stopped_reply, stopping_reply
 from .service import Method
 from .tcp import enable_keepalive
+from .tls import server_handshake
 
 __all__ = ["ServerConnection"]
 
@@ -93,27 +95,61 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._still_here_timer: asyncio.TimerHandle | None = None
         self._last_read = self._loop.time()
         self.peer_ip: str | None = None  # None for a unix socket
+        self._tls_task: asyncio.Task[None] | None = None  # the TLS handshake, while it runs
+        self._closed_down = False  # connection_lost has run
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # ------------------------------------------------------------- asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
-        self._transport = self._outbox.transport = self._budget.transport = transport = cast(
-            asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
+        self._transport = self._outbox.transport = self._budget.transport = raw = cast(asyncio.Transport, transport)
+        peer = raw.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip = str(peer[0])
             self._calls.peer = f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+        # The slot first, TLS second: a flood of handshakes is bounded by the caps.
         refusal = self._host.connection_opened(self)
+        context = self._host.tls
+        if context is None:
+            self._begin(raw, refusal)
+            return
+        raw.pause_reading()  # before the loop starts reading: every byte goes to TLS
+        self._tls_task = self._loop.create_task(self._secure(raw, context, refusal))
+
+    async def _secure(self, raw: asyncio.Transport, context: ssl.SSLContext, refusal: str | None) -> None:
+        """The TLS handshake, within the handshake timeout; then the Option as over TCP."""
+        try:
+            secured = await server_handshake(self._loop, raw, self, context, self._limits.handshake_timeout)
+        except (OSError, TimeoutError, EOFError) as exc:  # ssl.SSLError is an OSError
+            self._tls_task = None
+            if self._closed_down:  # connection_lost came first and counted it
+                return
+            self._host.tls_failed(exc)
+            log.debug("TLS handshake from %s failed: %s", self.peer_ip or "a unix socket", exc)
+            raw.close()  # not abort: an alert the TLS layer queued (certificate required) still goes out
+            self.connection_lost(None)  # the TLS layer may never tell us
+            return
+        self._tls_task = None
+        certificate = secured.get_extra_info("peercert")
+        self._calls.peer_certificate = certificate or None
+        self._begin(secured, refusal)
+
+    def _begin(self, transport: asyncio.Transport, refusal: str | None) -> None:
+        self._transport = self._outbox.transport = self._budget.transport = transport
         if refusal is not None:
             self._lost = True
             transport.write(p.encode_option(p.Option(error=refusal)))
             transport.close()
             return
+        if self._lost:  # closed (stop, eviction) while TLS was still shaking hands
+            transport.abort()
+            return
         enable_keepalive(transport)
         transport.set_write_buffer_limits(high=HIGH_WATER)  # what Budget counts on
         self._timer = self._loop.call_later(self._limits.handshake_timeout, self._abort, "no Option in time")
+        if self._frames.pending:  # arrived during the TLS handshake
+            self._received()
 
     # asyncio.BufferedProtocol: the transport reads straight into the frame decoder's
     # buffer, so a read costs no allocation (large requests otherwise cost an mmap each).
@@ -123,6 +159,13 @@ class ServerConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._last_read = self._loop.time()
         self._frames.buffer_updated(nbytes)
+        if self._tls_task is not None:
+            # Decrypted bytes can arrive before start_tls hands us its transport: they
+            # wait in the buffer until _begin has it.
+            return
+        self._received()
+
+    def _received(self) -> None:
         if self._handshake is not None:
             rest = self._shake(self._frames.take_all())
             if not rest:
@@ -145,6 +188,13 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._take_frames()  # encodes parked results first, then starts and takes what waits
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed_down:  # a failed TLS handshake may report it twice
+            return
+        self._closed_down = True
+        if self._tls_task is not None:  # lost during the TLS handshake: a failed one
+            task, self._tls_task = self._tls_task, None
+            self._host.tls_failed(exc or ConnectionResetError("lost during the TLS handshake"))
+            task.cancel()
         self._cancel_timer()
         if self._idle_timer is not None:
             self._idle_timer.cancel()

@@ -44,12 +44,19 @@ class CallContext:
         args, kwargs: the call's arguments as decoded (interceptors may read them).
         reply_metadata: a dict whose entries go back with the reply (the rules of
             ``geerpc.metadata`` apply; a reply that breaks them becomes an error).
+        peer_certificate: the client's certificate over mutual TLS, as
+            ``SSLObject.getpeercert()`` gives it; None without one.
+        identity: who makes the call, as the server's ``auth`` established it (a
+            bearer token's identity); without one, the commonName of the client's
+            certificate; else None. An interceptor may set it.
     """
 
-    __slots__ = ("service_method", "_metadata", "deadline", "peer", "args", "kwargs", "_reply_metadata")
+    __slots__ = ("service_method", "_metadata", "deadline", "peer", "args", "kwargs", "_reply_metadata",
+                 "peer_certificate", "_identity")
 
     def __init__(self, service_method: str, metadata: dict[str, str | bytes] | None, deadline: float | None,
-                 peer: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+                 peer: str, args: list[Any], kwargs: dict[str, Any],
+                 peer_certificate: dict[str, Any] | None = None) -> None:
         self.service_method = service_method
         self._metadata = metadata
         self.deadline = deadline
@@ -57,6 +64,18 @@ class CallContext:
         self.args = args
         self.kwargs = kwargs
         self._reply_metadata: dict[str, str | bytes] | None = None
+        self.peer_certificate = peer_certificate
+        self._identity: str | None = None
+
+    @property
+    def identity(self) -> str | None:
+        if self._identity is None and self.peer_certificate:
+            return common_name(self.peer_certificate)
+        return self._identity
+
+    @identity.setter
+    def identity(self, value: str | None) -> None:
+        self._identity = value
 
     @property
     def metadata(self) -> Mapping[str, str | bytes]:
@@ -143,3 +162,14 @@ def outgoing_deadline(own: Deadline | None, now: float, service_method: str) -> 
         raise CallTimeout(f"{service_method} not sent: the deadline of {serving.service_method}, "
                           f"the call being served, has passed")
     return Deadline(at, left)
+
+
+def common_name(certificate: dict[str, Any] | None) -> str | None:
+    """The subject's commonName of a certificate as ``getpeercert()`` gives it, or None."""
+    if not certificate:
+        return None
+    for rdn in certificate.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None

@@ -131,6 +131,7 @@ class Calls:
         self._inline_chain = inline_chain
         self.metadata_ok = False  # set once the client's Option says it takes reply metadata
         self.peer = "unix"  # the client's address, for CallContext.peer
+        self.peer_certificate: dict[str, Any] | None = None  # the client's, over mutual TLS
 
     def seqs(self) -> list[int]:
         return list(self._running)
@@ -148,7 +149,8 @@ class Calls:
         """Run a call. ``cost`` is what its request was charged; it is held until the handler ends."""
         seq, args, kwargs = message.seq, message.args, message.kwargs
         start = perf_counter()
-        call = CallContext(message.service_method, message.metadata, deadline, self.peer, args, kwargs)
+        call = CallContext(message.service_method, message.metadata, deadline, self.peer, args, kwargs,
+                           self.peer_certificate)
         if method.inline and (not self._interceptors or self._inline_chain):
             # Cannot suspend: runs to the end now, needs no slot and no task.
             context = contextvars.copy_context()

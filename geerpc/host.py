@@ -9,6 +9,7 @@ to an HTTP request on the RPC port.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -50,6 +51,15 @@ class ConnectionHost(Protocol):
     @property
     def inline_interceptors(self) -> bool:
         """Whether every interceptor awaits nothing but its ``proceed()``."""
+        ...
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """The context connections shake hands with, or None for plain TCP."""
+        ...
+
+    def tls_failed(self, exc: BaseException) -> None:
+        """Count a connection whose TLS handshake failed or timed out."""
         ...
 
     @property

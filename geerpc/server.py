@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from ssl import SSLContext
 from types import TracebackType
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -24,6 +25,7 @@ from .connection import ServerConnection
 from .debug import render_debug_page
 from .host import Limits
 from .interceptors import ServerInterceptor, awaits_only_proceed, check_interceptors
+from .tls import check_server_context
 from .service import Method, Service, build_service
 from .snapshot import ConnectionStats, ServerSnapshot, service_stats
 from .workers import Job, WorkerPool
@@ -75,6 +77,9 @@ class Server:
         max_workers: threads for plain ``def`` handlers.
         interceptors: ``async`` callables ``(call, proceed)`` run around every call,
             outermost first (``geerpc.interceptors``); ``call`` is the CallContext.
+        auth: an interceptor that establishes who calls, run before all others, such
+            as ``geerpc.BearerTokens({token: identity})``: a call it refuses reaches
+            neither the other interceptors nor the handler.
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class Server:
         idle_timeout: float | None = 300.0,
         max_workers: int = 32,
         interceptors: Sequence[ServerInterceptor] | None = None,
+        auth: ServerInterceptor | None = None,
     ) -> None:
         if handle_timeout is not None and not handle_timeout > 0:
             raise ValueError("handle_timeout must be positive or None")
@@ -125,8 +131,13 @@ class Server:
                              max_elements=max_elements, connection_budget=connection_budget,
                              handle_timeout=handle_timeout, handshake_timeout=handshake_timeout,
                              frame_timeout=frame_timeout, idle_timeout=idle_timeout)
-        #: run around every call, outermost first (``geerpc.interceptors``)
-        self.interceptors: tuple[ServerInterceptor, ...] = check_interceptors(interceptors, "server")
+        #: run around every call, outermost first (``geerpc.interceptors``); ``auth`` first of all
+        self.interceptors: tuple[ServerInterceptor, ...] = check_interceptors(
+            ([auth] if auth is not None else []) + list(interceptors or ()), "server")
+        self.auth = auth
+        #: the TLS context of every connection (set by ``start(ssl=...)``), or None
+        self.tls: SSLContext | None = None
+        self.tls_failures = 0  # TLS handshakes that failed or timed out
         self.inline_interceptors = all(awaits_only_proceed(i) for i in self.interceptors)
         self._metrics: ServerMetrics | None = None
         self.protocol_errors = 0  # connections closed because the peer broke the protocol
@@ -215,6 +226,9 @@ class Server:
     def protocol_error(self) -> None:
         self.protocol_errors += 1
 
+    def tls_failed(self, exc: BaseException) -> None:
+        self.tls_failures += 1
+
     def http_answer(self, request: http.Request) -> bytes | None:
         return http.route(request, lambda: render_debug_page(self.snapshot()),
                           lambda: self.metrics.exposition())
@@ -233,18 +247,31 @@ class Server:
 
     # ------------------------------------------------------------- life cycle
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, *, registry: str | None = None) -> str:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, registry: str | None = None,
+                    ssl: SSLContext | None = None, registry_token: str | None = None,
+                    registry_ssl: SSLContext | None = None) -> str:
         """Listen, and return the address clients dial (``"tcp@127.0.0.1:PORT"``).
 
-        ``host`` may also be a whole address: ``"unix@/path/to.sock"`` or
-        ``"tcp@host:port"``. Returns once the socket is listening. With ``registry``
-        (an ``http://`` registry URL or an ``etcd://`` URL) the server announces itself
-        there and keeps announcing until ``stop()``; ``start`` returns after the first
-        attempt (an unreachable HTTP registry is retried in the background; an
-        unreachable etcd raises ``RegistryError``).
+        ``host`` may also be a whole address: ``"unix@/path/to.sock"``,
+        ``"tcp@host:port"`` or ``"tls@host:port"``. Returns once the socket is
+        listening. With ``ssl`` (a server ``ssl.SSLContext``, made with
+        ``ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)`` and
+        ``load_cert_chain``) every connection is TLS from its first byte and the
+        address is ``tls@host:port``; a context with ``verify_mode = CERT_REQUIRED``
+        and the clients' CA loaded asks every client for a certificate (mutual TLS).
+
+        With ``registry`` (an ``http://`` or ``https://`` registry URL, or an ``etcd://``
+        URL) the server announces itself there and keeps announcing until ``stop()``;
+        ``start`` returns after the first attempt (an unreachable HTTP registry is
+        retried in the background; an unreachable etcd raises ``RegistryError``).
+        ``registry_token`` is the registry's write token, ``registry_ssl`` the context
+        that verifies an ``https://`` registry (or an etcd over TLS).
         """
         if self._listener is not None or self.stopping:
             raise RuntimeError("server already started (a stopped server cannot be restarted)")
+        self.tls = check_server_context(ssl)
+        if self.tls is not None and host.startswith("unix@"):
+            raise ValueError("ssl= is for TCP: a unix socket is local (drop ssl=, or listen on tls@host:port)")
         loop = asyncio.get_running_loop()
         self._drained = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -253,10 +280,9 @@ class Server:
         try:
             await self._listen(loop, host, port)
             if registry is not None:
-                from .registry import announce
-
                 assert self.address is not None
-                self._announcement = await announce(registry, self.address, sorted(self._services))
+                self._announcement = await _announce(registry, self.address, sorted(self._services),
+                                                     registry_token, registry_ssl)
         except BaseException:
             self._starting.set_result(None)
             await self.stop(grace=0)
@@ -281,15 +307,16 @@ class Server:
             return
         if "@" in host:
             scheme, _, rest = host.partition("@")
-            if scheme != "tcp":
-                raise ValueError(f"cannot listen on {host!r}: want host, tcp@host:port or unix@path")
+            if scheme not in ("tcp", "tls") or (scheme == "tls") != (self.tls is not None):
+                raise ValueError(f"cannot listen on {host!r}: want host, tcp@host:port, unix@path, "
+                                 f"or tls@host:port with ssl=")
             host, _, port_text = rest.rpartition(":")
             host = host.strip("[]")
             port = int(port_text)
         self._listener = await loop.create_server(factory, host, port, reuse_address=True)
         sockname = self._listener.sockets[0].getsockname()
         shown = f"[{sockname[0]}]" if self._listener.sockets[0].family == socket.AF_INET6 else sockname[0]
-        self.address = f"tcp@{shown}:{sockname[1]}"
+        self.address = f"{'tcp' if self.tls is None else 'tls'}@{shown}:{sockname[1]}"
 
     async def serve_forever(self) -> None:
         """Wait until the server is stopped; cancelling this stops it."""
@@ -365,3 +392,20 @@ class Server:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.stop()
+
+
+async def _announce(registry: str, address: str, services: list[str], token: str | None,
+                    context: SSLContext | None) -> _Announcement:
+    """Announce ``address`` at ``registry`` until stopped, with its token and TLS context."""
+    from .registry.heartbeat import announce, announce_heartbeat
+
+    if registry.startswith(("http://", "https://")):
+        return await announce_heartbeat(registry, address, services, token=token, ssl=context)
+    if token is not None:
+        raise ValueError("registry_token is for http(s):// registries: give etcd's user and password in its URL")
+    if context is not None:
+        from .registry.etcd import register
+
+        return await register(registry, address, services, ssl=context)
+    return await announce(registry, address, services)
+

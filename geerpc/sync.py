@@ -23,6 +23,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -145,13 +146,14 @@ class SyncClient(_LoopThread):
 
     def __init__(self, address: str, *, connect_timeout: float | None = 10.0,
                  handle_timeout: float | None = None,
-                 interceptors: Sequence[ClientInterceptor] | None = None) -> None:
+                 interceptors: Sequence[ClientInterceptor] | None = None, ssl: SSLContext | None = None,
+                 token: str | None = None, insecure_token: bool = False) -> None:
         super().__init__(name=f"geerpc-sync {address}")
         self.address = address
         try:
             self._client: Client = self._submit(
                 dial(address, connect_timeout=connect_timeout, handle_timeout=handle_timeout,
-                     interceptors=interceptors))
+                     interceptors=interceptors, ssl=ssl, token=token, insecure_token=insecure_token))
         except BaseException:
             self._stop(None)
             raise

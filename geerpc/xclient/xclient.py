@@ -29,6 +29,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Final
 
@@ -82,7 +83,13 @@ class XClient:
             pass False to share one discovery between XClients.
         interceptors: ``async`` callables ``(call, proceed)`` run around every
             attempt, outermost first: a call that fails over runs them once per
-            server tried, and a broadcast once per server (``geerpc.interceptors``).
+            server tried, and a broadcast once per server (``geerpc.interceptors``);
+            default None, no interceptor.
+        ssl: the ``ssl.SSLContext`` for servers listed as ``tls@`` addresses (default
+            None: ``ssl.create_default_context()``); ``tcp@`` ones are dialed without TLS.
+        token: sent with every call, as for ``geerpc.dial`` (default None: none).
+        insecure_token: as for ``geerpc.dial`` (default False: a token never goes in
+            clear to another host).
 
     Raises:
         ValueError: a string that is not a registry URL, a mode that is not a
@@ -99,11 +106,15 @@ class XClient:
         connect_timeout: float | None = 10.0,
         close_discovery: bool = True,
         interceptors: Sequence[ClientInterceptor] | None = None,
+        ssl: SSLContext | None = None,
+        token: str | None = None,
+        insecure_token: bool = False,
     ) -> None:
         if not isinstance(mode, SelectMode):
             raise ValueError(f"mode must be a SelectMode, not {mode!r}")
         check_timeout(connect_timeout)  # refused here, not at the first dial
         self.interceptors = check_interceptors(interceptors, "client")
+        self._ssl, self._token, self._insecure_token = ssl, token, insecure_token
         self.discovery = _as_discovery(discovery)
         self.mode = mode
         self.failover = failover
@@ -143,7 +154,9 @@ class XClient:
 
     async def _dial(self, address: str) -> Client:
         try:
-            client = await dial(address, connect_timeout=self.connect_timeout)
+            client = await dial(address, connect_timeout=self.connect_timeout, token=self._token,
+                                insecure_token=self._insecure_token,
+                                ssl=self._ssl if address.startswith("tls@") else None)
         finally:
             self._dials.pop(address, None)
         if self._closed:
