@@ -75,10 +75,10 @@ def test_block_runs_as_written(index: int, tmp_path: Path) -> None:
 
 def test_etcd_block_runs_against_a_real_etcd(tmp_path: Path) -> None:
     binary = etcd_binary()
-    if binary is None or importlib.util.find_spec("aetcd") is None:
+    if binary is None:
         if etcd_required():
-            pytest.fail("etcd or aetcd missing, and GEERPC_REQUIRE_ETCD=1 requires the etcd tests to run")
-        pytest.skip("needs the etcd binary and aetcd")
+            pytest.fail("etcd missing, and GEERPC_REQUIRE_ETCD=1 requires the etcd tests to run")
+        pytest.skip("needs the etcd binary")
     [code] = [code for _, code in BLOCKS if ETCD_IN_README in code]
     etcd = EtcdProcess(binary)
     etcd.start()

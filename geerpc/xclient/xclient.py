@@ -434,7 +434,7 @@ def _offering(service: str | None) -> str:
 
 def _as_discovery(discovery: Discovery | str | list[str]) -> Discovery:
     if isinstance(discovery, str):
-        if discovery.startswith("etcd://"):
+        if discovery.startswith(("etcd://", "etcds://")):
             from .etcd_discovery import EtcdDiscovery
 
             return EtcdDiscovery(discovery)
