@@ -115,17 +115,17 @@ def _calls_proceed(before: list[dis.Instruction], proceed: str) -> bool:
 def server_chain(interceptors: tuple[ServerInterceptor, ...], call: CallContext,
                  innermost: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
     """The awaitable that runs ``interceptors`` around ``innermost`` (the handler)."""
-    if len(interceptors) == 1:
-        return interceptors[0](call, innermost)
-    proceed = innermost
-    for interceptor in reversed(interceptors[1:]):
-        proceed = _step(interceptor, call, proceed)
-    return interceptors[0](call, proceed)
+    return _chain(interceptors, call, innermost)
 
 
 def client_chain(interceptors: tuple[ClientInterceptor, ...], call: ClientCall,
                  innermost: Callable[[], Awaitable[Reply]]) -> Awaitable[Reply]:
     """The awaitable that runs ``interceptors`` around ``innermost`` (the sending)."""
+    reply: Awaitable[Reply] = _chain(interceptors, call, innermost)
+    return reply
+
+
+def _chain(interceptors: tuple[Any, ...], call: Any, innermost: Callable[[], Awaitable[Any]]) -> Any:
     if len(interceptors) == 1:
         return interceptors[0](call, innermost)
     proceed = innermost
