@@ -115,7 +115,8 @@ def _calls_proceed(before: list[dis.Instruction], proceed: str) -> bool:
 def server_chain(interceptors: tuple[ServerInterceptor, ...], call: CallContext,
                  innermost: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
     """The awaitable that runs ``interceptors`` around ``innermost`` (the handler)."""
-    return _chain(interceptors, call, innermost)
+    result: Awaitable[Any] = _chain(interceptors, call, innermost)
+    return result
 
 
 def client_chain(interceptors: tuple[ClientInterceptor, ...], call: ClientCall,
