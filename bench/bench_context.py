@@ -60,16 +60,21 @@ def _otel_providers() -> tuple[Any, Any]:
     return tracer_provider, MeterProvider(metric_readers=[InMemoryMetricReader()])
 
 
-async def serve(variant: str) -> None:
-    interceptors: list[Any] = []
+def interceptors(variant: str, side: str) -> list[Any]:
+    """The interceptors of one side ("server" or "client") for a variant."""
     if variant == "interceptors":
-        interceptors = [passthrough]
-    elif variant == "otel":
-        from geerpc.otel import ServerInterceptor
+        return [passthrough]
+    if variant != "otel":
+        return []
+    from geerpc import otel
 
-        tracer_provider, meter_provider = _otel_providers()
-        interceptors = [ServerInterceptor(tracer_provider=tracer_provider, meter_provider=meter_provider)]
-    server = geerpc.Server(interceptors=interceptors)
+    tracer_provider, meter_provider = _otel_providers()
+    kind = otel.ServerInterceptor if side == "server" else otel.ClientInterceptor
+    return [kind(tracer_provider=tracer_provider, meter_provider=meter_provider)]
+
+
+async def serve(variant: str) -> None:
+    server = geerpc.Server(interceptors=interceptors(variant, "server"))
     server.register(b.Arith())
     print(await server.start("127.0.0.1", 0), flush=True)
     await b.wait_for_stdin_eof()
@@ -78,15 +83,7 @@ async def serve(variant: str) -> None:
 async def connect(variant: str, address: str) -> Any:
     if variant == "baseline":
         return await b.connect("baseline", address)
-    interceptors: list[Any] = []
-    if variant == "interceptors":
-        interceptors = [passthrough]
-    elif variant == "otel":
-        from geerpc.otel import ClientInterceptor
-
-        tracer_provider, meter_provider = _otel_providers()
-        interceptors = [ClientInterceptor(tracer_provider=tracer_provider, meter_provider=meter_provider)]
-    return await geerpc.dial(address, interceptors=interceptors)
+    return await geerpc.dial(address, interceptors=interceptors(variant, "client"))
 
 
 def adder(variant: str, client: Any) -> b.Call:

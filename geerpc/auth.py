@@ -22,14 +22,17 @@ from typing import Any, Final
 from .context import CallContext
 from .errors import Unauthenticated
 
-__all__ = ["BearerTokens", "MAX_TOKEN_LENGTH"]
+__all__ = ["BearerTokens", "MAX_TOKEN_LENGTH", "token_digest"]
 
 MAX_TOKEN_LENGTH: Final = 4096  # characters; a longer authorization value is refused unread
 _PREFIX: Final = "Bearer "
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+def token_digest(token: str) -> bytes:
+    """What a token is compared by: its SHA-256 digest, the same length for every token,
+    so ``hmac.compare_digest`` of two digests says nothing about either (the registry's
+    tokens are compared so too)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 class BearerTokens:
@@ -49,7 +52,7 @@ class BearerTokens:
                 raise ValueError(f"tokens must be non-empty printable str of at most {MAX_TOKEN_LENGTH} characters")
             if not isinstance(identity, str) or not identity:
                 raise ValueError("each token's identity must be a non-empty str")
-            self._identities[_digest(token)] = identity
+            self._identities[token_digest(token)] = identity
 
     def identity(self, authorization: Any) -> str | None:
         """The identity an ``authorization`` metadata value stands for, or None."""
@@ -57,7 +60,7 @@ class BearerTokens:
             return None
         if not authorization.startswith(_PREFIX):
             return None
-        presented = _digest(authorization[len(_PREFIX):])
+        presented = token_digest(authorization[len(_PREFIX):])
         found = None
         for known, identity in self._identities.items():  # every one, match or not
             if hmac.compare_digest(known, presented):

@@ -67,8 +67,6 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._host = host
         self._limits = limits = host.limits
         self._lookup = host.lookup
-        # Inline handlers run at once, without a slot, unless an interceptor may suspend.
-        self._inline_calls = not host.interceptors or host.inline_interceptors
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._handshake: ServerHandshake | None = ServerHandshake(host.http_answer)
@@ -361,7 +359,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         if message.timeout or self._calls.handle_timeout is not None:  # a timeout of 0 is none
             seconds = budget(message.timeout, self._calls.handle_timeout)
             deadline = None if seconds is None else self._loop.time() + seconds
-        if method.inline and self._inline_calls:  # cannot suspend: runs to the end now, needs no slot
+        if method.inline and self._calls.inline_ok:  # cannot suspend: runs to the end now, needs no slot
             self._calls.start(message, method, deadline)
             return
         if not self._held and self._may_start():

@@ -128,7 +128,8 @@ class Calls:
         self.frame_limit = frame_limit  # lowered to the client's own limit if smaller
         self.handle_timeout = handle_timeout  # lowered to the client's HandleTimeout if smaller
         self._interceptors = interceptors
-        self._inline_chain = inline_chain
+        #: whether an inline handler still runs inline: no interceptor, or none that may suspend
+        self.inline_ok = not interceptors or inline_chain
         self.metadata_ok = False  # set once the client's Option says it takes reply metadata
         self.peer = "unix"  # the client's address, for CallContext.peer
         self.peer_certificate: dict[str, Any] | None = None  # the client's, over mutual TLS
@@ -151,7 +152,7 @@ class Calls:
         start = perf_counter()
         call = CallContext(message.service_method, message.metadata, deadline, self.peer, args, kwargs,
                            self.peer_certificate)
-        if method.inline and (not self._interceptors or self._inline_chain):
+        if method.inline and self.inline_ok:
             # Cannot suspend: runs to the end now, needs no slot and no task.
             context = contextvars.copy_context()
             if self._interceptors:

@@ -117,6 +117,25 @@ async def registry():
 
 
 @pytest.fixture
+async def make_registry():
+    """Starts registries (``Registry`` options, GeeRPC's 5-minute timeout by default)
+    on 127.0.0.1, a free port, and stops every one afterwards."""
+    from geerpc.registry import Registry
+
+    started: list[Registry] = []
+
+    async def make(timeout: float = 300.0, **options) -> Registry:
+        registry = Registry(timeout, **options)
+        await registry.start("127.0.0.1", 0)
+        started.append(registry)
+        return registry
+
+    yield make
+    for registry in started:
+        await registry.stop()
+
+
+@pytest.fixture
 async def geerpc_like():
     """A registry that speaks only GeeRPC's two headers, as the Go original does."""
     from _registry_helpers import GeeRPCLikeRegistry

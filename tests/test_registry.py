@@ -24,21 +24,6 @@ B = "tcp@127.0.0.1:9002"
 
 
 @pytest.fixture
-async def make_registry():
-    started: list[Registry] = []
-
-    async def make(timeout: float = 300.0, **options) -> Registry:
-        registry = Registry(timeout, **options)
-        await registry.start("127.0.0.1", 0)
-        started.append(registry)
-        return registry
-
-    yield make
-    for registry in started:
-        await registry.stop()
-
-
-@pytest.fixture
 async def http():
     async with aiohttp.ClientSession() as session:
         yield session

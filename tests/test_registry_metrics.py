@@ -33,21 +33,6 @@ class Now:
 
 
 @pytest.fixture
-async def make_registry():
-    started: list[Registry] = []
-
-    async def make(**options) -> Registry:
-        registry = Registry(TIMEOUT, **options)
-        await registry.start("127.0.0.1", 0)
-        started.append(registry)
-        return registry
-
-    yield make
-    for registry in started:
-        await registry.stop()
-
-
-@pytest.fixture
 async def beats():
     """Starts heartbeats, each on its own fake clock, and stops every one afterwards."""
     started: list[Heartbeat] = []

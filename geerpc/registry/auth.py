@@ -14,9 +14,10 @@ cost a megabyte of hashing per request.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Final
+
+from ..auth import token_digest
 
 __all__ = ["AUTH_SCHEME", "MAX_AUTHORIZATION", "Tokens", "bearer", "check_token"]
 
@@ -50,8 +51,6 @@ def bearer(header: str | None) -> str | None:
     return token.strip() or None
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 class Tokens:
@@ -68,8 +67,8 @@ class Tokens:
         read_token = check_token("read_token", read_token)
         if read_token is not None and token is None:
             raise ValueError("read_token needs a token too: without one, anyone could change the list")
-        self._write = None if token is None else _digest(token)
-        self._read = None if read_token is None else _digest(read_token)
+        self._write = None if token is None else token_digest(token)
+        self._read = None if read_token is None else token_digest(read_token)
 
     @property
     def writes_open(self) -> bool:
@@ -99,4 +98,4 @@ class Tokens:
     def _matches(candidate: str | None, digest: bytes) -> bool:
         if candidate is None:
             return False
-        return hmac.compare_digest(_digest(candidate), digest)
+        return hmac.compare_digest(token_digest(candidate), digest)
