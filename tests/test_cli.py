@@ -8,7 +8,6 @@ serve the whole module. Readiness is the line a process prints, never a sleep.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import math
 import queue
@@ -544,10 +543,10 @@ def test_registry_command_stops_on_sigterm() -> None:
 
 def test_serve_list_and_call_through_etcd() -> None:
     binary = etcd_binary()
-    if binary is None or importlib.util.find_spec("aetcd") is None:
+    if binary is None:
         if etcd_required():
-            pytest.fail("etcd or aetcd missing, and GEERPC_REQUIRE_ETCD=1 requires the etcd tests to run")
-        pytest.skip("needs the etcd binary and aetcd")
+            pytest.fail("etcd missing, and GEERPC_REQUIRE_ETCD=1 requires the etcd tests to run")
+        pytest.skip("needs the etcd binary")
     etcd = EtcdProcess(binary)
     etcd.start()
     try:

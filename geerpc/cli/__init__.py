@@ -13,6 +13,8 @@ import argparse
 import sys
 from typing import Final
 
+from ..xclient.urls import WANT, is_registry_url
+
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "CommandError", "main"]
 
 EXIT_OK: Final = 0
@@ -111,8 +113,8 @@ def _seconds(text: str) -> float:
 
 
 def _registry_url(text: str) -> str:
-    if not text.startswith(("http://", "https://", "etcd://")):
-        raise argparse.ArgumentTypeError(f"not a registry URL: {text!r} (want http://... or etcd://...)")
+    if not is_registry_url(text):
+        raise argparse.ArgumentTypeError(f"not a registry URL: {text!r} (want {WANT})")
     return text
 
 

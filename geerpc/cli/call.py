@@ -31,12 +31,12 @@ from ..errors import (
     Unavailable,
 )
 from ..xclient import Discovery, XClient
+from ..xclient.urls import WANT, discovery_for, is_registry_url
 from . import EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
 from .values import dumps, to_json
 
 __all__ = ["broadcast_line", "describe_failure", "run"]
 
-_REGISTRY_SCHEMES = ("http://", "https://", "etcd://")
 # Errors geerpc itself reports for a call it did not run: their messages stand alone.
 _OWN_REMOTE_ERRORS = (ServiceNotFound, MethodNotFound, InvalidArguments, Unavailable)
 # The type the server gives a result it ran but could not encode (code INTERNAL).
@@ -52,12 +52,12 @@ def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any
     """
     # ERROR: discovery's warnings about an unreachable registry would repeat our message.
     logging.basicConfig(level=logging.ERROR, format="geerpc: %(message)s")
-    is_registry = target.startswith(_REGISTRY_SCHEMES)
+    is_registry = is_registry_url(target)
     if not is_registry:
         try:
             parse_address(target)
         except ValueError as exc:
-            raise CommandError(f"bad TARGET: {exc}; or give a registry URL (http://... or etcd://...)",
+            raise CommandError(f"bad TARGET: {exc}; or give a registry URL ({WANT})",
                                EXIT_USAGE) from None
     if broadcast:
         return _run_broadcast(target, is_registry, service_method, args, kwargs, timeout)
@@ -226,16 +226,10 @@ async def _broadcast(target: str, is_registry: bool, service_method: str, args: 
 
 
 def _discovery(url: str, timeout: float) -> Discovery:
-    if url.startswith("etcd://"):
-        try:
-            from ..xclient.etcd_discovery import EtcdDiscovery
-
-            return EtcdDiscovery(url, first_list_timeout=timeout)
-        except ImportError:
-            raise CommandError("etcd:// needs the etcd extra: pip install 'geerpc[etcd]'") from None
-        except ValueError as exc:
-            raise CommandError(str(exc), EXIT_USAGE) from None
-    from ..xclient.registry_discovery import RegistryDiscovery
-
-    # One call, then exit: no watch, and a request timeout within the command's.
-    return RegistryDiscovery(url, watch=False, timeout=min(timeout, 5.0))
+    # One call, then exit: no watch, and no wait past the command's timeout.
+    try:
+        return discovery_for(url, once=True, timeout=timeout)
+    except ImportError as exc:
+        raise CommandError(f"{url.split(':', 1)[0]}:// needs an extra that is not installed: {exc}") from None
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None

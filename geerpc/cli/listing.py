@@ -23,6 +23,7 @@ import aiohttp
 
 from ..errors import GeeRPCError
 from ..registry.contract import H_SERVERS
+from ..xclient.urls import discovery_for
 from . import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
 
 __all__ = ["Row", "format_table", "rows_from_header", "rows_from_json", "run"]
@@ -48,7 +49,7 @@ class Row(NamedTuple):
 def run(url: str, *, timeout: float) -> int:
     """Print the table of the registry at ``url``; return the exit status."""
     logging.basicConfig(level=logging.WARNING, format="geerpc: %(message)s")
-    fetch = _fetch_etcd if url.startswith("etcd://") else _fetch_http
+    fetch = _fetch_http if url.startswith(("http://", "https://")) else _fetch_discovery
     rows = asyncio.run(fetch(url, timeout))
     print(format_table(rows), flush=True)
     if not rows:
@@ -152,13 +153,10 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _fetch_etcd(url: str, timeout: float) -> list[Row]:
+async def _fetch_discovery(url: str, timeout: float) -> list[Row]:
+    """A registry listed through its discovery (etcd and the like): ages unknown."""
     try:
-        from ..xclient.etcd_discovery import EtcdDiscovery
-    except ImportError:
-        raise CommandError("etcd:// needs the etcd extra: pip install 'geerpc[etcd]'") from None
-    try:
-        discovery = EtcdDiscovery(url)
+        discovery = discovery_for(url, once=True, timeout=timeout)
         try:
             async with asyncio.timeout(timeout):
                 await discovery.refresh()
@@ -167,10 +165,10 @@ async def _fetch_etcd(url: str, timeout: float) -> list[Row]:
             await discovery.close()
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
-    except ImportError:
-        raise CommandError("etcd:// needs the etcd extra: pip install 'geerpc[etcd]'") from None
+    except ImportError as exc:
+        raise CommandError(f"{url.split(':', 1)[0]}:// needs an extra that is not installed: {exc}") from None
     except TimeoutError:
-        raise CommandError(f"etcd at {url} did not answer within {timeout:g} s", EXIT_TIMEOUT) from None
+        raise CommandError(f"the registry at {url} did not answer within {timeout:g} s", EXIT_TIMEOUT) from None
     except GeeRPCError as exc:
         raise CommandError(str(exc)) from None
     return sorted(Row(address, ANY if offered is None else (",".join(sorted(offered)) or NONE), None)

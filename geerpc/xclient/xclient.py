@@ -48,6 +48,7 @@ from ..errors import (
 from ..interceptors import ClientInterceptor, check_interceptors
 from .discovery import Discovery, MultiServerDiscovery
 from .selection import SelectMode, Skipped, pick
+from .urls import discovery_for
 
 __all__ = ["SKIP_PERIOD", "XClient"]
 
@@ -434,15 +435,7 @@ def _offering(service: str | None) -> str:
 
 def _as_discovery(discovery: Discovery | str | list[str]) -> Discovery:
     if isinstance(discovery, str):
-        if discovery.startswith(("etcd://", "etcds://")):
-            from .etcd_discovery import EtcdDiscovery
-
-            return EtcdDiscovery(discovery)
-        if discovery.startswith(("http://", "https://")):
-            from .registry_discovery import RegistryDiscovery
-
-            return RegistryDiscovery(discovery)
-        raise ValueError(f"not a registry URL: {discovery!r} (want http://... or etcd://...)")
+        return discovery_for(discovery)
     if isinstance(discovery, list):
         return MultiServerDiscovery(discovery)
     return discovery

@@ -1,0 +1,38 @@
+"""Registry URLs: which Discovery serves which scheme.
+
+The one place that maps a URL to its discovery, for ``XClient``, ``SyncXClient``
+and the CLI. A backend's module (and its optional dependencies) is imported only
+when a URL of its scheme is used.
+"""
+
+from __future__ import annotations
+
+from .discovery import ServerList
+
+__all__ = ["SCHEMES", "WANT", "discovery_for", "is_registry_url"]
+
+SCHEMES = ("http://", "https://", "etcd://", "etcds://")
+WANT = "http://..., https://... or etcd://..."
+
+
+def is_registry_url(text: str) -> bool:
+    """Whether ``text`` names a registry (and not a server address)."""
+    return text.startswith(SCHEMES)
+
+
+def discovery_for(url: str, *, once: bool = False, timeout: float = 5.0) -> ServerList:
+    """The discovery for the registry at ``url``.
+
+    ``once`` is for a process that lists once and exits (the CLI): no watch, and
+    no wait longer than ``timeout`` seconds for the first list. Raises ValueError
+    for a URL of no known scheme, or one its backend refuses.
+    """
+    if url.startswith(("etcd://", "etcds://")):
+        from .etcd_discovery import EtcdDiscovery
+
+        return EtcdDiscovery(url, first_list_timeout=timeout) if once else EtcdDiscovery(url)
+    if url.startswith(("http://", "https://")):
+        from .registry_discovery import RegistryDiscovery
+
+        return RegistryDiscovery(url, watch=False, timeout=min(timeout, 5.0)) if once else RegistryDiscovery(url)
+    raise ValueError(f"not a registry URL: {url!r} (want {WANT})")
