@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,12 @@ _CUT_OFF = """(() => {
 
 
 class Browser:
-    def __init__(self, executable: str) -> None:
+    """One Chromium and one page. ``extra_flags`` are added to ``CHROMIUM_FLAGS`` (such as
+    ``--ignore-certificate-errors-spki-list=...`` to trust a test's own certificate)."""
+
+    def __init__(self, executable: str, extra_flags: Sequence[str] = ()) -> None:
         self._executable = executable
+        self._flags = [*CHROMIUM_FLAGS, *extra_flags]
         self._profile = tempfile.mkdtemp(prefix="geerpc-chromium-")
         self._proc: asyncio.subprocess.Process | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -96,7 +101,7 @@ class Browser:
 
     async def start(self, timeout: float = 20.0) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            self._executable, *CHROMIUM_FLAGS, f"--user-data-dir={self._profile}", "about:blank",
+            self._executable, *self._flags, f"--user-data-dir={self._profile}", "about:blank",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         active = Path(self._profile) / "DevToolsActivePort"
         loop = asyncio.get_running_loop()

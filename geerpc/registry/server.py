@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_PATH",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WAIT",
+    "HANDSHAKE_TIMEOUT",
     "KEEPALIVE_TIMEOUT",
     "MAX_WAIT",
     "MAX_WATCHERS",
@@ -64,6 +65,9 @@ MAX_WATCHERS: Final = 1024
 # from a connection's start until a whole request head has arrived, so this bounds a
 # slow header read too (a slowloris ties up a socket for this long, not forever).
 KEEPALIVE_TIMEOUT: Final = 75.0
+# Seconds an HTTPS connection has to finish its TLS handshake (as the RPC port's
+# handshake_timeout); asyncio's own default is a minute.
+HANDSHAKE_TIMEOUT: Final = 10.0
 
 
 class Registry:
@@ -77,6 +81,9 @@ class Registry:
     16 or all of them). ``max_wait``
     caps a watch's ``wait``, ``keepalive_timeout`` closes idle connections (and
     connections that have not sent a whole request head) after that many seconds.
+    ``handshake_timeout`` is how long an HTTPS connection has to finish its TLS
+    handshake before it is closed (a client that never sends its ClientHello holds
+    a socket that long, not for asyncio's default minute).
     ``heartbeat_period`` is the period every reply asks servers to beat at
     (``X-Geerpc-Period``; at most ``period_for(timeout)``): it bounds how long a
     live server stays unlisted after the registry restarts, at the cost of
@@ -107,6 +114,7 @@ class Registry:
         max_watchers_per_peer: int | None = None,
         max_wait: float = MAX_WAIT,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         heartbeat_period: float = RELIST_PERIOD,
         clock: Callable[[], float] = time.monotonic,
         token: str | None = None,
@@ -140,6 +148,11 @@ class Registry:
                                       if max_watchers_per_peer is None else max_watchers_per_peer)
         self.max_wait = max_wait
         self.keepalive_timeout = keepalive_timeout
+        if (not isinstance(handshake_timeout, (int, float)) or isinstance(handshake_timeout, bool)
+                or not (math.isfinite(handshake_timeout) and handshake_timeout > 0)):
+            raise ValueError(f"handshake_timeout must be a positive, finite number of seconds, "
+                             f"not {handshake_timeout!r}")
+        self.handshake_timeout = float(handshake_timeout)
         self._page = render_dashboard(path)
         self._clock = clock
         self._started_at = clock()
@@ -207,8 +220,8 @@ class Registry:
         await runner.setup()
         try:
             # A plaintext request to this port fails the TLS handshake at its first
-            # bytes and is closed; one that sends nothing waits out asyncio's handshake timeout.
-            site = web.TCPSite(runner, host, port, ssl_context=ssl)
+            # bytes and is closed; one that sends nothing is closed after handshake_timeout.
+            site = _Site(runner, host, port, ssl, self.handshake_timeout)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -418,3 +431,29 @@ class Registry:
                                    "period": self.heartbeat_period, "instance": self.instance}
         return web.Response(status=200, headers=headers, body=self.lists.json(now, service, head),
                             content_type="application/json")
+
+
+class _Site(web.BaseSite):
+    """aiohttp's TCPSite with a bound on the TLS handshake, which TCPSite does not offer:
+    the listening server is made here, with ``ssl_handshake_timeout``."""
+
+    __slots__ = ("_handshake_timeout", "_host", "_port")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, ssl: _ssl.SSLContext | None,
+                 handshake_timeout: float) -> None:
+        super().__init__(runner, ssl_context=ssl)
+        self._host = host
+        self._port = port
+        self._handshake_timeout = handshake_timeout
+
+    @property
+    def name(self) -> str:
+        return f"{'https' if self._ssl_context is not None else 'http'}://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog, reuse_address=True,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context is not None else None)
