@@ -33,11 +33,13 @@ from .context import CURRENT, ClientCall, Reply, outgoing_deadline
 from .deadline import Deadline, check_timeout
 from .errors import (
     ConnectError, ConnectionClosed, ConnectTimeout, GeeRPCError, HandshakeError, NotSupported, ProtocolError,
+    RemoteError,
 )
 from .handshake import ClientHandshake
 from .interceptors import ClientInterceptor, check_interceptors, client_chain
 from .metadata import outgoing
 from .pending import PendingCalls
+from .stream import DEFAULT_WINDOW_BYTES, DEFAULT_WINDOW_ITEMS, Stream
 from .tcp import enable_keepalive
 from .tls import closed_during_handshake
 
@@ -65,6 +67,8 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.error: ConnectionClosed | None = None  # set once the connection is unusable
         self.lost_idle = False  # the peer closed it while no call was pending
         self.metadata_ok = False  # the server said it takes call metadata
+        self.streams_ok = False  # the server said it takes streams
+        self.streams: dict[int, Stream] = {}  # seq -> each open stream, fed its ITEMs
         self.tls = False  # the connection is TLS
         self.writable = asyncio.Event()
         self.writable.set()
@@ -115,11 +119,15 @@ class _ClientConnection(asyncio.BufferedProtocol):
     def _take_replies(self) -> None:
         frames = self._frames
         resolve = self.calls.resolve
-        pong = p.PONG_PREFIX
+        pong, item = p.PONG_PREFIX, p.ITEM_PREFIX
         try:
             while (payload := frames.next_frame()) is not None:
-                if payload[:2] == pong:
+                head = payload[:2]
+                if head == pong:
                     p.decode_pong(payload)  # any bytes are a sign of life; a malformed pong is not
+                    continue
+                if head == item:
+                    self._item(payload)
                     continue
                 outcome = resolve(payload)
                 if outcome is None:
@@ -135,6 +143,19 @@ class _ClientConnection(asyncio.BufferedProtocol):
             self.lose(ConnectionClosed(f"{self.address} broke the protocol: {exc}"), exc)
             if self.transport is not None:
                 self.transport.abort()
+
+    def _item(self, payload: bytes) -> None:
+        """A stream's ITEM: to its stream (one no longer open has it dropped)."""
+        try:
+            seq, value = p.decode_item(payload)
+        except p.BadResponse as bad:  # the item would not decode: that stream fails
+            outcome = self.calls.fail(bad.seq)
+            if outcome is not None and not outcome.done():
+                outcome.set_exception(RemoteError("SerializationError", str(bad)))
+            return
+        stream = self.streams.get(seq)
+        if stream is not None:
+            stream.deliver(value, len(payload))
 
     def _check_alive(self) -> None:
         """Every keepalive interval: with calls pending and nothing heard, ping; no
@@ -403,6 +424,43 @@ class Client:
             return Reply(value)
         return value
 
+    def stream(self, service_method: str, /, *args: Any, timeout: float | None = None,
+               metadata: Mapping[str, str | bytes] | None = None, window_items: int = DEFAULT_WINDOW_ITEMS,
+               window_bytes: int = DEFAULT_WINDOW_BYTES, **kwargs: Any) -> Stream:
+        """Call a generator method and iterate its items: ``async with client.stream(...) as items``.
+
+        ``timeout`` bounds the whole stream (and follows the handler's deadline when
+        made inside one, as for ``call()``). ``window_items`` (1 to 1024) and
+        ``window_bytes`` (1 KiB to 4 MiB) are how far the server may run ahead of the
+        consumer. Leaving the block, ``break``, ``aclose()`` or cancellation closes the
+        server's generator. Iterating raises what ``call()`` raises, at the point in
+        the stream where it happened; ``InvalidArguments`` for a method that does not
+        stream, ``NotSupported`` for a server older than streams. (Remote keyword
+        arguments with these names cannot be passed here.)
+        """
+        loop = self._conn.loop
+        deadline = None if timeout is None else Deadline.after(timeout, loop.time())
+        if CURRENT.get(None) is not None:
+            deadline = outgoing_deadline(deadline, loop.time(), service_method)
+        return Stream(self, service_method, args, kwargs, deadline, metadata, window_items, window_bytes,
+                      self.interceptors)
+
+    @property
+    def authorization(self) -> dict[str, str | bytes] | None:
+        """The metadata that carries this client's token, or None without one."""
+        return self._authorization
+
+    async def connection_for(self, service_method: str, deadline: Deadline | None) -> _ClientConnection:
+        """The connection to send on: this one, or a new one if the server closed it while idle."""
+        conn = self._conn
+        if conn.error is not None:
+            conn = await self._reconnect(conn, service_method, deadline)
+        return conn
+
+    async def wait_writable(self, service_method: str, deadline: Deadline | None) -> None:
+        """Wait, within ``deadline``, until the server reads its connection again."""
+        await self._wait_writable(service_method, deadline)
+
     async def _reconnect(self, lost: _ClientConnection, service_method: str,
                          deadline: Deadline | None) -> _ClientConnection:
         """Dial again for a connection the server closed while idle, or raise why not.
@@ -444,6 +502,7 @@ class Client:
         """Use ``conn``, sending frames within the limit the server's acknowledgement states."""
         conn.calls.max_frame_size = ack.max_frame_size or p.DEFAULT_MAX_FRAME_SIZE
         conn.metadata_ok = ack.metadata >= 1
+        conn.streams_ok = ack.streams >= 1
         self._conn = conn
 
     async def _wait_writable(self, service_method: str, deadline: Deadline | None) -> None:
@@ -560,7 +619,8 @@ async def dial(
                          f"and replay it; dial tls@ (or pass insecure_token=True to send it anyway)")
     option = p.Option(connect_timeout=_nanoseconds(connect_seconds),
                       handle_timeout=_nanoseconds(handle_seconds),
-                      max_frame_size=max_frame_size, keepalive=_nanoseconds(keepalive_seconds), metadata=1)
+                      max_frame_size=max_frame_size, keepalive=_nanoseconds(keepalive_seconds), metadata=1,
+                      streams=1)
 
     def connect() -> Awaitable[tuple[_ClientConnection, p.Option]]:
         return _connect(address, parsed, option, connect_seconds, max_frame_size,

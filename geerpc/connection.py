@@ -41,6 +41,7 @@ from .host import ConnectionHost
 from .outbox import Outbox
 from .replies import bad_request_reply, budget_reply, not_found_reply, stopped_reply, stopping_reply
 from .service import Method
+from .streaming import IS_A_STREAM, NOT_A_STREAM
 from .tcp import enable_keepalive
 from .tls import server_handshake
 
@@ -56,7 +57,7 @@ _HOLD_MIN = 16  # requests held at least, whatever max_in_flight, so Cancels and
 class _Held(NamedTuple):
     """A request taken off the wire while max_in_flight calls run."""
 
-    request: p.Request
+    request: p.Request | p.StreamOpen
     method: Method
     cost: int  # bytes charged for it (decoding.unpack)
     deadline: float | None  # loop time, set when the request arrived
@@ -79,7 +80,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._calls = Calls(self._loop, queue=outbox.queue, reply=outbox.reply, submit=host.submit,
                             stopping=lambda: host.stopping, ended=self._call_ended, room=budget.reply_room,
                             frame_limit=limits.max_frame_size, handle_timeout=limits.handle_timeout,
-                            interceptors=host.interceptors, inline_chain=host.inline_interceptors)
+                            interceptors=host.interceptors, inline_chain=host.inline_interceptors,
+                            paused=lambda: outbox.paused)
         budget.calls = self._calls
         self._running = self._calls.running  # seq -> running call, read for counts
         # Requests received while max_in_flight calls run: started as calls finish.
@@ -184,6 +186,8 @@ class ServerConnection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._outbox.paused = False
         self._flush()
+        if self._calls.streams:
+            self._calls.wake_streams()
         self._take_frames()  # encodes parked results first, then starts and takes what waits
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -255,7 +259,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._calls.metadata_ok = option.metadata >= 1
         ack = p.Option(handle_timeout=0 if effective is None else max(1, int(effective * 1e9)),
                        max_frame_size=self._limits.max_frame_size, keepalive=option.keepalive,
-                       metadata=1 if option.metadata else 0)
+                       metadata=1 if option.metadata else 0, streams=1 if option.streams else 0)
         self._transport.write(p.encode_option(ack))
         if self._limits.idle_timeout is not None:
             self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._check_idle)
@@ -299,7 +303,12 @@ class ServerConnection(asyncio.BufferedProtocol):
                 _, held = self._held.popitem(last=False)
                 self._budget.held -= held.cost
                 cost = held.cost + self._budget.reserve(held.method)
-                self._calls.start(held.request, held.method, held.deadline, cost)
+                request = held.request
+                if type(request) is p.StreamOpen:
+                    self._calls.start_stream(request, held.method, held.deadline, cost)
+                else:
+                    assert type(request) is p.Request
+                    self._calls.start(request, held.method, held.deadline, cost)
             while not self._outbox.paused and len(self._held) < hold and self._may_take():
                 payload = frames.next_frame()
                 if payload is None:
@@ -340,7 +349,13 @@ class ServerConnection(asyncio.BufferedProtocol):
         if type(message) is p.Ping:
             self._queue(p.encode_pong(message.id))
             return
-        assert type(message) is p.Request
+        opened = None
+        if type(message) is not p.Request:
+            if type(message) is p.Credit:
+                self._calls.credit(message.seq, message.items, message.bytes)
+                return
+            assert type(message) is p.StreamOpen
+            opened, message = message, message.request
         seq = message.seq
         if seq in self._running or seq in self._held:
             raise ProtocolError(f"seq {seq} is already in flight")
@@ -348,6 +363,9 @@ class ServerConnection(asyncio.BufferedProtocol):
         if method is None:
             self._queue(not_found_reply(seq, message.service_method, self._host.has_service))
             return
+        if method.streaming or opened is not None:
+            if self._wrong_kind(seq, method, opened is not None):
+                return
         if self._host.stopping:
             self._queue(stopping_reply(seq))
             return
@@ -359,6 +377,13 @@ class ServerConnection(asyncio.BufferedProtocol):
         if message.timeout or self._calls.handle_timeout is not None:  # a timeout of 0 is none
             seconds = budget(message.timeout, self._calls.handle_timeout)
             deadline = None if seconds is None else self._loop.time() + seconds
+        if opened is not None:
+            if not self._held and self._may_start():
+                self._calls.start_stream(opened, method, deadline, cost + self._budget.reserve(method))
+            else:
+                self._held[seq] = _Held(opened, method, cost, deadline)
+                self._budget.held += cost
+            return
         if method.inline and self._calls.inline_ok:  # cannot suspend: runs to the end now, needs no slot
             self._calls.start(message, method, deadline)
             return
@@ -367,6 +392,15 @@ class ServerConnection(asyncio.BufferedProtocol):
         else:
             self._held[seq] = _Held(message, method, cost, deadline)
             self._budget.held += cost
+
+    def _wrong_kind(self, seq: int, method: Method, opened: bool) -> bool:
+        """Answer a generator method called with call(), or another with stream()."""
+        if bool(method.streaming) == opened:
+            return False
+        text = NOT_A_STREAM if opened else IS_A_STREAM
+        self._queue(p.encode_error(seq, p.ErrorCode.INVALID_ARGUMENT, "InvalidArguments", text.format(method.name)))
+        method.record(0.0, p.ErrorCode.INVALID_ARGUMENT)
+        return True
 
     def _cancel(self, seq: int, reason: str) -> None:
         held = self._held.pop(seq, None)

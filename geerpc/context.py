@@ -49,14 +49,16 @@ class CallContext:
         identity: who makes the call, as the server's ``auth`` established it (a
             bearer token's identity); without one, the commonName of the client's
             certificate; else None. An interceptor may set it.
+        streaming: True for a stream (a generator method called with ``stream()``):
+            an interceptor's ``proceed()`` then returns when the stream has ended.
     """
 
     __slots__ = ("service_method", "_metadata", "deadline", "peer", "args", "kwargs", "_reply_metadata",
-                 "peer_certificate", "_identity")
+                 "peer_certificate", "_identity", "streaming")
 
     def __init__(self, service_method: str, metadata: dict[str, str | bytes] | None, deadline: float | None,
                  peer: str, args: list[Any], kwargs: dict[str, Any],
-                 peer_certificate: dict[str, Any] | None = None) -> None:
+                 peer_certificate: dict[str, Any] | None = None, streaming: bool = False) -> None:
         self.service_method = service_method
         self._metadata = metadata
         self.deadline = deadline
@@ -66,6 +68,7 @@ class CallContext:
         self._reply_metadata: dict[str, str | bytes] | None = None
         self.peer_certificate = peer_certificate
         self._identity: str | None = None
+        self.streaming = streaming
 
     @property
     def identity(self) -> str | None:
@@ -120,19 +123,22 @@ class ClientCall:
     dict of its own), and replace ``args`` (a sequence, as the caller passed it) and
     ``timeout`` (seconds from when the next step runs; None for none) before calling
     ``proceed()``. ``address`` is the server it goes to (for an XClient, the one this
-    attempt picked).
+    attempt picked). ``streaming`` is True for a stream: ``proceed()`` opens it and
+    returns once it has ended (a ``Reply`` with no result and the end's metadata).
     """
 
-    __slots__ = ("service_method", "args", "kwargs", "metadata", "timeout", "address")
+    __slots__ = ("service_method", "args", "kwargs", "metadata", "timeout", "address", "streaming")
 
     def __init__(self, service_method: str, args: Sequence[Any], kwargs: dict[str, Any],
-                 metadata: dict[str, str | bytes], timeout: float | None, address: str) -> None:
+                 metadata: dict[str, str | bytes], timeout: float | None, address: str,
+                 streaming: bool = False) -> None:
         self.service_method = service_method
         self.args = args
         self.kwargs = kwargs
         self.metadata = metadata
         self.timeout = timeout
         self.address = address
+        self.streaming = streaming
 
     def __repr__(self) -> str:
         return f"<geerpc.ClientCall {self.service_method} to {self.address}>"

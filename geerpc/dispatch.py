@@ -28,7 +28,8 @@ from . import protocol as p
 from .context import CURRENT, CallContext
 from .interceptors import Resume, ServerInterceptor, server_chain
 from .replies import failure_reply, result_reply, run_inline, stopped_reply, timeout_reply
-from .service import CANCELLED, Method
+from .service import ASYNC_STREAM, CANCELLED, Method
+from .streaming import StreamWindow, pump
 from .workers import Job
 
 __all__ = ["Calls", "STOPPING", "budget"]
@@ -113,10 +114,13 @@ class Calls:
                  reply: Callable[[bytes], None], submit: Callable[[Job], None],
                  stopping: Callable[[], bool], ended: Callable[[], None], room: Callable[[], bool],
                  frame_limit: int, handle_timeout: float | None,
-                 interceptors: tuple[ServerInterceptor, ...] = (), inline_chain: bool = False) -> None:
+                 interceptors: tuple[ServerInterceptor, ...] = (), inline_chain: bool = False,
+                 paused: Callable[[], bool] = lambda: False) -> None:
         self._loop = loop
         self._queue, self._reply, self._submit = queue, reply, submit
-        self._stopping, self._ended, self._room = stopping, ended, room
+        self._stopping, self._ended, self._room, self._paused = stopping, ended, room, paused
+        #: seq -> the window of each open stream (``streaming``), also in ``running``
+        self.streams: dict[int, StreamWindow] = {}
         #: seq -> the call's task or worker job; the connection reads it for counts
         self.running: dict[int, asyncio.Task[None] | _SyncCall] = {}
         self._running = self.running
@@ -189,6 +193,27 @@ class Calls:
         self.charged += cost
         self._submit(job)
 
+    def start_stream(self, message: p.StreamOpen, method: Method, deadline: float | None, cost: int = 0) -> None:
+        """Run a stream: a task that sends the generator's items within the client's window."""
+        request = message.request
+        call = CallContext(request.service_method, request.metadata, deadline, self.peer, request.args,
+                           request.kwargs, self.peer_certificate, streaming=True)
+        window = StreamWindow(self._loop, request.seq, message.items, message.bytes)
+        self.streams[request.seq] = window
+        self._start_task(self._run(request, method, deadline, perf_counter(), call, None, window),
+                         request.seq, cost, None)
+
+    def credit(self, seq: int, items: int, bytes_: int) -> None:
+        """The client consumed items of stream ``seq``; a credit for no open stream is ignored."""
+        window = self.streams.get(seq)
+        if window is not None:
+            window.grant(items, bytes_)
+
+    def wake_streams(self) -> None:
+        """The peer reads again: streams waiting for that look again."""
+        for window in self.streams.values():
+            window.wake()
+
     def _answer(self, seq: int, method: Method, call: CallContext, result: Any, start: float) -> None:
         """Queue the reply of a call that ended inline."""
         frame, code = result_reply(seq, method, result, self.frame_limit, self._sent_metadata(call))
@@ -217,10 +242,14 @@ class Calls:
         # step (a Cancel in the same read as its Request) never runs _run at all.
         task.add_done_callback(functools.partial(self._task_done, seq, cost))
 
-    def _chain(self, method: Method, call: CallContext, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """The interceptors' coroutine, around the handler."""
+    def _chain(self, method: Method, call: CallContext, args: list[Any], kwargs: dict[str, Any],
+               window: StreamWindow | None = None) -> Any:
+        """The interceptors' coroutine, around the handler (for a stream: around all of it)."""
         func = method.func
-        if method.is_async:
+        if window is not None:
+            def handler() -> Any:
+                return self._pump(window, method, call)
+        elif method.is_async:
             def handler() -> Any:
                 return func(*args, **kwargs)
         else:
@@ -248,8 +277,13 @@ class Calls:
         self._submit(job)
         return future
 
+    def _pump(self, window: StreamWindow, method: Method, call: CallContext) -> Coroutine[Any, Any, None]:
+        context = None if method.streaming == ASYNC_STREAM else _in_context(call)
+        return pump(window, method, call.args, call.kwargs, send=self._reply, paused=self._paused,
+                    limit=self.frame_limit, submit=self._submit, context=context)
+
     async def _run(self, message: p.Request, method: Method, deadline: float | None, start: float,
-                   call: CallContext, resumed: Resume | None) -> None:
+                   call: CallContext, resumed: Resume | None, window: StreamWindow | None = None) -> None:
         seq, args, kwargs = message.seq, message.args, message.kwargs
         CURRENT.set(call)
         code: int | None = None  # set once answered; None: parked (recorded when sent)
@@ -265,8 +299,12 @@ class Calls:
                 code = _TIMEOUT
                 return
             if awaitable is None:
-                awaitable = self._chain(method, call, args, kwargs) if self._interceptors else method.func(
-                    *args, **kwargs)
+                if self._interceptors:
+                    awaitable = self._chain(method, call, args, kwargs, window)
+                elif window is not None:
+                    awaitable = self._pump(window, method, call)
+                else:
+                    awaitable = method.func(*args, **kwargs)
             if deadline is None:
                 result = await awaitable
             else:
@@ -282,6 +320,10 @@ class Calls:
                     return
             del awaitable
             metadata = self._sent_metadata(call)
+            if window is not None:  # the stream's end: a response with no result
+                frame, code = result_reply(seq, method, None, self.frame_limit, metadata)
+                self._reply(frame)
+                return
             if self.parked or not self._room():
                 self.parked.append((seq, method, result, start, metadata))
                 return
@@ -320,6 +362,8 @@ class Calls:
         self.charged -= cost  # the handler has ended: its arguments are free
         if self._running.get(seq) is task:
             del self._running[seq]
+            if self.streams:
+                self.streams.pop(seq, None)
             self._ended()
         else:  # cancelled by the client (or the connection lost): already out of the table
             self._cancelled.discard(task)
@@ -364,6 +408,8 @@ class Calls:
         if isinstance(call, asyncio.Task):
             call.cancel(reason)  # _run replies (when the server is stopping)
             if reason != STOPPING:
+                if self.streams:
+                    self.streams.pop(seq, None)
                 # The seq and the slot are free at once, as for a worker thread's call:
                 # the client may reuse the seq before the task has ended. The set keeps
                 # the task referenced until it does, and its cost stays charged.

@@ -18,7 +18,7 @@ __all__ = ["MAGIC_NUMBER", "CODEC_TYPE", "MAX_OPTION_SIZE", "Option", "BadOption
 MAGIC_NUMBER: Final = 0x3BEF5C  # 3927900, as in GeeRPC
 CODEC_TYPE: Final = "application/msgpack"
 MAX_OPTION_SIZE: Final = 1024  # bytes, newline included
-_MAX_OPTION_INT: Final = 2**63 - 1  # ConnectTimeout, HandleTimeout, MaxFrameSize, Keepalive, Metadata
+_MAX_OPTION_INT: Final = 2**63 - 1  # every integer field
 
 
 class Option(NamedTuple):
@@ -32,6 +32,7 @@ class Option(NamedTuple):
     max_frame_size: int = 0  # in the server's acknowledgement; 0 = not stated
     keepalive: int = 0  # the client's ping interval, echoed by a server that answers pings; 0 = none
     metadata: int = 0  # 1: this peer takes call metadata (requests of 7 elements, responses of 5); 0 = not
+    streams: int = 0  # 1: this peer takes streams (STREAM, ITEM and CREDIT messages); 0 = not
 
 
 class BadOption(ProtocolError):
@@ -52,6 +53,8 @@ def encode_option(option: Option) -> bytes:
         fields["Keepalive"] = option.keepalive
     if option.metadata:
         fields["Metadata"] = option.metadata
+    if option.streams:
+        fields["Streams"] = option.streams
     if option.error is not None:
         fields = {"Error": option.error}
     return json.dumps(fields, separators=(",", ":")).encode() + b"\n"
@@ -82,14 +85,15 @@ def decode_option(line: bytes) -> Option:
     if not isinstance(codec, str):
         raise BadOption("CodecType must be a string")
     durations = []
-    for key in ("ConnectTimeout", "HandleTimeout", "MaxFrameSize", "Keepalive", "Metadata"):
+    for key in ("ConnectTimeout", "HandleTimeout", "MaxFrameSize", "Keepalive", "Metadata", "Streams"):
         value = fields.get(key, 0)
         # An int64, as Go's time.Duration: a larger one overflows a float conversion.
         if type(value) is not int or not 0 <= value <= _MAX_OPTION_INT:
             shown = json.dumps(value)[:32]
             raise BadOption(f"{key} must be an integer from 0 to {_MAX_OPTION_INT}, not {shown}")
         durations.append(value)
-    return Option(MAGIC_NUMBER, codec, durations[0], durations[1], None, durations[2], durations[3], durations[4])
+    return Option(MAGIC_NUMBER, codec, durations[0], durations[1], None, durations[2], durations[3], durations[4],
+                  durations[5])
 
 
 class OptionReader:

@@ -92,8 +92,12 @@ class PendingCalls(Generic[W]):
 
     def add(self, service_method: str, args: Sequence[Any], kwargs: dict[str, Any],
             deadline: Deadline | None, now: float, waiter: W,
-            metadata: dict[str, str | bytes] | None = None, want_metadata: bool = False) -> tuple[int, bytes]:
+            metadata: dict[str, str | bytes] | None = None, want_metadata: bool = False,
+            window: tuple[int, int] | None = None) -> tuple[int, bytes]:
         """Register a call; return its seq and the request frame to send.
+
+        With ``window`` (items, bytes) the call is a stream: the frame is a STREAM
+        message granting that window, and the call's reply is the stream's end.
 
         The frame carries the deadline as the time left at ``now``, and ``metadata``
         (already checked, ``metadata.outgoing``) when there is any. With
@@ -109,7 +113,10 @@ class PendingCalls(Generic[W]):
                 raise deadline.expired_error(service_method)
         seq = self._seq + 1
         try:
-            frame = p.encode_request(seq, service_method, args, kwargs, timeout, metadata)
+            if window is None:
+                frame = p.encode_request(seq, service_method, args, kwargs, timeout, metadata)
+            else:
+                frame = p.encode_stream_open(seq, service_method, args, kwargs, timeout, metadata, *window)
         except (TypeError, ValueError, OverflowError) as exc:
             raise EncodeError(f"arguments of {service_method!r} cannot be encoded: {exc}") from exc
         if len(frame) - 4 > self.max_frame_size:
@@ -169,6 +176,12 @@ class PendingCalls(Generic[W]):
             return None
         self._want_metadata.discard(seq)
         return p.encode_cancel(seq)
+
+    def fail(self, seq: int) -> W | None:
+        """Forget call ``seq`` (it failed on our side); return its waiter, if it was pending."""
+        call = self._calls.pop(seq, None)
+        self._want_metadata.discard(seq)
+        return None if call is None else call[2]
 
     def fail_all(self) -> list[W]:
         """The connection is gone: forget every call and return their waiters."""

@@ -33,8 +33,10 @@ __all__ = [
     "MAX_METHOD_LENGTH",
     "MsgType", "ErrorCode", "Option", "BadOption", "OptionReader", "FrameDecoder",
     "Request", "Cancel", "Ping", "PONG_PREFIX", "Response", "BadRequest", "BadResponse",
+    "StreamOpen", "Credit", "ITEM_PREFIX", "MAX_WINDOW_ITEMS", "MAX_WINDOW_BYTES",
     "encode_option", "decode_option", "encode_request", "encode_cancel",
     "encode_ping", "encode_pong", "decode_pong",
+    "encode_stream_open", "encode_credit", "encode_item", "decode_item",
     "encode_response", "encode_error", "decode_request", "decode_request_sized", "decode_response", "frame",
 ]
 
@@ -53,6 +55,9 @@ class MsgType(enum.IntEnum):
     CANCEL = 2
     PING = 3  # client to server, when keepalive was agreed: [3, id]
     PONG = 4  # server to client: [4, id], the ping's id (0: unasked, "still here")
+    STREAM = 5  # client to server, when streams were agreed: a request whose reply is a stream
+    ITEM = 6  # server to client: [6, seq, item], one item of stream seq
+    CREDIT = 7  # client to server: [7, seq, items, bytes], more room for stream seq's items
 
 
 class ErrorCode(enum.IntEnum):
@@ -84,6 +89,28 @@ class Cancel(NamedTuple):
     seq: int
 
 
+class StreamOpen(NamedTuple):
+    """A request whose reply is a stream of items, and the window the client grants."""
+
+    request: Request
+    items: int  # items the server may send before more credit arrives
+    bytes: int  # payload bytes likewise (an item may take it below zero: one item always fits)
+
+
+class Credit(NamedTuple):
+    """The client consumed ``items`` items of ``bytes`` payload bytes: the server may send as many more."""
+
+    seq: int
+    items: int
+    bytes: int
+
+
+#: A server keeps at most this much credit per stream, whatever a client grants: what
+#: one stream can push at a client that does not read is bounded by the server.
+MAX_WINDOW_ITEMS: Final = 1024
+MAX_WINDOW_BYTES: Final = 4 * 1024 * 1024
+
+
 class Ping(NamedTuple):
     id: int
 
@@ -91,6 +118,8 @@ class Ping(NamedTuple):
 #: The first two bytes of every PONG payload (a 2-element array, then type 4): a client
 #: tells a pong from a response by them without decoding.
 PONG_PREFIX: Final = b"\x92\x04"
+#: The first two bytes of every stream ITEM payload (a 3-element array, then type 6).
+ITEM_PREFIX: Final = b"\x93\x06"
 
 
 class Response(NamedTuple):
@@ -131,6 +160,42 @@ def encode_request(seq: int, service_method: str, args: Any, kwargs: Any, timeou
     else:
         body = _packb([0, seq, service_method, timeout, args, kwargs])
     return _pack_length(len(body)) + body
+
+
+def encode_stream_open(seq: int, service_method: str, args: Any, kwargs: Any, timeout: float | None,
+                       metadata: dict[str, str | bytes] | None, items: int, bytes_: int) -> bytes:
+    """A whole STREAM frame: a request, and the first window of ``items`` items and ``bytes_`` bytes."""
+    body = _packb([5, seq, service_method, timeout, args, kwargs, metadata or None, items, bytes_])
+    return _pack_length(len(body)) + body
+
+
+def encode_credit(seq: int, items: int, bytes_: int) -> bytes:
+    body = _packb([7, seq, items, bytes_])
+    return _pack_length(len(body)) + body
+
+
+def encode_item(seq: int, item: Any) -> bytes:
+    """A whole ITEM frame. Raises TypeError/ValueError/OverflowError for an unencodable item."""
+    body = _packb([6, seq, item])
+    return _pack_length(len(body)) + body
+
+
+def decode_item(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, Any]:
+    """The seq and item of an ITEM payload (one starting with ``ITEM_PREFIX``).
+
+    Raises BadResponse when only the seq can be read (the item will not decode: that
+    stream fails), ProtocolError for anything worse.
+    """
+    try:
+        message = unpack(payload, max_elements)[0]
+    except _DECODE_ERRORS as exc:
+        seq = _salvage_seq(payload, MsgType.ITEM, (3,))
+        if seq is None:
+            raise ProtocolError(f"undecodable stream item: {_decode_error(exc)}") from None
+        raise BadResponse(seq, f"a stream item could not be decoded: {_decode_error(exc)}") from None
+    if type(message) is not list or len(message) != 3 or not _valid_seq(message[1]):
+        raise ProtocolError("stream item must be [6, seq, item] with a positive seq")
+    return message[1], message[2]
 
 
 def encode_cancel(seq: int) -> bytes:
@@ -187,7 +252,8 @@ def _valid_seq(seq: Any) -> bool:
     return type(seq) is int and 0 < seq <= _MAX_SEQ
 
 
-def decode_request(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Request | Cancel | Ping:
+def decode_request(payload: bytes,
+                   max_elements: int = DEFAULT_MAX_ELEMENTS) -> Request | Cancel | Ping | StreamOpen | Credit:
     """Decode and validate what a client sent (see ``decode_request_sized``)."""
     return decode_request_sized(payload, max_elements)[0]
 
@@ -196,13 +262,16 @@ def _undecodable(payload: bytes, exc: BaseException) -> BadRequest | ProtocolErr
     """The error for a request payload that did not decode: BadRequest when its seq can be read."""
     seq = _salvage_seq(payload, MsgType.REQUEST, (6, 7))
     if seq is None:
+        seq = _salvage_seq(payload, MsgType.STREAM, (9,))
+    if seq is None:
         return ProtocolError(f"undecodable message: {_decode_error(exc)}")
     what = "request too large" if isinstance(exc, TooManyElements) else "undecodable request"
     return BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"{what}: {_decode_error(exc)}")
 
 
 def decode_request_sized(payload: bytes,
-                         max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[Request | Cancel | Ping, int]:
+                         max_elements: int = DEFAULT_MAX_ELEMENTS
+                         ) -> tuple[Request | Cancel | Ping | StreamOpen | Credit, int]:
     """Decode and validate what a client sent; return it and the memory it is charged.
 
     At most ``max_elements`` elements are decoded (``decoding.unpack``). Raises
@@ -221,27 +290,7 @@ def decode_request_sized(payload: bytes,
         raise ProtocolError("message must be a non-empty msgpack array")
     kind = message[0]
     if kind == 0 and type(kind) is int and 6 <= len(message) <= 7:
-        seq, method, timeout, args, kwargs = message[1:6]
-        if not _valid_seq(seq):
-            raise ProtocolError(f"seq must be an integer from 1 to {_MAX_SEQ}")
-        if type(method) is not str:
-            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", "service_method must be a string")
-        if len(method) > MAX_METHOD_LENGTH:
-            raise BadRequest(seq, ErrorCode.NOT_FOUND, "MethodNotFound",
-                             f"service_method is {len(method)} characters, over {MAX_METHOD_LENGTH}")
-        if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0 or math.isinf(timeout)):
-            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
-                             "timeout must be a non-negative finite number or nil")
-        if type(args) is not list or type(kwargs) is not dict:
-            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
-                             "args must be an array and kwargs a map")
-        if len(message) == 7 and message[6] is not None:  # nil: no metadata
-            metadata = message[6]
-            problem = incoming_problem(metadata)
-            if problem is not None:
-                raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"metadata: {problem}")
-            return Request(seq, method, timeout, args, kwargs, metadata or None), cost
-        return Request(seq, method, timeout, args, kwargs), cost
+        return _request(message), cost
     if kind == 2 and type(kind) is int and len(message) == 2:
         if not _valid_seq(message[1]):
             raise ProtocolError("cancel: seq must be a positive integer")
@@ -250,7 +299,46 @@ def decode_request_sized(payload: bytes,
         if type(message[1]) is not int or not 0 <= message[1] <= _MAX_SEQ:
             raise ProtocolError("ping: id must be an integer from 0 to 2^63-1")
         return Ping(message[1]), cost
-    raise ProtocolError(f"not a request, cancel or ping message (type {str(kind)[:16]}, {len(message)} elements)")
+    if kind == 7 and type(kind) is int and len(message) == 4:
+        seq, items, size = message[1:]
+        if not _valid_seq(seq) or not _window(items) or not _window(size):
+            raise ProtocolError("credit must be [7, seq, items, bytes] with integers from 0 to 2^63-1")
+        return Credit(seq, items, size), cost
+    if kind == 5 and type(kind) is int and len(message) == 9:
+        items, size = message[7], message[8]
+        if not _valid_seq(message[1]) or not _window(items) or not _window(size) or not items or not size:
+            raise ProtocolError("stream: seq must be a positive integer and the window two integers from 1 to 2^63-1")
+        return StreamOpen(_request(message), items, size), cost
+    raise ProtocolError(f"not a request, cancel, ping, stream or credit message (type {str(kind)[:16]}, {len(message)} elements)")
+
+
+def _window(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_SEQ
+
+
+def _request(message: list[Any]) -> Request:
+    """The Request in a REQUEST (6 or 7 elements) or STREAM message, checked."""
+    seq, method, timeout, args, kwargs = message[1:6]
+    if not _valid_seq(seq):
+        raise ProtocolError(f"seq must be an integer from 1 to {_MAX_SEQ}")
+    if type(method) is not str:
+        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", "service_method must be a string")
+    if len(method) > MAX_METHOD_LENGTH:
+        raise BadRequest(seq, ErrorCode.NOT_FOUND, "MethodNotFound",
+                         f"service_method is {len(method)} characters, over {MAX_METHOD_LENGTH}")
+    if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0 or math.isinf(timeout)):
+        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
+                         "timeout must be a non-negative finite number or nil")
+    if type(args) is not list or type(kwargs) is not dict:
+        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
+                         "args must be an array and kwargs a map")
+    if len(message) >= 7 and message[6] is not None:  # nil: no metadata
+        metadata = message[6]
+        problem = incoming_problem(metadata)
+        if problem is not None:
+            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"metadata: {problem}")
+        return Request(seq, method, timeout, args, kwargs, metadata or None)
+    return Request(seq, method, timeout, args, kwargs)
 
 
 def _salvage_seq(payload: bytes, kind: int, lengths: tuple[int, ...]) -> int | None:

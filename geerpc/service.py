@@ -19,11 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Method", "Service", "build_service", "argument_error", "LATENCY_WINDOW", "DURATION_BUCKETS", "CANCELLED"]
+__all__ = ["Method", "Service", "build_service", "argument_error", "LATENCY_WINDOW", "DURATION_BUCKETS", "CANCELLED",
+           "NOT_STREAMING", "ASYNC_STREAM", "SYNC_STREAM"]
 
 #: What ``Method.record`` counts a call whose caller cancelled it (or whose connection
 #: was lost) as: not a wire code, since nobody is answered.
 CANCELLED = 100
+NOT_STREAMING, ASYNC_STREAM, SYNC_STREAM = 0, 1, 2  # Method.streaming
 LATENCY_WINDOW = 2048  # calls whose latency the debug page's percentiles cover
 #: Upper bounds, in seconds, of the call-duration histogram (``/metrics``): from 100 µs,
 #: since a small call takes tens of µs, to OpenTelemetry's RPC buckets' 10 s.
@@ -41,6 +43,9 @@ class Method:
     func: Callable[..., Any]
     is_async: bool
     inline: bool = False  # a coroutine with no await: it cannot suspend, so needs no task
+    #: how the method streams: ``NOT_STREAMING``, ``ASYNC_STREAM`` (an async generator
+    #: method) or ``SYNC_STREAM`` (a generator method, advanced on worker threads)
+    streaming: int = 0
     _signature: inspect.Signature | None = field(default=None, repr=False)
     calls: int = 0
     errors: int = 0
@@ -157,10 +162,20 @@ def build_service(instance: Any, name: str | None = None) -> Service:
             continue
         bound = getattr(instance, attr)
         is_async = _is_async(bound)
-        methods[attr] = Method(f"{name}.{attr}", bound, is_async, is_async and _cannot_suspend(bound))
+        methods[attr] = Method(f"{name}.{attr}", bound, is_async, is_async and _cannot_suspend(bound),
+                               streaming=_streaming(bound))
     if not methods:
         raise ValueError(f"{type(instance).__name__} has no public methods to register")
     return Service(name, instance, methods)
+
+
+def _streaming(func: Callable[..., Any]) -> int:
+    """Whether a method streams: a generator function (async or not) does."""
+    if inspect.isasyncgenfunction(func):
+        return ASYNC_STREAM
+    if inspect.isgeneratorfunction(func):
+        return SYNC_STREAM
+    return NOT_STREAMING
 
 
 def _is_async(func: Callable[..., Any]) -> bool:
