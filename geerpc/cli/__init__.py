@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ..xclient.urls import WANT, is_registry_url
+
+if TYPE_CHECKING:
+    from .security import ClientSecurity
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "CommandError", "main"]
 
@@ -64,6 +67,7 @@ def _dispatch(argv: list[str]) -> int:
         return registry_main(argv[1:], prog="geerpc registry", prefix="geerpc")
     parser = _build_parser()
     args, extras = parser.parse_known_args(argv)
+    _check_security(args.parser, args)
     if args.command == "call":
         _check_call_args(args.parser, args, extras)
     elif extras:
@@ -83,20 +87,43 @@ def _run_call(args: argparse.Namespace) -> int:
     from .call import run
 
     return run(args.target, args.service_method, args.values, args.kwargs,
-               timeout=args.timeout, broadcast=args.broadcast)
+               timeout=args.timeout, broadcast=args.broadcast, security=_client_security(args, args.target))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .serve import run
+    from . import security
+    from .serve import Security, run
 
+    tls = None if args.tls_cert is None else security.server_context(args.tls_cert, args.tls_key,
+                                                                     args.tls_client_ca)
+    registry_tls = registry_token = None
+    if args.registry is not None:
+        if security.registry_is_tls(args.registry):
+            registry_tls = security.client_context(args.tls_ca, args.tls_cert, args.tls_key)
+        if args.registry.startswith(("http://", "https://")):
+            registry_token = security.token(args.registry_token, "--registry-token", security.REGISTRY_TOKEN_ENV)
+    tokens = None if args.tokens is None else security.read_tokens(args.tokens)
     return run(args.object, host=args.host, port=args.port, registry=args.registry,
-               name=args.name, log_level=args.log_level)
+               name=args.name, log_level=args.log_level,
+               security=Security(tls, registry_tls, registry_token, tokens))
 
 
 def _run_list(args: argparse.Namespace) -> int:
     from .listing import run
 
-    return run(args.registry, timeout=args.timeout)
+    return run(args.registry, timeout=args.timeout, security=_client_security(args, args.registry))
+
+
+def _client_security(args: argparse.Namespace, target: str) -> ClientSecurity:
+    from . import security
+
+    registry_token = None
+    if target.startswith(("http://", "https://")):
+        registry_token = security.token(args.registry_token, "--registry-token",
+                                        security.REGISTRY_READ_TOKEN_ENV, security.REGISTRY_TOKEN_ENV)
+    return security.ClientSecurity(security.client_context(args.tls_ca, args.tls_cert, args.tls_key),
+                                   security.call_token(getattr(args, "token", None)) if args.command == "call"
+                                   else None, registry_token)
 
 
 # --------------------------------------------------------------------------- parser
@@ -223,6 +250,19 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="announce the server to this registry (http://... or etcd://...) until it stops")
     serve.add_argument("--name", help="service name (default: the class name)")
     serve.add_argument("--log-level", default="WARNING", help="logging level on stderr (default WARNING)")
+    tls = serve.add_argument_group("TLS and tokens")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="serve TLS (address tls@host:port) with this PEM certificate (needs --tls-key); "
+                          "also presented to an https:// registry that asks for one")
+    tls.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    tls.add_argument("--tls-client-ca", metavar="FILE",
+                     help="mutual TLS: every client must present a certificate from this PEM CA")
+    tls.add_argument("--tls-ca", metavar="FILE",
+                     help="verify an https:// (or etcds://) registry with this PEM CA (default: the system's CAs)")
+    tls.add_argument("--registry-token", metavar="TOKEN",
+                     help="the registry's write token, sent with every heartbeat (default: $GEERPC_REGISTRY_TOKEN)")
+    tls.add_argument("--tokens", metavar="FILE",
+                     help="every call needs a bearer token: FILE has lines of TOKEN IDENTITY")
     serve.set_defaults(run=_run_serve, parser=serve)
 
     call = commands.add_parser("call", help="make one call and print the result as JSON",
@@ -237,6 +277,9 @@ def _build_parser() -> argparse.ArgumentParser:
                            "print one JSON line per server")
     call.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
                       help=f"seconds for the whole command, connecting included (default {DEFAULT_TIMEOUT:g})")
+    _add_client_security(call)
+    call.add_argument_group("TLS and tokens").add_argument(
+        "--token", metavar="TOKEN", help="the bearer token sent to the server(s) with the call (default: $GEERPC_TOKEN)")
     call.set_defaults(run=_run_call, parser=call)
 
     listing = commands.add_parser("list", help="list a registry's live servers", description=_LIST_DESCRIPTION,
@@ -244,8 +287,54 @@ def _build_parser() -> argparse.ArgumentParser:
     listing.add_argument("registry", metavar="REGISTRY_URL", type=_registry_url, help="http://... or etcd://...")
     listing.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
                          help=f"seconds to wait for the registry (default {DEFAULT_TIMEOUT:g})")
+    _add_client_security(listing)
     listing.set_defaults(run=_run_list, parser=listing)
     return parser
+
+
+def _add_client_security(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group("TLS and tokens")
+    tls.add_argument("--tls-ca", metavar="FILE",
+                     help="verify tls@ servers and an https:// (or etcds://) registry with this PEM CA "
+                          "(default: the system's CAs)")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="present this PEM client certificate when asked (mutual TLS; needs --tls-key)")
+    tls.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    tls.add_argument("--registry-token", metavar="TOKEN",
+                     help="the token of a registry that guards reads (default: $GEERPC_REGISTRY_READ_TOKEN, "
+                          "else $GEERPC_REGISTRY_TOKEN)")
+
+
+def _check_security(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The TLS and token options that make no sense together: usage errors."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together: give both, or neither")
+    if args.command == "serve":
+        registry = args.registry
+        if args.tls_client_ca is not None and args.tls_cert is None:
+            parser.error("--tls-client-ca asks clients for certificates over TLS: it needs --tls-cert and --tls-key")
+        if args.tls_cert is not None and args.host.startswith("unix@"):
+            parser.error("--tls-cert serves TLS over TCP; a unix@ socket is local and takes none")
+        if args.tls_ca is not None and registry is None:
+            parser.error("--tls-ca verifies the registry's certificate: it needs --registry")
+        if args.registry_token is not None and registry is None:
+            parser.error("--registry-token is sent to the registry: it needs --registry")
+        if registry is not None:
+            from .security import registry_is_tls
+
+            if args.tls_ca is not None and not registry_is_tls(registry):
+                parser.error("--tls-ca verifies an https:// or etcds:// registry; --registry is not one")
+            if args.registry_token is not None and not registry.startswith(("http://", "https://")):
+                parser.error("--registry-token is for an http(s):// registry; etcd takes user:password@ in its URL")
+        return
+    target = args.target if args.command == "call" else args.registry
+    if args.registry_token is not None and not target.startswith(("http://", "https://")):
+        parser.error("--registry-token is for an http(s):// registry URL"
+                     + ("; etcd takes user:password@ in its URL" if is_registry_url(target) else ""))
+    if args.command == "call" and not is_registry_url(target) and not target.startswith("tls@"):
+        for option in ("--tls-ca", "--tls-cert"):
+            if getattr(args, option[2:].replace("-", "_")) is not None:
+                parser.error(f"{option} is for tls@ servers and https:// registries, not {target[:80]}")
 
 
 def _check_call_args(parser: argparse.ArgumentParser, args: argparse.Namespace, extras: list[str]) -> None:

@@ -8,6 +8,9 @@ it to the server, so the server stops work nobody waits for.
 and waits for all of them (within the deadline) rather than stopping at the first
 error as ``XClient.broadcast`` does: the point is to see what each server said. It
 prints one JSON line per server, in address order, then a count on stderr.
+
+``ClientSecurity`` (``security.py``) carries the TLS context for ``tls@`` servers and an
+``https://`` registry, the bearer token for the servers and the registry's read token.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from ..errors import (
     Unavailable,
 )
 from ..xclient import Discovery, XClient
-from ..xclient.urls import WANT, discovery_for, is_registry_url
+from ..xclient.urls import WANT, is_registry_url
 from . import EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
+from .security import ClientSecurity, discovery
 from .values import dumps, to_json
 
 __all__ = ["broadcast_line", "describe_failure", "run"]
@@ -44,12 +48,13 @@ _UNSENDABLE = "SerializationError"
 
 
 def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any], *,
-        timeout: float, broadcast: bool) -> int:
+        timeout: float, broadcast: bool, security: ClientSecurity | None = None) -> int:
     """Call ``service_method`` on ``target``, print the result as JSON; return the exit status.
 
     Raises CommandError carrying the message and status for any failure (for a
     broadcast: a failure to find the servers; each server's own failure is a line).
     """
+    security = security or ClientSecurity()
     # ERROR: discovery's warnings about an unreachable registry would repeat our message.
     logging.basicConfig(level=logging.ERROR, format="geerpc: %(message)s")
     is_registry = is_registry_url(target)
@@ -60,12 +65,12 @@ def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any
             raise CommandError(f"bad TARGET: {exc}; or give a registry URL ({WANT})",
                                EXIT_USAGE) from None
     if broadcast:
-        return _run_broadcast(target, is_registry, service_method, args, kwargs, timeout)
+        return _run_broadcast(target, is_registry, service_method, args, kwargs, timeout, security)
     try:
-        result = asyncio.run(_call(target, is_registry, service_method, args, kwargs, timeout))
+        result = asyncio.run(_call(target, is_registry, service_method, args, kwargs, timeout, security))
     except Exception as exc:  # noqa: BLE001 - describe_failure re-raises what it does not know
         message, status = describe_failure(exc, service_method, timeout)
-        raise CommandError(message, status) from None
+        raise CommandError(_hint(message, security), status) from None
     try:
         text = dumps(result)
     except RecursionError:  # msgpack nests deeper than Python's recursion limit allows here
@@ -97,32 +102,48 @@ def describe_failure(exc: Exception, service_method: str, timeout: float) -> tup
     raise exc
 
 
+def _hint(message: str, security: ClientSecurity) -> str:
+    """``message``, with the option that fixes it when it is one of ours."""
+    if "certificate verify failed" in message and security.ssl is None:
+        return message + " (--tls-ca FILE trusts the CA that signed it)"
+    if "requires a client certificate" in message:
+        return message.partition(":")[0] + ": give --tls-cert FILE and --tls-key FILE"
+    if "wants a read token and we sent none" in message:
+        return message + " (--registry-token, or GEERPC_REGISTRY_READ_TOKEN)"
+    if message.startswith("refusing to send a token in clear"):
+        where = message.partition(": ")[0].removeprefix("refusing to send a token in clear to ")
+        return (f"refusing to send --token in clear to {where}: anyone on the path could read and replay "
+                f"it; serve TLS (tls@) or call from the server's own host")
+    return message
+
+
 def _too_deep(service_method: str) -> str:
     return f"{service_method} returned a value nested too deeply to print as JSON"
 
 
 async def _call(target: str, is_registry: bool, service_method: str, args: list[Any], kwargs: dict[str, Any],
-                timeout: float) -> Any:
+                timeout: float, security: ClientSecurity) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with asyncio.timeout_at(deadline):
         if not is_registry:
-            return await _call_address(target, service_method, args, kwargs, deadline)
-        discovery = _discovery(target, timeout)
-        xclient = XClient(discovery, connect_timeout=timeout)
+            return await _call_address(target, service_method, args, kwargs, deadline, security)
+        servers = _discovery(target, timeout, security)
+        xclient = XClient(servers, connect_timeout=timeout, ssl=security.ssl, token=security.token)
         try:
             # Read the list once up front: an unreachable registry is then reported
             # as such, rather than as "no server available".
-            await discovery.refresh()
+            await servers.refresh()
             return await xclient.call(service_method, *args, timeout=_left(deadline), **kwargs)
         finally:
             await xclient.close()
 
 
 async def _call_address(address: str, service_method: str, args: list[Any], kwargs: dict[str, Any],
-                        deadline: float) -> Any:
+                        deadline: float, security: ClientSecurity) -> Any:
     """One call on its own connection to ``address``, all of it before ``deadline`` (loop time)."""
-    client = await dial(address, connect_timeout=_left(deadline))
+    client = await dial(address, connect_timeout=_left(deadline), token=security.token,
+                        ssl=security.ssl if address.startswith("tls@") else None)
     try:
         return await client.call(service_method, *args, timeout=_left(deadline), **kwargs)
     finally:
@@ -140,13 +161,13 @@ def _left(deadline: float) -> float:
 
 
 def _run_broadcast(target: str, is_registry: bool, service_method: str, args: list[Any],
-                   kwargs: dict[str, Any], timeout: float) -> int:
+                   kwargs: dict[str, Any], timeout: float, security: ClientSecurity) -> int:
     """Print one line per server and the count; exit 0 when every server returned a result.
 
     Otherwise 3 when every failure was a timeout, else 1.
     """
     try:
-        outcomes = asyncio.run(_broadcast(target, is_registry, service_method, args, kwargs, timeout))
+        outcomes = asyncio.run(_broadcast(target, is_registry, service_method, args, kwargs, timeout, security))
     except Exception as exc:  # noqa: BLE001 - finding the servers failed: one message, as for a call
         message, status = describe_failure(exc, service_method, timeout)
         raise CommandError(message, status) from None
@@ -194,19 +215,19 @@ def _error_line(address: str, message: str, kind: str) -> str:
 
 
 async def _broadcast(target: str, is_registry: bool, service_method: str, args: list[Any],
-                     kwargs: dict[str, Any], timeout: float) -> list[tuple[str, Any]]:
+                     kwargs: dict[str, Any], timeout: float, security: ClientSecurity) -> list[tuple[str, Any]]:
     """Each server's result or exception, in address order. Raises when the servers
     cannot be found (an unreachable registry, none offering the service)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     if is_registry:
-        discovery = _discovery(target, timeout)
+        found = _discovery(target, timeout, security)
         try:
             async with asyncio.timeout_at(deadline):
-                await discovery.refresh()
-                servers = await discovery.get_all(service_method.rpartition(".")[0])
+                await found.refresh()
+                servers = await found.get_all(service_method.rpartition(".")[0])
         finally:
-            await discovery.close()
+            await found.close()
         if not servers:
             service = service_method.rpartition(".")[0]
             raise NoServerAvailable(f"no server offering {service!r} to broadcast {service_method} to")
@@ -217,7 +238,7 @@ async def _broadcast(target: str, is_registry: bool, service_method: str, args: 
         # Every call ends by the deadline, so every server gets a line.
         try:
             async with asyncio.timeout_at(deadline):
-                return await _call_address(address, service_method, args, kwargs, deadline)
+                return await _call_address(address, service_method, args, kwargs, deadline, security)
         except Exception as exc:  # noqa: BLE001 - each failure is that server's line
             return exc
 
@@ -225,10 +246,10 @@ async def _broadcast(target: str, is_registry: bool, service_method: str, args: 
     return list(zip(servers, results, strict=True))
 
 
-def _discovery(url: str, timeout: float) -> Discovery:
+def _discovery(url: str, timeout: float, security: ClientSecurity) -> Discovery:
     # One call, then exit: no watch, and no wait past the command's timeout.
     try:
-        return discovery_for(url, once=True, timeout=timeout)
+        return discovery(url, timeout, security)
     except ImportError as exc:
         raise CommandError(f"{url.split(':', 1)[0]}:// needs an extra that is not installed: {exc}") from None
     except ValueError as exc:

@@ -6,6 +6,10 @@ headers and body), with headers and body capped at 16 MiB each. A registry that 
 speaks GeeRPC's headers still answers ``X-Geerpc-Servers``, so the table falls back
 to that with the services and ages unknown. An ``etcd://`` URL is listed through ``EtcdDiscovery``
 (etcd keeps no heartbeat times, so ages are unknown there).
+
+``ClientSecurity`` (``security.py``): an ``https://`` registry is verified with its
+``ssl`` (else the system's CAs), and its ``registry_token`` is sent as
+``Authorization: Bearer`` to a registry that guards reads.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
@@ -23,8 +28,8 @@ import aiohttp
 
 from ..errors import GeeRPCError
 from ..registry.contract import H_SERVERS
-from ..xclient.urls import discovery_for
 from . import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
+from .security import ClientSecurity, discovery
 
 __all__ = ["Row", "format_table", "rows_from_header", "rows_from_json", "run"]
 
@@ -46,11 +51,11 @@ class Row(NamedTuple):
     age: float | None
 
 
-def run(url: str, *, timeout: float) -> int:
+def run(url: str, *, timeout: float, security: ClientSecurity | None = None) -> int:
     """Print the table of the registry at ``url``; return the exit status."""
     logging.basicConfig(level=logging.WARNING, format="geerpc: %(message)s")
     fetch = _fetch_http if url.startswith(("http://", "https://")) else _fetch_discovery
-    rows = asyncio.run(fetch(url, timeout))
+    rows = asyncio.run(fetch(url, timeout, security or ClientSecurity()))
     print(format_table(rows), flush=True)
     if not rows:
         print("geerpc: no live servers", file=sys.stderr)
@@ -90,16 +95,23 @@ def rows_from_header(value: str) -> list[Row]:
     return [Row(address, UNKNOWN, None) for address in sorted(filter(None, value.split(",")))]
 
 
-async def _fetch_http(url: str, timeout: float) -> list[Row]:
+async def _fetch_http(url: str, timeout: float, security: ClientSecurity) -> list[Row]:
     try:
         # One deadline for everything: a per-read timeout (urllib's) never fires
         # against a registry that drips its reply a byte at a time.
         async with asyncio.timeout(timeout):
-            return await _get_rows(url)
+            return await _get_rows(url, security)
     except TimeoutError:
         raise CommandError(f"registry {url} did not answer within {timeout:g} s", EXIT_TIMEOUT) from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        error = exc.certificate_error
+        why = getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
+        raise CommandError(f"cannot reach registry {url}: certificate verify failed: {why} "
+                           f"(--tls-ca FILE trusts the CA that signed it)") from None
     except aiohttp.ClientConnectorError as exc:
         error = exc.os_error
+        if isinstance(error, ssl.SSLError):
+            raise CommandError(f"cannot reach registry {url}: {_tls_failure(error)}") from None
         # asyncio words a refusal "Connect call failed (...)": say what the OS says. A
         # resolver error's errno is an EAI_ code that os.strerror does not know.
         if isinstance(error, socket.gaierror) or not error.errno:
@@ -111,15 +123,39 @@ async def _fetch_http(url: str, timeout: float) -> list[Row]:
         raise CommandError(f"not a valid registry URL: {url!r}", EXIT_USAGE) from None
     except aiohttp.ClientResponseError as exc:  # a reply aiohttp cannot parse (headers over the cap...)
         raise CommandError(f"cannot read registry {url}: {exc.message or exc}") from None
+    except aiohttp.ServerDisconnectedError as exc:
+        # An HTTPS port closes a plaintext request unanswered.
+        hint = " (an https:// registry?)" if url.startswith("http://") else ""
+        raise CommandError(f"cannot read registry {url}: {exc or type(exc).__name__}{hint}") from None
     except (aiohttp.ClientError, OSError, ValueError) as exc:  # a reset connection, a malformed URL
         raise CommandError(f"cannot read registry {url}: {exc or type(exc).__name__}") from None
 
 
-async def _get_rows(url: str) -> list[Row]:
+def _tls_failure(error: ssl.SSLError) -> str:
+    reason = error.reason or str(error)
+    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return f"it did not answer in TLS ({reason}): a plain http:// registry?"
+    if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+        return f"TLS failed ({reason}): the registry wants a client certificate (--tls-cert and --tls-key)"
+    return f"TLS failed: {reason}"
+
+
+async def _get_rows(url: str, security: ClientSecurity | None = None) -> list[Row]:
     # aiohttp's own timeouts are off: the caller's deadline covers the whole exchange.
+    security = security or ClientSecurity()
+    headers = {"Accept": "application/json"}
+    if security.registry_token is not None:
+        headers["Authorization"] = f"Bearer {security.registry_token}"
+    # ssl: verify with the given context, or the system's CAs (aiohttp's True).
+    connector = aiohttp.TCPConnector(ssl=security.ssl if security.ssl is not None else True)
     session = aiohttp.ClientSession(max_line_size=_MAX_HEADER, max_field_size=_MAX_HEADER,
-                                    timeout=aiohttp.ClientTimeout(total=None))
-    async with session, session.get(url, headers={"Accept": "application/json"}) as response:
+                                    timeout=aiohttp.ClientTimeout(total=None), connector=connector)
+    async with session, session.get(url, headers=headers) as response:
+        if response.status == 401:
+            if security.registry_token is None:
+                raise CommandError(f"registry {url} answered 401: it wants a read token "
+                                   f"(--registry-token, or GEERPC_REGISTRY_READ_TOKEN)")
+            raise CommandError(f"registry {url} answered 401: it refused our token")
         if response.status >= 400:
             first = (await response.content.read(200)).decode("utf-8", "replace").strip().splitlines()
             detail = f": {first[0]}" if first else ""
@@ -153,16 +189,16 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _fetch_discovery(url: str, timeout: float) -> list[Row]:
+async def _fetch_discovery(url: str, timeout: float, security: ClientSecurity) -> list[Row]:
     """A registry listed through its discovery (etcd and the like): ages unknown."""
     try:
-        discovery = discovery_for(url, once=True, timeout=timeout)
+        found = discovery(url, timeout, security)
         try:
             async with asyncio.timeout(timeout):
-                await discovery.refresh()
-            servers = discovery.services()
+                await found.refresh()
+            servers = found.services()
         finally:
-            await discovery.close()
+            await found.close()
     except ValueError as exc:
         raise CommandError(str(exc), EXIT_USAGE) from None
     except ImportError as exc:

@@ -1,7 +1,8 @@
 """``geerpc serve module:attr``: serve an object's methods without a server script.
 
 The command layer over ``Server``: find the object, register it, start, print the
-address, and stop gracefully on SIGTERM or SIGINT.
+address, and stop gracefully on SIGTERM or SIGINT. ``Security`` holds what the TLS and
+token options asked for, already loaded (``security.py``).
 """
 
 from __future__ import annotations
@@ -15,13 +16,27 @@ import signal
 import sys
 import sysconfig
 import traceback
+from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 
 from ..errors import GeeRPCError
 from ..server import Server
 from . import EXIT_OK, EXIT_USAGE, CommandError
 
-__all__ = ["load_object", "run"]
+__all__ = ["Security", "load_object", "run"]
+
+
+@dataclass(frozen=True)
+class Security:
+    """``tls``: serve TLS with it; ``registry_tls``: verify the registry with it;
+    ``registry_token``: sent with heartbeats; ``tokens``: token -> identity, every
+    call must carry one of them."""
+
+    tls: SSLContext | None = None
+    registry_tls: SSLContext | None = None
+    registry_token: str | None = None
+    tokens: dict[str, str] | None = None
 
 _STOP_GRACE = 5.0  # seconds calls in flight get to finish on SIGTERM
 # What a module or constructor may raise that is no Exception: caught while loading
@@ -30,20 +45,36 @@ _EXITS = (SystemExit, KeyboardInterrupt)
 _STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
 
 
-def run(spec: str, *, host: str, port: int, registry: str | None, name: str | None, log_level: str) -> int:
+def run(spec: str, *, host: str, port: int, registry: str | None, name: str | None, log_level: str,
+        security: Security | None = None) -> int:
     """Serve the object ``spec`` names until SIGTERM or SIGINT; return the exit status."""
+    security = security or Security()
     try:
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     except ValueError:
         raise CommandError(f"unknown --log-level {log_level!r}", EXIT_USAGE) from None
     obj = load_object(spec)
-    server = Server()
+    auth = None
+    if security.tokens is not None:
+        from ..auth import BearerTokens
+
+        auth = BearerTokens(security.tokens)
+        if security.tls is None and not _is_local(host):
+            print("geerpc: warning: tokens cross the network in clear over tcp@, where anyone on the path "
+                  "can read them; serve TLS with --tls-cert and --tls-key", file=sys.stderr, flush=True)
+    server = Server(auth=auth)
     try:
         server.register(obj, name)
     except ValueError as exc:
         raise CommandError(f"cannot serve {spec}: {exc}") from None
-    asyncio.run(_serve(server, host, port, registry))
+    asyncio.run(_serve(server, host, port, registry, security))
     return EXIT_OK
+
+
+def _is_local(host: str) -> bool:
+    from ..address import is_local_host
+
+    return host.startswith("unix@") or is_local_host(host.partition("@")[2].rpartition(":")[0] or host)
 
 
 def load_object(spec: str) -> Any:
@@ -120,13 +151,14 @@ def _where(exc: BaseException) -> str:
     return f" ({os.path.basename(ours[-1].filename)}, line {ours[-1].lineno})" if ours else ""
 
 
-async def _serve(server: Server, host: str, port: int, registry: str | None) -> None:
+async def _serve(server: Server, host: str, port: int, registry: str | None, security: Security) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        address = await server.start(host, port, registry=registry)
+        address = await server.start(host, port, registry=registry, ssl=security.tls,
+                                     registry_token=security.registry_token, registry_ssl=security.registry_tls)
     except OSError as exc:
         where = host if host.startswith("unix@") else f"{host}:{port}"
         raise CommandError(f"cannot listen on {where}: {exc.strerror or exc}") from None
