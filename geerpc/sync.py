@@ -32,6 +32,7 @@ from .context import Reply
 from .interceptors import ClientInterceptor
 from .errors import ConnectionClosed
 from .xclient import Discovery, SelectMode, XClient
+from .xclient.balance import ServerStats
 
 __all__ = ["SyncClient", "SyncXClient"]
 
@@ -219,14 +220,22 @@ class SyncXClient(_LoopThread):
         return self._xclient
 
     def call(self, service_method: str, /, *args: Any, timeout: float | None = None,
-             metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Any:
-        """Call one server chosen by the select mode, with failover; as ``XClient.call``."""
-        return self._submit(self._xclient.call(service_method, *args, timeout=timeout, metadata=metadata, **kwargs))
+             metadata: Mapping[str, str | bytes] | None = None, idempotent: bool = False, **kwargs: Any) -> Any:
+        """Call one server chosen by the select mode, with failover (and retries or
+        hedges for ``idempotent=True`` calls); as ``XClient.call``."""
+        return self._submit(self._xclient.call(service_method, *args, timeout=timeout, metadata=metadata,
+                                               idempotent=idempotent, **kwargs))
 
     def invoke(self, service_method: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
-               timeout: float | None = None, metadata: Mapping[str, str | bytes] | None = None) -> Reply:
+               timeout: float | None = None, metadata: Mapping[str, str | bytes] | None = None,
+               idempotent: bool = False) -> Reply:
         """The result and the reply's metadata; as ``XClient.invoke``."""
-        return self._submit(self._xclient.invoke(service_method, args, kwargs, timeout=timeout, metadata=metadata))
+        return self._submit(self._xclient.invoke(service_method, args, kwargs, timeout=timeout, metadata=metadata,
+                                                 idempotent=idempotent))
+
+    def stats(self) -> dict[str, ServerStats]:
+        """What the XClient measured of each server; as ``XClient.stats``."""
+        return self._submit(_stats(self._xclient))
 
     def broadcast(self, service_method: str, /, *args: Any, timeout: float | None = None,
                   metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Any:
@@ -299,6 +308,10 @@ def _finalize(loop: asyncio.AbstractEventLoop, thread: threading.Thread, resourc
     finally:
         # Last, so that a warnings filter turning it into an error cannot skip the cleanup.
         warnings.warn(f"unclosed {resources.name}; call close() or use 'with'", ResourceWarning)
+
+
+async def _stats(xclient: XClient) -> dict[str, ServerStats]:
+    return xclient.stats()  # on the loop thread, whose clock the numbers are in
 
 
 async def _make_xclient(discovery: Discovery | str | list[str], mode: SelectMode,

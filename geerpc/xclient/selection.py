@@ -15,6 +15,9 @@ class SelectMode(enum.Enum):
 
     RANDOM = "random"
     ROUND_ROBIN = "round_robin"
+    #: power of two choices over peak-EWMA latency x (pending + 1), which the XClient
+    #: measures itself (``xclient.balance``); a discovery asked for it picks at random
+    LEAST_LOADED = "least_loaded"
 
 
 def pick(servers: Sequence[str], mode: SelectMode, index: int, rng: random.Random) -> tuple[str, int]:
@@ -22,10 +25,11 @@ def pick(servers: Sequence[str], mode: SelectMode, index: int, rng: random.Rando
 
     Round-robin takes ``servers[index % len(servers)]``, so with a stable list the
     order is exact; a list that changes keeps the counter and simply wraps.
+    LEAST_LOADED needs loads only an XClient has: here it is a random pick.
     """
     if not servers:
         raise ValueError("no servers to pick from")
-    if mode is SelectMode.RANDOM:
+    if mode is SelectMode.RANDOM or mode is SelectMode.LEAST_LOADED:
         return servers[rng.randrange(len(servers))], index
     if mode is SelectMode.ROUND_ROBIN:
         return servers[index % len(servers)], index + 1
