@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .discovery import Discovery, MultiServerDiscovery, ServerList
 from .registry_discovery import RegistryDiscovery
+from .retry import Retry
 from .selection import SelectMode
 from .xclient import XClient
 
@@ -21,6 +22,7 @@ __all__ = [
     "EtcdDiscovery",
     "MultiServerDiscovery",
     "RegistryDiscovery",
+    "Retry",
     "SelectMode",
     "ServerList",
     "XClient",
