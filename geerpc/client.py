@@ -21,6 +21,7 @@ import asyncio
 import os
 import socket
 import ssl as ssl_module
+import weakref
 from ssl import SSLContext
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
@@ -68,7 +69,8 @@ class _ClientConnection(asyncio.BufferedProtocol):
         self.lost_idle = False  # the peer closed it while no call was pending
         self.metadata_ok = False  # the server said it takes call metadata
         self.streams_ok = False  # the server said it takes streams
-        self.streams: dict[int, Stream] = {}  # seq -> each open stream, fed its ITEMs
+        #: seq -> each open stream, fed its ITEMs; weak, so a stream dropped unclosed is collected
+        self.streams: weakref.WeakValueDictionary[int, Stream] = weakref.WeakValueDictionary()
         self.tls = False  # the connection is TLS
         self.writable = asyncio.Event()
         self.writable.set()

@@ -305,6 +305,7 @@ class ServerConnection(asyncio.BufferedProtocol):
                 cost = held.cost + self._budget.reserve(held.method)
                 request = held.request
                 if type(request) is p.StreamOpen:
+                    cost = held.cost + self._stream_reserve(request, held.method)
                     self._calls.start_stream(request, held.method, held.deadline, cost)
                 else:
                     assert type(request) is p.Request
@@ -379,7 +380,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             deadline = None if seconds is None else self._loop.time() + seconds
         if opened is not None:
             if not self._held and self._may_start():
-                self._calls.start_stream(opened, method, deadline, cost + self._budget.reserve(method))
+                self._calls.start_stream(opened, method, deadline, cost + self._stream_reserve(opened, method))
             else:
                 self._held[seq] = _Held(opened, method, cost, deadline)
                 self._budget.held += cost
@@ -392,6 +393,10 @@ class ServerConnection(asyncio.BufferedProtocol):
         else:
             self._held[seq] = _Held(message, method, cost, deadline)
             self._budget.held += cost
+
+    def _stream_reserve(self, opened: p.StreamOpen, method: Method) -> int:
+        """What a stream reserves for its replies: no more than its window lets it send at once."""
+        return min(self._budget.reserve(method), opened.bytes, p.MAX_WINDOW_BYTES)
 
     def _wrong_kind(self, seq: int, method: Method, opened: bool) -> bool:
         """Answer a generator method called with call(), or another with stream()."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import weakref
 from collections.abc import Awaitable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Protocol
@@ -38,7 +39,7 @@ class _Connection(Protocol):
 
     loop: asyncio.AbstractEventLoop
     calls: PendingCalls[asyncio.Future[Any]]
-    streams: dict[int, Stream]
+    streams: weakref.WeakValueDictionary[int, Stream]
     streams_ok: bool
     metadata_ok: bool
     writable: asyncio.Event
@@ -128,8 +129,15 @@ class Stream:
         now = 0.0 if deadline is None else loop.time()
         seq, frame = conn.calls.add(service_method, args, kwargs, deadline, now, end, checked, True, self._window)
         self._conn, self._seq, self._end = conn, seq, end
-        conn.streams[seq] = self
-        end.add_done_callback(self._ended)
+        conn.streams[seq] = self  # weakly: a stream dropped unclosed is collected, and cancels
+        alive = weakref.ref(self)
+
+        def ended(done: asyncio.Future[Any]) -> None:
+            stream = alive()
+            if stream is not None:
+                stream._ended(done)
+
+        end.add_done_callback(ended)
         conn.send_request(frame)
         if deadline is not None:
             self._timer = loop.call_at(deadline.at, conn.expire, seq)
@@ -216,6 +224,8 @@ class Stream:
             end = self._end
             assert end is not None
             if end.done() or self._finished:
+                if end.done():  # its callback may not have run yet
+                    self._ended(end)
                 self._finish()
                 if self._error is not None:
                     raise self._error
@@ -286,7 +296,7 @@ class Stream:
         self._abandon()
 
     def __del__(self) -> None:
-        if not self._finished and self._conn is not None:
+        if not getattr(self, "_finished", True) and self._conn is not None:  # not if __init__ raised
             try:
                 self._abandon()
             except Exception:  # noqa: BLE001 - a finaliser must not raise (the loop may be gone)
