@@ -1,8 +1,8 @@
 """XClient: one call over many servers, with selection, failover and broadcast.
 
-It keeps one Client per server address. Dials are shared: concurrent callers that
-need the same server await one dial task, and no lock is ever held across a dial
-or a call (GeeRPC's XClient dials while holding its mutex).
+It keeps one Client per server address (``pool.Connections``: dials shared, no lock
+held across a dial or a call; servers whose handshake fails skipped for a while;
+stuck connections dialed afresh).
 
 Failover (rpcx's Failover mode): when a server cannot be reached (dial refused or
 timed out), or its connection is found closed before any reply, or it answers
@@ -11,16 +11,6 @@ server at most once, all within the caller's timeout. A call whose connection
 dropped *after* it was sent may have run on the lost server: failover can run it
 twice, so use ``failover=False`` for calls that must not repeat. A RemoteError (the
 method ran and raised) and a timeout are never retried.
-
-A server whose handshake fails (it took the connection but is not a geerpc server,
-such as a GeeRPC Go server sharing the registry: it speaks gob) is skipped by calls
-and broadcasts for ``SKIP_PERIOD`` seconds, and logged once at WARNING per period;
-``selection.Skipped`` keeps that table.
-
-After ``TIMEOUTS_TO_REDIAL`` calls in a row time out on one server's connection, it
-is closed once no other call is pending on it, and the next call dials afresh: a
-connection can be stuck while the server is not (the client's keepalive pings catch
-a peer that answers nothing at all).
 
 Routing around trouble (README, *Calls that route around trouble*): LEAST_LOADED
 picks by what this XClient measures (``balance.Balancer``: peak-EWMA latency,
@@ -40,9 +30,9 @@ import random
 from collections.abc import Mapping, Sequence
 from ssl import SSLContext
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
-from ..client import Client, dial
+from ..client import Client
 from ..context import CURRENT, Reply, outgoing_deadline
 from ..deadline import Deadline, check_timeout
 from ..errors import (
@@ -58,23 +48,19 @@ from ..errors import (
 from ..interceptors import ClientInterceptor, check_interceptors
 from . import attempts
 from .balance import Balancer, Outcome, ServerStats
+from .broadcast import call_all
 from .discovery import Discovery, MultiServerDiscovery
+from .pool import SKIP_PERIOD, TIMEOUTS_TO_REDIAL, Connections
 from .retry import Retry, check_hedge_after
-from .selection import SelectMode, Skipped, pick
+from .selection import SelectMode, pick
 from .urls import discovery_for
 
-__all__ = ["SKIP_PERIOD", "XClient"]
+__all__ = ["SKIP_PERIOD", "TIMEOUTS_TO_REDIAL", "XClient"]
 
 log = logging.getLogger("geerpc.xclient")
 
 # Errors after which the method did not run, or the connection failed before any reply.
 _FAILOVER_ERRORS = (ConnectError, ConnectTimeout, ConnectionClosed, Unavailable)
-
-# Seconds a server whose handshake failed is left out of picks and broadcasts.
-SKIP_PERIOD: Final = 30.0
-TIMEOUTS_TO_REDIAL: Final = 3  # CallTimeouts in a row on one connection before it is dialed afresh
-
-_SKIPPED: Final = object()  # a broadcast's answer from a server found not to be a geerpc server
 
 
 class XClient:
@@ -116,6 +102,7 @@ class XClient:
             more copy to another server (the first reply wins, the other is
             cancelled), or ``"p95"``: this XClient's running 95th percentile of
             latency. Hedges spend the retry budget (10 % of calls without a Retry).
+            Default None: no hedging.
 
     Raises:
         ValueError: a string that is not a registry URL, a mode that is not a
@@ -154,111 +141,33 @@ class XClient:
             raise TypeError(f"retry must be a geerpc.xclient.Retry or None, not {type(retry).__name__}")
         hedge = check_hedge_after(hedge_after)
         check_timeout(connect_timeout)  # refused here, not at the first dial
-        self.interceptors = check_interceptors(interceptors, "client")
+        self._pool = pool = Connections(connect_timeout=connect_timeout, ssl=ssl, token=token,
+                                        insecure_token=insecure_token,
+                                        interceptors=check_interceptors(interceptors, "client"))
+        self._clients, self._dials, self._skipped = pool.clients, pool.dials, pool.skipped
         self._ssl, self._token, self._insecure_token = ssl, token, insecure_token
         self.discovery = _as_discovery(discovery)
         self.mode = mode
         self.failover = failover
         self.connect_timeout = connect_timeout
         self._close_discovery = close_discovery
-        self._clients: dict[str, Client] = {}
-        self._dials: dict[str, asyncio.Task[Client]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
         self._seen_version = -1
         self._closed = False
         self._rng = random.Random()
-        self._skipped = Skipped(SKIP_PERIOD)
-        self._timeouts: dict[str, int] = {}  # address -> CallTimeouts in a row on its connection
         self._index = self._rng.randrange(1 << 30)  # round robin while some servers are skipped
         least = mode is SelectMode.LEAST_LOADED
         self._balancer = Balancer(eject=eject is not False) if least else None
         self._policy = attempts.Policy(retry, hedge, self._rng) if retry is not None or hedge is not None else None
         self._plain = not least and self._policy is None  # the path that measures nothing
 
-    # ------------------------------------------------------------- connections
+    @property
+    def interceptors(self) -> tuple[ClientInterceptor, ...]:
+        """The client interceptors run around every attempt."""
+        return self._pool.interceptors
 
-    async def _client(self, address: str) -> Client:
-        client = self._clients.get(address)
-        if client is not None:
-            if not client.closed:
-                return client
-            del self._clients[address]
-        task = self._dials.get(address)
-        if task is None:
-            task = asyncio.ensure_future(self._dial(address))
-            self._dials[address] = task
-        # shield: one caller giving up must not cancel a dial others are waiting for
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and current is not None and not current.cancelling():
-                # close() cancelled the dial, not anyone who called us
-                raise ConnectionClosed("XClient closed while dialing") from None
-            raise
-
-    async def _dial(self, address: str) -> Client:
-        try:
-            client = await dial(address, connect_timeout=self.connect_timeout, token=self._token,
-                                insecure_token=self._insecure_token,
-                                ssl=self._ssl if address.startswith("tls@") else None)
-        finally:
-            self._dials.pop(address, None)
-        if self._closed:
-            await client.close()
-            raise ConnectionClosed("XClient closed while dialing")
-        self._clients[address] = client
-        return client
-
-    def _skip(self, address: str, error: HandshakeError) -> None:
-        """Leave ``address`` out of picks for a while: it is not a geerpc server."""
-        if self._skipped.add(address, str(error), asyncio.get_running_loop().time()):
-            log.warning("skipping %s for %g s: %s", address, self._skipped.period, error)
-
-    def _timed_out(self, address: str, client: Client) -> None:
-        """A call on ``address`` timed out: after several in a row, drop its connection.
-
-        A server that answers nothing in time may sit behind a connection that is
-        stuck; the next call dials afresh. A connection with other calls pending is
-        kept until a timeout finds it idle.
-        """
-        count = self._timeouts.get(address, 0) + 1
-        self._timeouts[address] = count
-        if count >= TIMEOUTS_TO_REDIAL and not client.pending and self._clients.get(address) is client:
-            log.info("%s: %d calls in a row timed out; dialing it afresh next time", address, count)
-            del self._timeouts[address]
-            self._forget(address, client)
-
-    async def _call_on(self, address: str, client: Client, deadline: Deadline | None, service_method: str,
-                       args: Any, kwargs: dict[str, Any], metadata: Mapping[str, str | bytes] | None = None,
-                       full: bool = False) -> Any:
-        """One call on one server's connection, counting its timeouts in a row.
-
-        Through the interceptors, when there are any, and as a ``Reply`` when ``full``.
-        """
-        try:
-            if full or metadata is not None or self.interceptors:
-                reply = await client.invoke_until(deadline, service_method, args, kwargs, metadata,
-                                                  interceptors=self.interceptors)
-                result = reply if full else reply.result
-            else:
-                result = await client.call_until(deadline, service_method, args, kwargs)
-        except CallTimeout:
-            self._timed_out(address, client)
-            raise
-        if self._timeouts:
-            self._timeouts.pop(address, None)
-        return result
-
-    def _forget(self, address: str, client: Client | None) -> None:
-        if client is not None and self._clients.get(address) is client:
-            del self._clients[address]
-            self._close_later(client)
-
-    def _close_later(self, client: Client) -> None:
-        task = asyncio.ensure_future(client.close())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    @interceptors.setter
+    def interceptors(self, value: Sequence[ClientInterceptor] | None) -> None:
+        self._pool.interceptors = check_interceptors(value, "client")
 
     async def _prune(self) -> None:
         """Close idle connections to servers that left the list."""
@@ -269,9 +178,7 @@ class XClient:
         current = set(await self.discovery.get_all())
         if self._balancer is not None:
             self._balancer.update(current, asyncio.get_running_loop().time())
-        for address, client in list(self._clients.items()):
-            if address not in current and not client.pending:
-                self._forget(address, client)
+        self._pool.keep_only(current)
 
     # ------------------------------------------------------------- calls
 
@@ -366,11 +273,11 @@ class XClient:
             sent = loop.time()
             try:
                 async with asyncio.timeout_at(at):
-                    client = await self._client(address)
+                    client = await self._pool.get(address)
                 sent = loop.time()
                 if ticket is not None:
                     ticket.sent = sent
-                result = await self._call_on(address, client, deadline, service_method, args, kwargs, metadata, full)
+                result = await self._pool.call_on(address, client, deadline, service_method, args, kwargs, metadata, full)
                 outcome = Outcome.REPLY
                 return result
             except _FAILOVER_ERRORS as exc:
@@ -402,11 +309,11 @@ class XClient:
         """After a failover error on ``address``: skip or forget it as needed; True
         when the call moves on to another server."""
         if isinstance(exc, HandshakeError):
-            self._skip(address, exc)
+            self._pool.skip(address, exc)
         if not isinstance(exc, Unavailable):
             # Unavailable: the server is stopping but drains calls others have on
             # this connection; stop choosing it (it is deregistering) but keep it.
-            self._forget(address, client)
+            self._pool.forget(address, client)
         if not self.failover:
             return False
         log.info("%s failed on %s (%s); failing over", service_method, address, exc)
@@ -433,8 +340,8 @@ class XClient:
             tried.add(address)
             try:
                 async with asyncio.timeout_at(at):
-                    client = await self._client(address)
-                return await self._call_on(address, client, deadline, service_method, args, kwargs, metadata, full)
+                    client = await self._pool.get(address)
+                return await self._pool.call_on(address, client, deadline, service_method, args, kwargs, metadata, full)
             except _FAILOVER_ERRORS as exc:
                 if not self._failed_over(address, client, exc, service_method):
                     raise
@@ -545,48 +452,9 @@ class XClient:
             if not servers:
                 raise NoServerAvailable(f"no server{_offering(service)} to broadcast {service_method} to: "
                                         f"{self._skipped.why(listed, loop.time())}")
-
-        async def one(address: str) -> Any:
-            try:
-                client = await self._client(address)
-            except HandshakeError as exc:
-                self._skip(address, exc)  # not a geerpc server: it has no say in the broadcast
-                return _SKIPPED
-            try:
-                return await self._call_on(address, client, deadline, service_method, args, kwargs, metadata)
-            except ConnectionClosed:
-                self._forget(address, client)
-                raise
-
-        tasks = [asyncio.ensure_future(one(address)) for address in servers]
-        try:
-            pending: set[asyncio.Future[Any]] = set(tasks)
-            result: Any = _SKIPPED
-            while pending:
-                left = None if deadline is None else max(0.0, deadline.left(loop.time()))
-                done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_EXCEPTION)
-                for task in done:
-                    if task.cancelled():  # only close() cancels these from outside
-                        raise ConnectionClosed("XClient closed during the broadcast")
-                    error = task.exception()
-                    if isinstance(error, CallTimeout) and deadline is not None and deadline.expired(loop.time()):
-                        error = None  # the broadcast's own deadline: reported below
-                        done = set()
-                    elif error is not None:
-                        raise error
-                    elif task.result() is not _SKIPPED:
-                        result = task.result()
-                if not done:
-                    assert deadline is not None
-                    raise deadline.expired_error(f"broadcast of {service_method}", f"on {len(servers)} servers")
-            if result is _SKIPPED:
-                raise NoServerAvailable(f"no server{_offering(service)} to broadcast {service_method} to: "
-                                        f"{self._skipped.why(listed, loop.time())}")
-            return result
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        return await call_all(self._pool, servers, deadline, service_method, args, kwargs, metadata,
+                              lambda: NoServerAvailable(f"no server{_offering(service)} to broadcast "
+                                                        f"{service_method} to: {self._skipped.why(listed, loop.time())}"))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -599,12 +467,7 @@ class XClient:
         if self._closed:
             return
         self._closed = True
-        dials = list(self._dials.values())
-        for task in dials:
-            task.cancel()
-        await asyncio.gather(*dials, return_exceptions=True)
-        clients, self._clients = list(self._clients.values()), {}
-        await asyncio.gather(*(c.close() for c in clients), *self._closing, return_exceptions=True)
+        await self._pool.close()
         if self._close_discovery:
             await self.discovery.close()
 

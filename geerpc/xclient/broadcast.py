@@ -1,0 +1,74 @@
+"""A broadcast's fan-out: one call to each of the servers found, at once.
+
+Layer: under ``XClient.broadcast`` (which finds the servers), over ``pool.Connections``.
+GeeRPC's ``XClient.Broadcast``: the first error cancels the other calls (the
+cancellation reaches their servers) and is raised; otherwise one successful reply is
+returned. A server found not to be a geerpc server (its handshake fails) is skipped
+and has no say. Ejection and selection play no part: every server is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from ..deadline import Deadline
+from ..errors import CallTimeout, ConnectionClosed, HandshakeError, NoServerAvailable
+from .pool import Connections
+
+__all__ = ["call_all"]
+
+_SKIPPED: Final = object()  # a broadcast's answer from a server found not to be a geerpc server
+
+
+async def call_all(pool: Connections, servers: Sequence[str], deadline: Deadline | None, service_method: str,
+                   args: Sequence[Any], kwargs: dict[str, Any], metadata: Mapping[str, str | bytes] | None,
+                   none_left: Callable[[], NoServerAvailable]) -> Any:
+    """Call ``service_method`` on every one of ``servers`` within ``deadline``.
+
+    Returns one successful reply; raises the first error, CallTimeout at the
+    deadline, or ``none_left()`` when every server turned out not to be a geerpc one.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def one(address: str) -> Any:
+        try:
+            client = await pool.get(address)
+        except HandshakeError as exc:
+            pool.skip(address, exc)  # not a geerpc server: it has no say in the broadcast
+            return _SKIPPED
+        try:
+            return await pool.call_on(address, client, deadline, service_method, args, kwargs, metadata)
+        except ConnectionClosed:
+            pool.forget(address, client)
+            raise
+
+    tasks = [asyncio.ensure_future(one(address)) for address in servers]
+    try:
+        pending: set[asyncio.Future[Any]] = set(tasks)
+        result: Any = _SKIPPED
+        while pending:
+            left = None if deadline is None else max(0.0, deadline.left(loop.time()))
+            done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.cancelled():  # only close() cancels these from outside
+                    raise ConnectionClosed("XClient closed during the broadcast")
+                error = task.exception()
+                if isinstance(error, CallTimeout) and deadline is not None and deadline.expired(loop.time()):
+                    error = None  # the broadcast's own deadline: reported below
+                    done = set()
+                elif error is not None:
+                    raise error
+                elif task.result() is not _SKIPPED:
+                    result = task.result()
+            if not done:
+                assert deadline is not None
+                raise deadline.expired_error(f"broadcast of {service_method}", f"on {len(servers)} servers")
+        if result is _SKIPPED:
+            raise none_left()
+        return result
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
