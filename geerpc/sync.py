@@ -22,7 +22,7 @@ import contextlib
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -31,6 +31,7 @@ from .client import Client, dial
 from .context import Reply
 from .interceptors import ClientInterceptor
 from .errors import ConnectionClosed
+from .stream import Stream
 from .xclient import Discovery, SelectMode, XClient
 from .xclient.balance import ServerStats
 
@@ -176,6 +177,36 @@ class SyncClient(_LoopThread):
                timeout: float | None = None, metadata: Mapping[str, str | bytes] | None = None) -> Reply:
         """The result and the reply's metadata; as ``Client.invoke``."""
         return self._submit(self._client.invoke(service_method, args, kwargs, timeout=timeout, metadata=metadata))
+
+    def stream(self, service_method: str, /, *args: Any, timeout: float | None = None,
+               metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Iterator[Any]:
+        """Open a stream and iterate its items: ``for item in sync_client.stream("Feed.count", 10)``.
+
+        As ``Client.stream``: it is opened here (so NotSupported and a refused
+        connection raise at once); each item blocks until it arrives; errors raise at
+        the point in the stream where they happened. Leaving the loop early (or
+        ``close()`` on the iterator) closes the server's generator.
+        """
+        client = self._client
+
+        async def open_stream() -> Stream:
+            stream = client.stream(service_method, *args, timeout=timeout, metadata=metadata, **kwargs)
+            await stream.__aenter__()
+            return stream
+
+        return self._items(self._submit(open_stream()))
+
+    def _items(self, stream: Stream) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    item = self._submit(stream.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if not self._closed:
+                self._submit(stream.aclose())
 
     @property
     def closed(self) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import threading
 
 import msgpack
 import pytest
@@ -30,7 +31,7 @@ from geerpc import protocol as p
 from geerpc.errors import CallTimeout, ConnectionClosed, InvalidArguments, NotSupported, RemoteError, Unavailable
 
 from _raw import option, pack, raw_connection, serving
-from conftest import eventually
+from conftest import eventually, eventually_sync
 
 
 class Feed:
@@ -490,3 +491,36 @@ def test_option_negotiates_streams() -> None:
     assert p.decode_option(p.encode_option(p.Option())).streams == 0
     with pytest.raises(p.BadOption, match="Streams"):
         p.decode_option(option(Streams=True))
+
+
+def test_blocking_client_streams() -> None:
+    """The server runs on a loop of its own thread; the test's thread blocks on the client."""
+    feed = Feed()
+    loop = asyncio.new_event_loop()
+    ready: list[str] = []
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        real = geerpc.Server()
+        real.register(feed)
+        ready.append(await real.start("127.0.0.1", 0))
+        await stop.wait()
+        await real.stop(grace=0.5)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        eventually_sync(lambda: ready, what="the server started")
+        with geerpc.SyncClient(ready[0]) as client:
+            assert list(client.stream("Feed.count", 5)) == [0, 1, 2, 3, 4]
+            for item in client.stream("Feed.forever"):
+                if item == 2:
+                    break
+            eventually_sync(lambda: "forever" in feed.closed, what="the generator closed")
+            with pytest.raises(InvalidArguments):
+                list(client.stream("Feed.add", 1, 2))
+            assert client.call("Feed.add", 1, 2) == 3
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
