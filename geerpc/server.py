@@ -260,10 +260,10 @@ class Server:
         address is ``tls@host:port``; a context with ``verify_mode = CERT_REQUIRED``
         and the clients' CA loaded asks every client for a certificate (mutual TLS).
 
-        With ``registry`` (an ``http://`` or ``https://`` registry URL, or an ``etcd://``
-        URL) the server announces itself there and keeps announcing until ``stop()``;
-        ``start`` returns after the first attempt (an unreachable HTTP registry is
-        retried in the background; an unreachable etcd raises ``RegistryError``).
+        With ``registry`` (an ``http://`` or ``https://`` registry URL, an ``etcd://``
+        or a ``zk://`` URL) the server announces itself there and keeps announcing until
+        ``stop()``; ``start`` returns after the first attempt (an unreachable HTTP registry
+        is retried in the background; an unreachable etcd or ZooKeeper raises ``RegistryError``).
         ``registry_token`` is the registry's write token, ``registry_ssl`` the context
         that verifies an ``https://`` registry (or an etcd over TLS).
         """

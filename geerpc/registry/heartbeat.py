@@ -429,8 +429,8 @@ async def announce(url: str, address: str, services: list[str] | tuple[str, ...]
     ``http://`` and ``https://`` URLs get a ``Heartbeat``; this returns after its
     first POST, successful or not (a server whose registry is down still serves,
     and the heartbeat keeps retrying). ``etcd://`` URLs use ``geerpc.registry.etcd``,
-    which raises ``RegistryError`` when etcd is unreachable. Other schemes:
-    ``ValueError``.
+    ``zk://`` URLs ``geerpc.registry.zookeeper``; both raise ``RegistryError`` when
+    their registry is unreachable. Other schemes: ``ValueError``.
     """
     scheme = urlsplit(url).scheme
     if scheme in ("http", "https"):
@@ -442,4 +442,8 @@ async def announce(url: str, address: str, services: list[str] | tuple[str, ...]
         from .etcd import register  # optional dependency: only imported when used
 
         return await register(url, address, services)
-    raise ValueError(f"registry URL {url!r}: want http://, https:// or etcd://")
+    if scheme == "zk":
+        from .zookeeper import register as register_zk  # optional dependency: only imported when used
+
+        return await register_zk(url, address, services)
+    raise ValueError(f"registry URL {url!r}: want http://, https://, etcd:// or zk://")

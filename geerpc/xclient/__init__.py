@@ -1,7 +1,8 @@
 """Client-side load balancing: discovery, selection, failover and broadcast.
 
-``EtcdDiscovery`` is imported on first use, so etcd's client library (the
-``geerpc[etcd]`` extra) is needed only by those who use it.
+``EtcdDiscovery`` and ``ZooKeeperDiscovery`` are imported on first use, so their
+client libraries (the ``geerpc[zookeeper]`` extra's kazoo) are needed only by those
+who use them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .xclient import XClient
 
 if TYPE_CHECKING:
     from .etcd_discovery import EtcdDiscovery
+    from .zookeeper_discovery import ZooKeeperDiscovery
 
 __all__ = [
     "Discovery",
@@ -26,6 +28,7 @@ __all__ = [
     "SelectMode",
     "ServerList",
     "XClient",
+    "ZooKeeperDiscovery",
 ]
 
 
@@ -34,4 +37,8 @@ def __getattr__(name: str) -> Any:
         from .etcd_discovery import EtcdDiscovery
 
         return EtcdDiscovery
+    if name == "ZooKeeperDiscovery":
+        from .zookeeper_discovery import ZooKeeperDiscovery
+
+        return ZooKeeperDiscovery
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,8 +11,8 @@ from .discovery import ServerList
 
 __all__ = ["SCHEMES", "WANT", "discovery_for", "is_registry_url"]
 
-SCHEMES = ("http://", "https://", "etcd://", "etcds://")
-WANT = "http://..., https://... or etcd://..."
+SCHEMES = ("http://", "https://", "etcd://", "etcds://", "zk://")
+WANT = "http://..., https://..., etcd://... or zk://..."
 
 
 def is_registry_url(text: str) -> bool:
@@ -31,6 +31,10 @@ def discovery_for(url: str, *, once: bool = False, timeout: float = 5.0) -> Serv
         from .etcd_discovery import EtcdDiscovery
 
         return EtcdDiscovery(url, first_list_timeout=timeout) if once else EtcdDiscovery(url)
+    if url.startswith("zk://"):
+        from .zookeeper_discovery import ZooKeeperDiscovery
+
+        return ZooKeeperDiscovery(url, first_list_timeout=timeout) if once else ZooKeeperDiscovery(url)
     if url.startswith(("http://", "https://")):
         from .registry_discovery import RegistryDiscovery
 
