@@ -106,8 +106,9 @@ def _hint(message: str, security: ClientSecurity) -> str:
     """``message``, with the option that fixes it when it is one of ours."""
     if "certificate verify failed" in message and security.ssl is None:
         return message + " (--tls-ca FILE trusts the CA that signed it)"
-    if "requires a client certificate" in message:
-        return message.partition(":")[0] + ": give --tls-cert FILE and --tls-key FILE"
+    if "client certificate" in message:  # the Python API's advice, in options
+        return (message.replace(": give ssl= a context with load_cert_chain()", ": give --tls-cert FILE and --tls-key FILE")
+                .replace("(load one with load_cert_chain())", "(give --tls-cert FILE and --tls-key FILE)"))
     if "wants a read token and we sent none" in message:
         return message + " (--registry-token, or GEERPC_REGISTRY_READ_TOKEN)"
     if message.startswith("refusing to send a token in clear"):

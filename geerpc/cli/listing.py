@@ -124,8 +124,10 @@ async def _fetch_http(url: str, timeout: float, security: ClientSecurity) -> lis
     except aiohttp.ClientResponseError as exc:  # a reply aiohttp cannot parse (headers over the cap...)
         raise CommandError(f"cannot read registry {url}: {exc.message or exc}") from None
     except aiohttp.ServerDisconnectedError as exc:
-        # An HTTPS port closes a plaintext request unanswered.
-        hint = " (an https:// registry?)" if url.startswith("http://") else ""
+        # An HTTPS port closes a plaintext request unanswered; a registry that wants a
+        # client certificate closes the connection once TLS is up.
+        hint = (" (an https:// registry?)" if url.startswith("http://")
+                else " (does it want a client certificate? --tls-cert FILE --tls-key FILE)")
         raise CommandError(f"cannot read registry {url}: {exc or type(exc).__name__}{hint}") from None
     except (aiohttp.ClientError, OSError, ValueError) as exc:  # a reset connection, a malformed URL
         raise CommandError(f"cannot read registry {url}: {exc or type(exc).__name__}") from None

@@ -8,8 +8,9 @@ used, never with a traceback.
 ``--tls-cert``/``--tls-key`` serve HTTPS, ``--tls-ca`` asks every client for a
 certificate from that CA (mutual TLS), ``--registry-token`` (or
 ``GEERPC_REGISTRY_TOKEN``) guards changes and ``--read-token`` (or
-``GEERPC_REGISTRY_READ_TOKEN``) reads. ``load_server_context`` and ``token_option``
-are shared with ``geerpc serve``, so both say the same of the same mistakes.
+``GEERPC_REGISTRY_READ_TOKEN``) reads. The loaders (``load_server_context``,
+``load_chain``, ``load_ca``) and ``token_option`` are shared with ``geerpc serve``,
+``call`` and ``list``, so all say the same of the same mistakes.
 """
 
 from __future__ import annotations
@@ -66,19 +67,25 @@ def load_server_context(cert: str, key: str, client_ca: str | None = None, *,
     """A server context with the certificate ``cert`` and its ``key`` (PEM files); with
     ``client_ca`` (a PEM file of CA certificates), clients must present a certificate
     from it (mutual TLS). Raises OptionError saying which file is wrong and why."""
-    for option, path in (("--tls-cert", cert), ("--tls-key", key), (ca_option, client_ca)):
-        if path is not None:
-            _readable(option, path)
+    if client_ca is not None:
+        _readable(ca_option, client_ca)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    load_chain(context, cert, key)
+    if client_ca is not None:
+        load_ca(context, ca_option, client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
+    """Load the certificate ``cert`` and its ``key`` (PEM files) into ``context``."""
+    _readable("--tls-cert", cert)
+    _readable("--tls-key", key)
     try:
         context.load_cert_chain(cert, key)
     except (ssl.SSLError, ValueError) as exc:
         raise OptionError(f"--tls-cert {cert} with --tls-key {key}: not a PEM certificate and its "
                           f"private key{_why(exc)}") from None
-    if client_ca is not None:
-        load_ca(context, ca_option, client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 def load_ca(context: ssl.SSLContext, option: str, path: str) -> None:
