@@ -19,7 +19,7 @@ import pytest
 import geerpc
 from geerpc.sync import SyncXClient
 from geerpc.xclient import Retry, SelectMode, XClient
-from geerpc.xclient.retry import LatencyWindow, RetryBudget, attempt_share, check_hedge_after
+from geerpc.xclient.retry import RESERVE, LatencyWindow, RetryBudget, attempt_share, check_hedge_after
 
 # --------------------------------------------------------------------------- arguments
 
@@ -76,7 +76,7 @@ async def test_idempotent_must_be_a_bool():
 
 
 def test_the_budget_is_a_share_of_recent_calls():
-    budget = RetryBudget(0.1, window=10.0)
+    budget = RetryBudget(0.1, window=10.0, reserve=0)
     assert not budget.try_spend(0.0)  # no calls yet: nothing to spend
     for _ in range(20):
         budget.record_call(0.5)
@@ -88,6 +88,15 @@ def test_the_budget_is_a_share_of_recent_calls():
     assert budget.usage(10.6) == (0, 2)  # the calls' slice has left the window
     assert not budget.try_spend(10.6)
     assert budget.usage(11.5) == (0, 0)
+
+
+def test_the_reserve_lets_a_few_calls_retry():
+    budget = RetryBudget(0.1, window=10.0)
+    assert budget.reserve == RESERVE
+    budget.record_call(0.0)
+    assert all(budget.try_spend(0.0) for _ in range(RESERVE))
+    assert not budget.try_spend(0.0)
+    assert budget.try_spend(10.5)  # a new window
 
 
 def test_a_budget_of_zero_never_spends():
@@ -272,8 +281,9 @@ async def test_the_budget_caps_retries_when_everything_fails(nodes):
                 failed += 1
         assert failed == 30
         sent = sum(n.calls for n in made)
-        # 30 calls and at most a tenth of the 60 made in the window as retries: not 90
-        assert 30 <= sent <= 30 + 6, sent
+        # 30 calls, and as retries at most a tenth of the 60 made in the window and the
+        # reserve: not 90
+        assert 30 <= sent <= 30 + 6 + RESERVE, sent
 
 
 async def test_a_hedge_wins_and_the_slow_copy_is_cancelled_on_its_server(nodes):

@@ -8,8 +8,10 @@ I/O, no event loop, no clock: what depends on the time takes ``now``. Imports on
 Strategy: a retry or a hedge is extra load on servers that may already be in
 trouble, so both draw on one ``RetryBudget`` (Finagle's ``RetryBudget``, gRFC A6's
 throttling): over the last ``WINDOW`` seconds, the retries and hedges sent stay at
-most ``budget`` times the calls made. A failing cluster then sees at most
-``1 + budget`` times its load, not ``attempts`` times.
+most ``budget`` times the calls made, plus a small ``RESERVE`` so that a client that
+makes few calls (or has just started) can still retry one. A failing cluster then
+sees at most ``1 + budget`` times its load (and ``RESERVE`` calls a window more),
+not ``attempts`` times. A budget of 0 has no reserve: nothing is ever retried.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..backoff import Backoff
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "RESERVE",
     "WINDOW",
     "LatencyWindow",
     "Retry",
@@ -34,6 +37,7 @@ __all__ = [
 
 DEFAULT_BUDGET: Final = 0.1  # the budget of an XClient that hedges without a Retry
 WINDOW: Final = 10.0  # seconds of calls the budget counts
+RESERVE: Final = 10  # retries and hedges a window allows beyond its share (Finagle's minimum)
 _BUCKETS: Final = 10
 
 
@@ -56,7 +60,8 @@ class Retry:
             jitter (half of each step is random); 0 retries at once. Default 0.05.
         max_backoff: the longest wait between attempts, default 1.0.
         budget: retries and hedges over the last 10 s stay at most this share of the
-            calls made in them (0 to 1; 0.1: one extra attempt per ten calls).
+            calls made in them, plus 10 (0 to 1; 0.1: one extra attempt per ten
+            calls; 0: none at all).
         attempt_timeout: seconds one attempt may take before it counts as timed out
             and is retried; default None: each attempt gets an equal share of the
             time the call has left (the last one all of it). A call without a
@@ -139,14 +144,16 @@ def attempt_share(left: float | None, retries_left: int, attempt_timeout: float 
 
 
 class RetryBudget:
-    """Retries and hedges allowed: at most ``ratio`` times the calls of the last ``window`` s.
+    """Retries and hedges allowed: at most ``ratio`` times the calls of the last
+    ``window`` seconds, plus ``reserve`` (``RESERVE``; none when ``ratio`` is 0).
 
     Counted in ``_BUCKETS`` slices of the window, so reading costs a few additions
     and old calls fall out a slice at a time.
     """
 
-    def __init__(self, ratio: float, window: float = WINDOW) -> None:
+    def __init__(self, ratio: float, window: float = WINDOW, reserve: int | None = None) -> None:
         self.ratio = ratio
+        self.reserve = (RESERVE if ratio > 0 else 0) if reserve is None else reserve
         self._width = window / _BUCKETS
         self._slots = [-1] * _BUCKETS  # which slice of time each bucket holds now
         self._calls = [0] * _BUCKETS
@@ -176,7 +183,7 @@ class RetryBudget:
     def try_spend(self, now: float) -> bool:
         """Take one retry or hedge from the budget; False when it is used up."""
         calls, spent = self._sums(now)
-        if spent + 1 > self.ratio * calls:
+        if spent + 1 > self.ratio * calls + self.reserve:
             return False
         self._spent[self._bucket(now)] += 1
         return True
