@@ -187,7 +187,10 @@ def decode_item(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tup
     stream fails), ProtocolError for anything worse.
     """
     try:
-        message = unpack(payload, max_elements)[0]
+        if len(payload) <= SMALL and 2 * len(payload) <= max_elements:  # decoding.unpack's first case
+            message = _unpackb(payload, **_UNPACK_OPTIONS)
+        else:
+            message = unpack(payload, max_elements)[0]
     except _DECODE_ERRORS as exc:
         seq = _salvage_seq(payload, MsgType.ITEM, (3,))
         if seq is None:
