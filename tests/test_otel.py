@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import PYTHON, ROOT, subprocess_env
+from conftest import PYTHON, ROOT, eventually, subprocess_env
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -217,3 +217,29 @@ async def test_one_trace_crosses_three_processes(telemetry):
                 proc.kill()
                 await proc.wait()
         telemetry.tracer_provider.shutdown()
+
+
+async def test_one_span_each_side_for_a_whole_stream(telemetry: Telemetry) -> None:
+    class Feed:
+        async def count(self, n):
+            for i in range(n):
+                yield f"{trace.get_current_span().get_span_context().trace_id:032x}" if i == 0 else i
+
+    server = geerpc.Server(interceptors=[ServerInterceptor(telemetry.tracer_provider, telemetry.meter_provider)])
+    server.register(Feed())
+    await server.start("127.0.0.1", 0)
+    client = await geerpc.dial(server.address, interceptors=[
+        ClientInterceptor(telemetry.tracer_provider, telemetry.meter_provider)])
+    try:
+        async with client.stream("Feed.count", 100) as items:
+            got = [item async for item in items]
+        assert len(got) == 100
+        await eventually(lambda: telemetry.spans(SpanKind.CLIENT), what="the client span ended")
+        [server_span] = telemetry.spans(SpanKind.SERVER)
+        [client_span] = telemetry.spans(SpanKind.CLIENT)
+        assert f"{server_span.context.trace_id:032x}" == f"{client_span.context.trace_id:032x}" == got[0]
+        assert server_span.parent.span_id == client_span.context.span_id
+        assert server_span.name == client_span.name == "Feed/count"
+    finally:
+        await client.close()
+        await server.stop()
