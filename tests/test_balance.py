@@ -347,6 +347,30 @@ async def test_a_flapping_server_is_ejected_probed_and_let_back(nodes):
         assert flapper.calls > before
 
 
+async def test_a_server_that_goes_down_and_comes_back_on_its_port(nodes):
+    steady = await nodes(0, 0, 0)
+    (flapper,) = await nodes(0)
+    port = int(flapper.address.rpartition(":")[2])
+    addresses = [n.address for n in steady] + [flapper.address]
+    async with XClient(addresses, SelectMode.LEAST_LOADED) as xc:
+        xc._balancer = Balancer(eject_base=0.3)  # a short ejection, so the test need not wait 30 s
+        await calls(xc, 40, concurrency=4)
+        for _ in range(2):  # down (connections dropped, then refused), then up again on its port
+            await flapper.server.stop(grace=0.1)
+            results = await calls(xc, 100, concurrency=4)
+            assert sum(results[n.name] for n in steady) == 100, results  # failover: nothing failed
+            assert xc.stats()[flapper.address].ejected_until is not None
+            (back,) = await nodes(0, port=port)
+
+            async def answered(node: Node = back) -> bool:
+                await calls(xc, 10, concurrency=2)
+                return node.calls > 0
+
+            await eventually(answered, timeout=5, what="the restarted server was probed and let back")
+            flapper = back
+        assert xc.stats()[flapper.address].ejections == 2  # ejected twice: each longer than the last
+
+
 async def test_broadcast_ignores_ejection(nodes):
     made = await nodes(0, 0, 0, 0)
     async with XClient([n.address for n in made], SelectMode.LEAST_LOADED) as xc:
