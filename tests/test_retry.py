@@ -301,6 +301,19 @@ async def test_a_hedge_wins_and_the_slow_copy_is_cancelled_on_its_server(nodes):
             await slow.cancelled.wait()  # the cancel reached the losing copy's handler
 
 
+async def test_a_hedge_goes_to_another_server(nodes):
+    slow, fast = await nodes(2)
+    async with XClient([slow.address, fast.address], SelectMode.RANDOM, hedge_after=0.05,
+                       retry=Retry(budget=1.0)) as xc:
+        await warm(xc)
+        slow.mode = "slow"
+        loop = asyncio.get_running_loop()
+        for _ in range(10):  # about half start on the slow server; each hedge goes to the other
+            start = loop.time()
+            assert (await xc.call("Node.whoami", timeout=2, idempotent=True))[0] == "n1"
+            assert loop.time() - start < 0.4
+
+
 async def test_no_hedge_without_budget(nodes):
     slow, fast = await nodes(2)
     async with XClient([slow.address, fast.address], SelectMode.ROUND_ROBIN, hedge_after=0.05,
