@@ -524,3 +524,52 @@ def test_blocking_client_streams() -> None:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_slow_consumer_of_a_gigabyte_keeps_both_processes_flat() -> None:
+    """S1 across processes: 1 MiB items of a 1 GiB stream, read one every 50 ms; the server
+    produces only what the window allows, and neither process grows by more than a few windows."""
+    import os
+    import subprocess
+    import sys as _sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    process = subprocess.Popen([_sys.executable, str(here / "stream_service.py")], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, cwd=here)
+    try:
+        assert process.stdout is not None
+        address = await asyncio.get_running_loop().run_in_executor(None, process.stdout.readline)
+        client = await geerpc.dial(address.strip())
+        try:
+            async with client.stream("Feed.gigabyte", window_bytes=1024 * 1024) as items:
+                first = await items.__anext__()
+                server_start, client_start = _rss_kib(process.pid), _rss_kib(os.getpid())
+                read = 1
+                async for item in items:
+                    assert len(item) == len(first)
+                    read += 1
+                    await asyncio.sleep(0.05)  # the slow consumer itself, not a wait for readiness
+                    if read == 40:
+                        break
+                produced = await client.call("Feed.produced_count")
+                assert produced <= read + 3  # the window: about one 1 MiB item ahead, never 1 GiB
+                server_growth = _rss_kib(process.pid) - server_start
+                client_growth = _rss_kib(os.getpid()) - client_start
+                assert server_growth < 32 * 1024, f"server grew {server_growth} KiB"
+                assert client_growth < 32 * 1024, f"client grew {client_growth} KiB"
+        finally:
+            await client.close()
+    finally:
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.close()
+        process.wait(10)
+        process.stdout.close()
