@@ -27,6 +27,8 @@ p99.9 at most 2 x the healthy p99.9 at no more than 10 % extra load.
 
 Each scenario reuses the same server processes (told what to do by a call), and each
 run starts a fresh XClient, so what LEAST_LOADED learns at the start is in the figures.
+With the defaults a full run takes about ten minutes, most of it RANDOM and
+ROUND_ROBIN waiting out the slow server's timeouts; ``--duration`` bounds each run.
 """
 
 from __future__ import annotations

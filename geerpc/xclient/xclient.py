@@ -258,6 +258,7 @@ class XClient:
         tried: set[str] = set()
         last_error: BaseException | None = None
         while True:
+            self._check_open()  # closed meanwhile: no new dial
             client: Client | None = None
             try:
                 async with asyncio.timeout_at(at):
