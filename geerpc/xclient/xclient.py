@@ -10,7 +10,8 @@ Unavailable because it is stopping, the call moves on to another server, each
 server at most once, all within the caller's timeout. A call whose connection
 dropped *after* it was sent may have run on the lost server: failover can run it
 twice, so use ``failover=False`` for calls that must not repeat. A RemoteError (the
-method ran and raised) and a timeout are never retried.
+method ran and raised) is never retried, and a timeout only for a call marked
+``idempotent=True`` on an XClient with ``retry=`` (below).
 
 Routing around trouble (README, *Calls that route around trouble*): LEAST_LOADED
 picks by what this XClient measures (``balance.Balancer``: peak-EWMA latency,
