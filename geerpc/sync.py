@@ -22,7 +22,7 @@ import contextlib
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator, Mapping, Sequence
 from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -264,6 +264,41 @@ class SyncXClient(_LoopThread):
         return self._submit(self._xclient.invoke(service_method, args, kwargs, timeout=timeout, metadata=metadata,
                                                  idempotent=idempotent))
 
+
+    def stream(self, service_method: str, /, *args: Any, timeout: float | None = None,
+               metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> Iterator[Any]:
+        """Iterate a stream from one server chosen as for ``call``; as ``XClient.stream``.
+
+        The server is chosen, and the first item awaited, before this returns (so
+        NoServerAvailable and a refused stream raise here); leaving the loop early
+        closes the server's generator.
+        """
+        xclient = self._xclient
+
+        async def first() -> tuple[AsyncGenerator[Any, None], list[Any]]:
+            items = xclient.stream(service_method, *args, timeout=timeout, metadata=metadata, **kwargs)
+            try:
+                return items, [await items.__anext__()]
+            except StopAsyncIteration:
+                return items, []
+
+        items, head = self._submit(first())
+        return self._iterate(items, head)
+
+    def _iterate(self, items: AsyncGenerator[Any, None], head: list[Any]) -> Iterator[Any]:
+        try:
+            if not head:
+                return
+            yield head[0]
+            while True:
+                try:
+                    item = self._submit(items.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if not self._closed:
+                self._submit(items.aclose())
     def stats(self) -> dict[str, ServerStats]:
         """What the XClient measured of each server; as ``XClient.stats``."""
         return self._submit(_stats(self._xclient))

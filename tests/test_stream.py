@@ -493,37 +493,18 @@ def test_option_negotiates_streams() -> None:
         p.decode_option(option(Streams=True))
 
 
-def test_blocking_client_streams() -> None:
+def test_blocking_client_streams(feed_thread) -> None:
     """The server runs on a loop of its own thread; the test's thread blocks on the client."""
-    feed = Feed()
-    loop = asyncio.new_event_loop()
-    ready: list[str] = []
-    stop = asyncio.Event()
-
-    async def serve() -> None:
-        real = geerpc.Server()
-        real.register(feed)
-        ready.append(await real.start("127.0.0.1", 0))
-        await stop.wait()
-        await real.stop(grace=0.5)
-
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
-    thread.start()
-    try:
-        eventually_sync(lambda: ready, what="the server started")
-        with geerpc.SyncClient(ready[0]) as client:
-            assert list(client.stream("Feed.count", 5)) == [0, 1, 2, 3, 4]
-            for item in client.stream("Feed.forever"):
-                if item == 2:
-                    break
-            eventually_sync(lambda: "forever" in feed.closed, what="the generator closed")
-            with pytest.raises(InvalidArguments):
-                list(client.stream("Feed.add", 1, 2))
-            assert client.call("Feed.add", 1, 2) == 3
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(10)
-        loop.close()
+    feed, address = feed_thread
+    with geerpc.SyncClient(address) as client:
+        assert list(client.stream("Feed.count", 5)) == [0, 1, 2, 3, 4]
+        for item in client.stream("Feed.forever"):
+            if item == 2:
+                break
+        eventually_sync(lambda: "forever" in feed.closed, what="the generator closed")
+        with pytest.raises(InvalidArguments):
+            list(client.stream("Feed.add", 1, 2))
+        assert client.call("Feed.add", 1, 2) == 3
 
 
 def _rss_kib(pid: int) -> int:
@@ -573,3 +554,64 @@ async def test_slow_consumer_of_a_gigabyte_keeps_both_processes_flat() -> None:
         process.stdin.close()
         process.wait(10)
         process.stdout.close()
+
+
+async def test_xclient_streams_from_one_server_and_fails_over_before_the_first_item() -> None:
+    from geerpc.xclient import SelectMode, XClient
+
+    feed = Feed()
+    async with serving(feed) as good:
+        stopping = geerpc.Server()
+        stopping.register(Feed())
+        dead = await stopping.start("127.0.0.1", 0)
+        await stopping.stop()  # its port refuses: a connection failure, before anything was sent
+        xc = XClient([dead, good.address], SelectMode.ROUND_ROBIN)
+        try:
+            for _ in range(2):  # whichever comes first, the stream reaches the live server
+                assert [item async for item in xc.stream("Feed.count", 3, timeout=5)] == [0, 1, 2]
+            async for item in xc.stream("Feed.forever"):
+                if item == 2:
+                    break
+            await eventually(lambda: "forever" in feed.closed, what="the generator closed after break")
+            with pytest.raises(ValueError, match="broke after 1"):
+                async for _ in xc.stream("Feed.fails_after", 1):  # after the first item: no failover
+                    pass
+        finally:
+            await xc.close()
+
+
+def test_blocking_xclient_streams(feed_thread) -> None:
+    feed, address = feed_thread
+    with geerpc.SyncXClient([address]) as xc:
+        assert list(xc.stream("Feed.count", 4)) == [0, 1, 2, 3]
+        assert list(xc.stream("Feed.count", 0)) == []
+        for item in xc.stream("Feed.forever"):
+            if item == 1:
+                break
+        eventually_sync(lambda: "forever" in feed.closed, what="the generator closed")
+
+
+@pytest.fixture
+def feed_thread():
+    """A Feed server on a loop of its own thread, for the blocking clients."""
+    feed = Feed()
+    loop = asyncio.new_event_loop()
+    ready: list[str] = []
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        real = geerpc.Server()
+        real.register(feed)
+        ready.append(await real.start("127.0.0.1", 0))
+        await stop.wait()
+        await real.stop(grace=0.5)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        eventually_sync(lambda: ready, what="the server started")
+        yield feed, ready[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from ssl import SSLContext
 from types import TracebackType
 from typing import Any
@@ -47,7 +47,7 @@ from ..errors import (
     Unavailable,
 )
 from ..interceptors import ClientInterceptor, check_interceptors
-from . import attempts
+from . import attempts, streams
 from .balance import Balancer, Outcome, ServerStats
 from .broadcast import call_all
 from .discovery import Discovery, MultiServerDiscovery
@@ -215,6 +215,19 @@ class XClient:
         else:
             reply = await self._managed(service_method, args, kwargs or {}, timeout, metadata, True, idempotent)
         return reply
+
+    def stream(self, service_method: str, /, *args: Any, timeout: float | None = None,
+               metadata: Mapping[str, str | bytes] | None = None, **kwargs: Any) -> AsyncGenerator[Any, None]:
+        """Stream from one server chosen as for ``call()``: ``async for item in xc.stream(...)``.
+
+        Failover only before the first item (``xclient.streams``); after it, errors
+        reach the consumer as ``Client.stream``'s do. ``timeout`` bounds the whole
+        stream, dials included. Leaving the loop closes the server's generator.
+        """
+        self._check_open()
+        deadline = _deadline(timeout, asyncio.get_running_loop().time(), service_method)
+        return streams.stream(self._pick, self._pool.get, self._failed_over, self.interceptors, deadline,
+                              service_method, args, kwargs, metadata, _FAILOVER_ERRORS)
 
     def stats(self) -> dict[str, ServerStats]:
         """Per server, what this XClient measured: pending attempts, EWMA latency
