@@ -255,10 +255,10 @@ def test_mutual_tls_with_a_client_certificate(files, deployment):
 
 def test_a_server_refuses_a_missing_or_wrong_token(files, deployment):
     missing = geerpc(files, "call", deployment.calc, "Calc.add", "1", "2", "--tls-ca", files.ca)
-    assert_one_line(missing, 1, "needs a token")
+    assert_one_line(missing, 1, "Calc.add: this server needs a token: --token (or GEERPC_TOKEN) sends one")
     wrong = geerpc(files, "call", deployment.calc, "Calc.add", "1", "2", "--tls-ca", files.ca,
                    GEERPC_TOKEN="wrong-t0ken")
-    assert_one_line(wrong, 1, "the token was not accepted")
+    assert_one_line(wrong, 1, "Calc.add: the token was not accepted")
 
 
 def test_the_registry_refuses_a_missing_or_wrong_read_token(files, deployment):

@@ -179,6 +179,10 @@ examples:
   geerpc serve myapp:Arith
   geerpc serve myapp:Arith --port 9000 --registry http://127.0.0.1:9999/_geerpc_/registry
   geerpc serve myapp.services:calculator --name Calc --host unix@/tmp/calc.sock
+  GEERPC_REGISTRY_TOKEN=... geerpc serve myapp:Arith --tls-cert srv.pem --tls-key srv.key \\
+      --tls-ca ca.pem --registry https://127.0.0.1:9999/_geerpc_/registry --tokens tokens.txt
+
+A flag beats the environment; tokens from the environment stay out of ps.
 """
 
 _CALL_DESCRIPTION = """\
@@ -208,6 +212,9 @@ examples:
   geerpc call tcp@127.0.0.1:9000 Store.put key '{"a": [1, 2]}' --kw ttl=60
   geerpc call http://127.0.0.1:9999/_geerpc_/registry Arith.add 1 2
   geerpc call http://127.0.0.1:9999/_geerpc_/registry Cache.clear --broadcast
+  GEERPC_TOKEN=... geerpc call tls@127.0.0.1:9000 Arith.add 1 2 --tls-ca ca.pem
+
+A flag beats the environment; tokens from the environment stay out of ps.
 
 exit status: 0 success, 1 error (unreachable, unknown method, the method raised),
 2 usage, 3 timeout. With --broadcast: 0 when every server returned a result, 3 when
@@ -224,6 +231,7 @@ _LIST_EPILOG = """\
 examples:
   geerpc list http://127.0.0.1:9999/_geerpc_/registry
   geerpc list etcd://127.0.0.1:2379/geerpc
+  GEERPC_REGISTRY_READ_TOKEN=... geerpc list https://127.0.0.1:9999/_geerpc_/registry --tls-ca ca.pem
 """
 
 

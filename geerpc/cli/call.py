@@ -29,8 +29,10 @@ from ..errors import (
     InvalidArguments,
     MethodNotFound,
     NoServerAvailable,
+    PermissionDenied,
     RemoteError,
     ServiceNotFound,
+    Unauthenticated,
     Unavailable,
 )
 from ..xclient import Discovery, XClient
@@ -42,7 +44,8 @@ from .values import dumps, to_json
 __all__ = ["broadcast_line", "describe_failure", "run"]
 
 # Errors geerpc itself reports for a call it did not run: their messages stand alone.
-_OWN_REMOTE_ERRORS = (ServiceNotFound, MethodNotFound, InvalidArguments, Unavailable)
+_OWN_REMOTE_ERRORS = (ServiceNotFound, MethodNotFound, InvalidArguments, Unavailable, Unauthenticated,
+                      PermissionDenied)
 # The type the server gives a result it ran but could not encode (code INTERNAL).
 _UNSENDABLE = "SerializationError"
 
@@ -88,7 +91,8 @@ def describe_failure(exc: Exception, service_method: str, timeout: float) -> tup
     if isinstance(exc, RemoteError):
         if isinstance(exc, _OWN_REMOTE_ERRORS) or exc.type == _UNSENDABLE:
             # geerpc's own errors: the method did not raise (or returned what cannot be sent).
-            text = str(exc)
+            # The server's advice is for the Python API; the command line's is an option.
+            text = str(exc).replace("dial(..., token=...) sends one", "--token (or GEERPC_TOKEN) sends one")
             return (text if service_method in text else f"{service_method}: {text}"), EXIT_ERROR
         return f"{service_method} raised {exc.type}: {exc}", EXIT_ERROR
     if isinstance(exc, ConnectTimeout):
