@@ -151,22 +151,30 @@ class Stream:
                           dict(self._metadata_out) if self._metadata_out else {}, given, self._client.address,
                           streaming=True)
         opened: asyncio.Future[None] = loop.create_future()
+        first_deadline, alive = self._deadline, weakref.ref(self)
 
         async def proceed() -> Reply:
-            deadline = self._deadline if call.timeout == given else Deadline.after(call.timeout, loop.time())
-            await self._send_open(call.service_method, call.args, call.kwargs, call.metadata, deadline)
+            # Holds the stream only while opening it: a stream dropped unclosed is still collected.
+            deadline = first_deadline if call.timeout == given else Deadline.after(call.timeout, loop.time())
+            stream = alive()
+            if stream is None:
+                raise asyncio.CancelledError
+            await stream._send_open(call.service_method, call.args, call.kwargs, call.metadata, deadline)
+            end = stream._end
+            del stream
+            assert end is not None
             opened.set_result(None)
-            assert self._end is not None
-            await asyncio.wait([self._end])
-            if self._error is not None:
-                raise self._error
-            return Reply(None, self.metadata)
+            await asyncio.wait([end])
+            result = end.result()  # raises what ended the stream, CancelledError if the consumer left
+            return result if type(result) is Reply else Reply(result)
 
         def send() -> Awaitable[Reply]:
             return proceed()
 
+        interceptors = self._interceptors
+
         async def run() -> Reply:
-            return await client_chain(self._interceptors, call, send)
+            return await client_chain(interceptors, call, send)
 
         chain: asyncio.Task[Reply] = loop.create_task(run())
         self._opening = chain

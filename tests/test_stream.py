@@ -615,3 +615,26 @@ def feed_thread():
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+async def test_dropped_stream_with_interceptors_is_collected_too(feed_server) -> None:
+    feed, server = feed_server
+    seen: list[str] = []
+
+    async def outer(call, proceed):
+        try:
+            return await proceed()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    client = await geerpc.dial(server.address, interceptors=[outer])
+    try:
+        items = client.stream("Feed.forever")
+        assert await items.__anext__() == 0
+        del items
+        gc.collect()
+        await eventually(lambda: "forever" in feed.closed, what="the generator closed")
+        await eventually(lambda: seen == ["cancelled"], what="the interceptor saw the stream end")
+    finally:
+        await client.close()
