@@ -1,4 +1,4 @@
-"""geerpc in one run: a registry, three servers, calls, broadcasts and a server leaving.
+"""geerpc in one run: a registry, three servers, calls, a stream, broadcasts and a server leaving.
 
     python demo.py
 
@@ -33,6 +33,10 @@ class Arith:
         await asyncio.sleep(self.delay)
         return {"server": self.name, "sum": a + b}
 
+    async def countdown(self, n: int):  # a generator method streams
+        for i in range(n, 0, -1):
+            yield f"{self.name}: {i}"
+
 
 def title(text: str) -> None:
     print(f"\n== {text}")
@@ -63,6 +67,9 @@ async def main() -> None:
         async with XClient(discovery, SelectMode.ROUND_ROBIN, close_discovery=False) as xc:
             title("call Arith.add(1, 2)")
             print("  result:", await xc.call("Arith.add", 1, 2, timeout=2))
+
+            title("stream Arith.countdown(3) from one server")
+            print("  items:", [item async for item in xc.stream("Arith.countdown", 3, timeout=2)])
 
             title("broadcast Arith.add(3, 4) to every server")
             print("  one reply:", await xc.broadcast("Arith.add", 3, 4, timeout=2))

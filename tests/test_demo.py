@@ -19,7 +19,7 @@ async def test_demo_runs_and_shows_every_part():
             await proc.wait()
     text = out.decode()
     assert proc.returncode == 0, err.decode()
-    for expected in ("SelectMode.RANDOM", "SelectMode.ROUND_ROBIN", "result: 3", "one reply: 7",
+    for expected in ("SelectMode.RANDOM", "SelectMode.ROUND_ROBIN", "result: 3", "one reply: 7", ": 3', ", ": 1']",
                      "CallTimeout after", "deregisters at once", "MethodNotFound", "InvalidArguments", "done"):
         assert expected in text, f"{expected!r} missing from demo output:\n{text}"
     # error types and the signature in a message read as code: no quotes around them
