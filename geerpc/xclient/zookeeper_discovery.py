@@ -83,7 +83,7 @@ class ZooKeeperDiscovery(ServerList):
             raise ZkUnavailable(f"ZooKeeper at {self.url.describe()} did not answer "
                                 f"within {self._first_list_timeout:g} s")
         self._children_dirty = True
-        self._dirty.update(self._entries)
+        self._dirty.update(self._entries, self._skipped)
         await self._read()
 
     async def close(self) -> None:
@@ -142,7 +142,7 @@ class ZooKeeperDiscovery(ServerList):
         assert self._session is not None
         if self._session.connected:
             self._children_dirty = True
-            self._dirty.update(self._entries)
+            self._dirty.update(self._entries, self._skipped)
             self._wake.set()
 
     def _children_event(self, kind: str, path: str) -> None:
