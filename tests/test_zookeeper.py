@@ -143,6 +143,15 @@ async def test_register_rejects_bad_arguments_before_any_io() -> None:
         await register("zk://127.0.0.1:1/geerpc?session_timeout=0", A1, ["Arith"])
 
 
+async def test_without_kazoo_a_zk_url_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "kazoo.client", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'geerpc\[zookeeper\]'"):
+        await register("zk://127.0.0.1:1/x", A1, ["Arith"])
+    async with ZooKeeperDiscovery("zk://127.0.0.1:1/x") as discovery:
+        with pytest.raises(ImportError, match="need kazoo"):
+            await discovery.get_all()
+
+
 async def test_announce_dispatches_zk_urls() -> None:
     from geerpc.registry.heartbeat import announce
 

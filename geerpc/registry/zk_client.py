@@ -206,8 +206,11 @@ class ZkSession:
         self._closed = False
 
     def _new_client(self) -> Any:
-        from kazoo.client import KazooClient  # the zookeeper extra: imported only here
-        from kazoo.retry import KazooRetry
+        try:  # the zookeeper extra: imported only here
+            from kazoo.client import KazooClient
+            from kazoo.retry import KazooRetry
+        except ImportError as exc:
+            raise ImportError("zk:// registry URLs need kazoo: pip install 'geerpc[zookeeper]'") from exc
 
         client = KazooClient(
             hosts=self.url.connect_string(), timeout=self.url.session_timeout,
