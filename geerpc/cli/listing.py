@@ -123,12 +123,14 @@ async def _fetch_http(url: str, timeout: float, security: ClientSecurity) -> lis
         raise CommandError(f"not a valid registry URL: {url!r}", EXIT_USAGE) from None
     except aiohttp.ClientResponseError as exc:  # a reply aiohttp cannot parse (headers over the cap...)
         raise CommandError(f"cannot read registry {url}: {exc.message or exc}") from None
-    except aiohttp.ServerDisconnectedError as exc:
-        # An HTTPS port closes a plaintext request unanswered; a registry that wants a
-        # client certificate closes the connection once TLS is up.
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        # Closed or reset after connecting: an HTTPS port closes a plaintext request
+        # unanswered; a registry that wants a client certificate closes the connection
+        # once TLS is up (or resets it, depending on timing).
         hint = (" (an https:// registry?)" if url.startswith("http://")
                 else " (does it want a client certificate? --tls-cert FILE --tls-key FILE)")
-        raise CommandError(f"cannot read registry {url}: {exc or type(exc).__name__}{hint}") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise CommandError(f"cannot read registry {url}: {why}{hint}") from None
     except (aiohttp.ClientError, OSError, ValueError) as exc:  # a reset connection, a malformed URL
         raise CommandError(f"cannot read registry {url}: {exc or type(exc).__name__}") from None
 
