@@ -404,6 +404,8 @@ async def _announce(registry: str, address: str, services: list[str], token: str
     if token is not None:
         raise ValueError("registry_token is for http(s):// registries: give etcd's user and password in its URL")
     if context is not None:
+        if not registry.startswith(("etcd://", "etcds://")):
+            raise ValueError(f"registry_ssl is for https:// and etcd registries, not {registry.split(':', 1)[0]}://")
         from .registry.etcd import register
 
         return await register(registry, address, services, ssl=context)

@@ -632,3 +632,19 @@ def test_cli_serve_registers_in_zookeeper(zk: ZooKeeperProcess, path: str) -> No
     finally:
         server.terminate()
         server.communicate(timeout=15)
+
+
+async def test_registry_ssl_with_a_zk_url_is_refused_in_words() -> None:
+    """TLS to ZooKeeper is not offered: registry_ssl= with zk:// says so, before any dial."""
+    import ssl
+
+    import geerpc
+
+    server = geerpc.Server()
+    server.register(ZkArith())
+    try:
+        with pytest.raises(ValueError, match="registry_ssl is for https:// and etcd registries, not zk://"):
+            await server.start("127.0.0.1", 0, registry="zk://127.0.0.1:9/geerpc",
+                               registry_ssl=ssl.create_default_context())
+    finally:
+        await server.stop()
