@@ -27,8 +27,6 @@ import aiohttp
 import pytest
 import trustme
 from browser import Browser, find_chromium
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from geerpc.registry import Registry
 
@@ -61,11 +59,30 @@ def ca_ctx(ca: trustme.CA) -> ssl.SSLContext:
     return ctx
 
 
+def _tlv(der: bytes, at: int) -> tuple[int, int, int]:
+    """The DER element at ``at``: where its content starts, where it ends, and its tag."""
+    tag, length = der[at], der[at + 1]
+    start = at + 2
+    if length & 0x80:  # long form: the next (length & 0x7f) bytes hold the length
+        count = length & 0x7F
+        length = int.from_bytes(der[start:start + count], "big")
+        start += count
+    return start, start + length, tag
+
+
 def spki_hash(leaf: trustme.LeafCert) -> str:
-    """Base64 of the SHA-256 of the certificate's public key, as Chromium wants it."""
-    cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
-    der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+    """Base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo, as Chromium's
+    ``--ignore-certificate-errors-spki-list`` wants it."""
+    der = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+    certificate, _, _ = _tlv(der, 0)  # SEQUENCE { tbsCertificate, signatureAlgorithm, signature }
+    at, end, _ = _tlv(der, certificate)  # tbsCertificate: SEQUENCE { [0] version, serial, ..., subject, spki, ... }
+    fields = []
+    while at < end:
+        _, after, tag = _tlv(der, at)
+        fields.append((tag, der[at:after]))
+        at = after
+    spki = fields[6 if fields[0][0] == 0xA0 else 5][1]
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 @pytest.fixture
