@@ -115,15 +115,16 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _client_security(args: argparse.Namespace, target: str) -> ClientSecurity:
+    """What ``call`` or ``list`` connects with; the tokens from the flags, else the environment."""
     from . import security
 
+    context = security.client_context(args.tls_ca, args.tls_cert, args.tls_key)
+    token = security.call_token(args.token) if args.command == "call" else None
     registry_token = None
-    if target.startswith(("http://", "https://")):
+    if target.startswith(("http://", "https://")):  # etcd takes user:password@ in its URL
         registry_token = security.token(args.registry_token, "--registry-token",
                                         security.REGISTRY_READ_TOKEN_ENV, security.REGISTRY_TOKEN_ENV)
-    return security.ClientSecurity(security.client_context(args.tls_ca, args.tls_cert, args.tls_key),
-                                   security.call_token(getattr(args, "token", None)) if args.command == "call"
-                                   else None, registry_token)
+    return security.ClientSecurity(context, token, registry_token)
 
 
 # --------------------------------------------------------------------------- parser
