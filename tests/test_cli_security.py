@@ -76,7 +76,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
     leaf.private_key_pem.write_to_path(str(where / "key.pem"))
     client.cert_chain_pems[0].write_to_path(str(where / "client.pem"))
     client.private_key_pem.write_to_path(str(where / "client.key"))
-    (where / "tokens.txt").write_text(f"# token identity\n\n{ALICE} alice\nbob-t0ken bob the builder\n")
+    (where / "tokens.txt").write_text(f"# token identity\n\n{ALICE} alice\nbob-t0ken\tbob the builder\n")
     (where / "secure_service.py").write_text(SERVICE)
     return Files(where, *(str(where / name) for name in (
         "ca.pem", "cert.pem", "key.pem", "client.pem", "client.key", "other-ca.pem", "tokens.txt")))
@@ -397,6 +397,7 @@ def test_options_that_do_not_fit_together_are_usage_errors(files, args, fragment
      "tab\there"),
     (["call", "tcp@127.0.0.1:1", "Calc.add"], {"GEERPC_TOKEN": "line\nbreak"}, "GEERPC_TOKEN must be printable",
      "break"),
+    (["call", "tcp@127.0.0.1:1", "Calc.add", "--token", ""], {}, "--token must be printable text of 1 to", "\0"),
 ])
 def test_a_token_that_cannot_be_sent_is_a_usage_error_that_does_not_show_it(files, args, env, fragment, secret):
     result = geerpc(files, *args, **env)

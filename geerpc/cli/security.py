@@ -102,13 +102,13 @@ def token(value: str | None, option: str, *envs: str) -> str | None:
 
 
 def call_token(value: str | None) -> str | None:
-    """``call --token`` (else ``GEERPC_TOKEN``): any printable text up to 4096 characters,
+    """``call --token`` (else ``GEERPC_TOKEN``): printable text of 1 to 4096 characters,
     as the server's ``BearerTokens`` accept."""
     source = "--token"
     if value is None:
         value, source = os.environ.get(TOKEN_ENV) or None, TOKEN_ENV
-    if value is not None and (len(value) > MAX_TOKEN or not value.isprintable()):
-        raise CommandError(f"{source} must be printable text of at most {MAX_TOKEN} characters", EXIT_USAGE)
+    if value is not None and not (0 < len(value) <= MAX_TOKEN and value.isprintable()):
+        raise CommandError(f"{source} must be printable text of 1 to {MAX_TOKEN} characters", EXIT_USAGE)
     return value
 
 
@@ -127,7 +127,7 @@ def read_tokens(path: str) -> dict[str, str]:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        secret, _, identity = text.partition(" ")
+        secret, _, identity = text.replace("\t", " ").partition(" ")
         identity = identity.strip()
         # Never quote the line: it holds a token.
         if not identity or len(secret) > MAX_TOKEN or not secret.isprintable():
