@@ -312,6 +312,10 @@ def test_a_registry_with_client_certificates(files):
         url = registry.first_line()
         refused = geerpc(files, "list", url, "--tls-ca", files.ca)
         assert_one_line(refused, 1, url, "client certificate", "--tls-cert")
+        call = geerpc(files, "call", url, "Calc.add", "1", "2", "--tls-ca", files.ca)
+        assert_one_line(call, 1, url, "client certificate", "--tls-cert")
+        plain = geerpc(files, "call", url.replace("https://", "http://"), "Calc.add", "1", "2")
+        assert_one_line(plain, 1, "an https:// registry?")
         listed = geerpc(files, "list", url, "--tls-ca", files.ca, "--tls-cert", files.client_cert,
                         "--tls-key", files.client_key)
         assert listed.returncode == 0, listed.stderr

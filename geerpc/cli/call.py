@@ -113,6 +113,13 @@ def _hint(message: str, security: ClientSecurity) -> str:
     if "client certificate" in message:  # the Python API's advice, in options
         return (message.replace(": give ssl= a context with load_cert_chain()", ": give --tls-cert FILE and --tls-key FILE")
                 .replace("(load one with load_cert_chain())", "(give --tls-cert FILE and --tls-key FILE)"))
+    if "CERTIFICATE_REQUIRED" in message:  # the peer's TLS alert, as the ssl module words it
+        return message + " (it wants a client certificate: --tls-cert FILE --tls-key FILE)"
+    if message.startswith("registry ") and message.endswith(("Connection reset by peer", "Server disconnected")):
+        # Closed after connecting: the same hints as geerpc list gives.
+        if message.startswith("registry http://"):
+            return message + " (an https:// registry?)"
+        return message + " (does it want a client certificate? --tls-cert FILE --tls-key FILE)"
     if "wants a read token and we sent none" in message:
         return message + " (--registry-token, or GEERPC_REGISTRY_READ_TOKEN)"
     if message.startswith("refusing to send a token in clear"):
