@@ -50,6 +50,13 @@ class Calc:
             value = [value]
         return value
 
+    async def count(self, n: int, fail: bool = False) -> Any:
+        """A stream (``geerpc call --stream``): 0 .. n-1, then ValueError if ``fail``."""
+        for i in range(n):
+            yield {"i": i, "raw": bytes([i])}
+        if fail:
+            raise ValueError(f"stopped after {n}")
+
     def mark(self, path: str) -> int:
         """Append this server's pid to ``path``: shows which servers a broadcast reached."""
         with open(path, "a") as f:

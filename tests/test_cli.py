@@ -145,6 +145,22 @@ def test_call_separator_after_an_option(server: str) -> None:
     assert (echoed.returncode, echoed.stdout) == (0, '"-x"\n')
 
 
+def test_call_stream_prints_one_json_line_per_item(server: str, registry: str) -> None:
+    for target in (server, registry):
+        result = geerpc("call", target, "Calc.count", "3", "--stream")
+        assert result.returncode == 0, result.stderr
+        assert [json.loads(line)["i"] for line in result.stdout.splitlines()] == [0, 1, 2]
+        assert json.loads(result.stdout.splitlines()[1])["raw"] == {"$bytes": "AQ=="}
+    failed = geerpc("call", server, "Calc.count", "2", "--kw", "fail=true", "--stream")
+    assert failed.returncode == 1
+    assert len(failed.stdout.splitlines()) == 2  # the items before the error, then the error
+    assert failed.stderr == "geerpc: Calc.count raised ValueError: stopped after 2\n"
+    assert_failed(geerpc("call", server, "Calc.add", "1", "2", "--stream"), 1, "call it with call()")
+    assert_failed(geerpc("call", server, "Calc.count", "2"), 1, "call it with stream()")
+    assert_failed(geerpc("call", registry, "Calc.count", "2", "--stream", "--broadcast"), 2,
+                  "--stream and --broadcast do not go together")
+
+
 def test_call_prints_bytes_tagged_in_base64(server: str) -> None:
     result = geerpc("call", server, "Calc.blob", "3")
     assert (result.returncode, result.stdout) == (0, '{"$bytes": "AAEC"}\n')

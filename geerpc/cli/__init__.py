@@ -87,7 +87,8 @@ def _run_call(args: argparse.Namespace) -> int:
     from .call import run
 
     return run(args.target, args.service_method, args.values, args.kwargs,
-               timeout=args.timeout, broadcast=args.broadcast, security=_client_security(args, args.target))
+               timeout=args.timeout, broadcast=args.broadcast, security=_client_security(args, args.target),
+               stream=args.stream)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -284,6 +285,9 @@ def _build_parser() -> argparse.ArgumentParser:
     call.add_argument("--broadcast", action="store_true",
                       help="with a registry URL: call every server offering the service, "
                            "print one JSON line per server")
+    call.add_argument("--stream", action="store_true",
+                      help="the method is a generator: print one JSON line per item as it arrives "
+                           "(--timeout bounds the whole stream)")
     call.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT, metavar="S",
                       help=f"seconds for the whole command, connecting included (default {DEFAULT_TIMEOUT:g})")
     _add_client_security(call)

@@ -51,11 +51,13 @@ _UNSENDABLE = "SerializationError"
 
 
 def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any], *,
-        timeout: float, broadcast: bool, security: ClientSecurity | None = None) -> int:
+        timeout: float, broadcast: bool, security: ClientSecurity | None = None, stream: bool = False) -> int:
     """Call ``service_method`` on ``target``, print the result as JSON; return the exit status.
 
-    Raises CommandError carrying the message and status for any failure (for a
-    broadcast: a failure to find the servers; each server's own failure is a line).
+    With ``stream`` the method is a generator: each item is printed as a JSON line
+    as it arrives. Raises CommandError carrying the message and status for any
+    failure (for a broadcast: a failure to find the servers; each server's own
+    failure is a line; for a stream: after the items that came before it).
     """
     security = security or ClientSecurity()
     # ERROR: discovery's warnings about an unreachable registry would repeat our message.
@@ -68,7 +70,17 @@ def run(target: str, service_method: str, args: list[Any], kwargs: dict[str, Any
             raise CommandError(f"bad TARGET: {exc}; or give a registry URL ({WANT})",
                                EXIT_USAGE) from None
     if broadcast:
+        if stream:
+            raise CommandError("--stream and --broadcast do not go together: a stream comes from one server",
+                               EXIT_USAGE)
         return _run_broadcast(target, is_registry, service_method, args, kwargs, timeout, security)
+    if stream:
+        try:
+            asyncio.run(_stream(target, is_registry, service_method, args, kwargs, timeout, security))
+        except Exception as exc:  # noqa: BLE001 - describe_failure re-raises what it does not know
+            message, status = describe_failure(exc, service_method, timeout)
+            raise CommandError(_hint(message, security), status) from None
+        return EXIT_OK
     try:
         result = asyncio.run(_call(target, is_registry, service_method, args, kwargs, timeout, security))
     except Exception as exc:  # noqa: BLE001 - describe_failure re-raises what it does not know
@@ -160,6 +172,44 @@ async def _call_address(address: str, service_method: str, args: list[Any], kwar
         return await client.call(service_method, *args, timeout=_left(deadline), **kwargs)
     finally:
         await client.close()
+
+
+async def _stream(target: str, is_registry: bool, service_method: str, args: list[Any], kwargs: dict[str, Any],
+                  timeout: float, security: ClientSecurity) -> None:
+    """Print each item of the stream as a JSON line as it arrives, all of it within ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with asyncio.timeout_at(deadline):
+        if not is_registry:
+            client = await dial(target, connect_timeout=_left(deadline), token=security.token,
+                                ssl=security.ssl if target.startswith("tls@") else None)
+            try:
+                async with client.stream(service_method, *args, timeout=_left(deadline), **kwargs) as stream:
+                    async for item in stream:
+                        _print_item(item, service_method)
+            finally:
+                await client.close()
+            return
+        servers = _discovery(target, timeout, security)
+        xclient = XClient(servers, connect_timeout=timeout, ssl=security.ssl, token=security.token)
+        try:
+            await servers.refresh()  # an unreachable registry is reported as such
+            items = xclient.stream(service_method, *args, timeout=_left(deadline), **kwargs)
+            try:
+                async for item in items:
+                    _print_item(item, service_method)
+            finally:
+                await items.aclose()
+        finally:
+            await xclient.close()
+
+
+def _print_item(item: Any, service_method: str) -> None:
+    try:
+        text = dumps(item)
+    except RecursionError:
+        raise CommandError(_too_deep(service_method).replace("returned a value", "streamed an item")) from None
+    print(text, flush=True)
 
 
 def _left(deadline: float) -> float:
