@@ -449,8 +449,8 @@ async def test_announce_etcd_uses_the_etcd_module(monkeypatch):
 
 
 async def test_announce_other_scheme_is_value_error():
-    with pytest.raises(ValueError):
-        await announce("zk://127.0.0.1/x", A, None)
+    with pytest.raises(ValueError, match="want http://, https://, etcd:// or zk://"):
+        await announce("consul://127.0.0.1/x", A, None)
 
 
 async def test_default_period_is_geerpcs(geerpc_like, beats):
