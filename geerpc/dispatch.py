@@ -30,7 +30,7 @@ from .interceptors import Resume, ServerInterceptor, server_chain
 from .replies import failure_reply, result_reply, run_inline, stopped_reply, timeout_reply
 from .service import ASYNC_STREAM, CANCELLED, Method
 from .streaming import StreamWindow, pump
-from .workers import Job
+from .workers import Job, on_worker
 
 __all__ = ["Calls", "STOPPING", "budget"]
 
@@ -259,23 +259,10 @@ class Calls:
 
     def _in_worker(self, method: Method, args: list[Any], kwargs: dict[str, Any],
                    call: CallContext) -> asyncio.Future[Any]:
-        """Run a plain ``def`` handler on a worker thread (for interceptors to await)."""
-        future: asyncio.Future[Any] = self._loop.create_future()
+        """Run a plain ``def`` handler on a worker thread (for interceptors to await).
 
-        def done(job: Job, ok: bool, value: Any) -> None:
-            if future.done():
-                return
-            if ok:
-                future.set_result(value)
-            else:  # a future refuses StopIteration (it would end the awaiting coroutine)
-                future.set_exception(RuntimeError(f"handler raised {value!r}")
-                                     if isinstance(value, StopIteration) else value)
-
-        job = Job(method.func, args, kwargs, done, _in_context(call))
-        # The interceptors stopped waiting (deadline, cancel): the result is dropped.
-        future.add_done_callback(lambda f: setattr(job, "abandoned", True) if f.cancelled() else None)
-        self._submit(job)
-        return future
+        The interceptors stopped waiting (deadline, cancel): the result is dropped."""
+        return on_worker(self._loop, self._submit, method.func, args, kwargs, _in_context(call))
 
     def _pump(self, window: StreamWindow, method: Method, call: CallContext) -> Coroutine[Any, Any, None]:
         context = None if method.streaming == ASYNC_STREAM else _in_context(call)

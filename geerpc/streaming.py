@@ -27,7 +27,7 @@ from .errors import RemoteError
 from .mapkeys import result_problem
 from .replies import describe
 from .service import ASYNC_STREAM, Method
-from .workers import Job
+from .workers import Job, on_worker
 
 __all__ = ["StreamWindow", "StreamItemError", "pump", "NOT_A_STREAM", "IS_A_STREAM"]
 
@@ -178,7 +178,7 @@ async def _pump_sync(window: StreamWindow, method: Method, items: Generator[Any,
         while True:
             if window.items <= 0 or window.bytes <= 0 or paused():
                 await window.room(paused)
-            item = await _on_worker(loop, submit, source.step, context)
+            item = await on_worker(loop, submit, source.step, [], {}, context)
             if item is _END:
                 return
             frame = item_frame(seq, method, item, limit)
@@ -200,22 +200,3 @@ def _call(func: Callable[[], Any]) -> Any:
 
 def _ignore(job: Job, ok: bool, value: Any) -> None:
     """A generator's close is not answered; what it raised is dropped."""
-
-
-def _on_worker(loop: asyncio.AbstractEventLoop, submit: Callable[[Job], None],
-               func: Callable[[], Any], context: contextvars.Context | None) -> asyncio.Future[Any]:
-    """Run ``func`` on a worker thread; its result or exception through a future."""
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def done(job: Job, ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    job = Job(_call, [func], {}, done, context)
-    future.add_done_callback(lambda f: setattr(job, "abandoned", True) if f.cancelled() else None)
-    submit(job)
-    return future

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["WorkerPool", "Job"]
+__all__ = ["WorkerPool", "Job", "on_worker"]
 
 
 class Job:
@@ -99,3 +99,27 @@ class WorkerPool:
         self._closed = True
         for _ in self._threads:
             self._jobs.put(None)
+
+
+def on_worker(loop: asyncio.AbstractEventLoop, submit: Callable[[Job], None], func: Callable[..., Any],
+              args: list[Any], kwargs: dict[str, Any], context: contextvars.Context | None) -> asyncio.Future[Any]:
+    """Run ``func`` on a worker thread (through ``submit``); its result or exception through a future.
+
+    Cancelling the future abandons the job: its result is dropped. A StopIteration
+    comes back as a RuntimeError (a future refuses it: it would end the awaiting coroutine).
+    """
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def done(job: Job, ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(RuntimeError(f"handler raised {value!r}")
+                                 if isinstance(value, StopIteration) else value)
+
+    job = Job(func, args, kwargs, done, context)
+    future.add_done_callback(lambda f: setattr(job, "abandoned", True) if f.cancelled() else None)
+    submit(job)
+    return future
