@@ -22,6 +22,12 @@ through ``host.ConnectionHost``. Design notes:
   the peer has read enough. What a connection holds is therefore at most the budget,
   plus one request or one reply that crossed it, plus the results of its running
   handlers themselves.
+- Large frames (over ``decoding.SMALL`` bytes) take turns at the server's
+  ``gate.DecodeGate``: receiving one (growing the buffer, reading, copying it out) and
+  decoding it are timed and charged there, and a connection that finds the gate shut
+  waits for its turn with reading paused, at most one large frame per turn. Nothing
+  after a waiting frame is taken before it, so the order of frames holds. Small frames
+  are never charged and never wait.
 """
 
 from __future__ import annotations
@@ -30,13 +36,16 @@ import asyncio
 import collections
 import logging
 import ssl
+import time
+from collections.abc import Callable
 from typing import NamedTuple, cast
 
 from . import protocol as p
+from .budget import HIGH_WATER, Budget
+from .decoding import SMALL
 from .dispatch import STOPPING, Calls, budget
 from .errors import ProtocolError
 from .handshake import ServerHandshake
-from .budget import HIGH_WATER, Budget
 from .host import ConnectionHost
 from .outbox import Outbox
 from .replies import bad_request_reply, budget_reply, not_found_reply, stopped_reply, stopping_reply
@@ -98,6 +107,10 @@ class ServerConnection(asyncio.BufferedProtocol):
         self.peer_ip: str | None = None  # None for a unix socket
         self._tls_task: asyncio.Task[None] | None = None  # the TLS handshake, while it runs
         self._closed_down = False  # connection_lost has run
+        self._gate = host.decode_gate
+        self._gated: bytes | None = None  # a large frame taken, waiting for its turn
+        self._waiting_turn = False  # at the decode gate: nothing is read or taken meanwhile
+        self._charge_from: float | None = None  # start of the work being charged to the gate
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # ------------------------------------------------------------- asyncio callbacks
@@ -155,7 +168,13 @@ class ServerConnection(asyncio.BufferedProtocol):
     # asyncio.BufferedProtocol: the transport reads straight into the frame decoder's
     # buffer, so a read costs no allocation (large requests otherwise cost an mmap each).
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._frames.get_buffer(sizehint)
+        frames = self._frames
+        if frames.pending <= SMALL:
+            return frames.get_buffer(sizehint)
+        started = time.perf_counter()  # a large frame coming in: growing the buffer is charged
+        view = frames.get_buffer(sizehint)
+        self._gate.charge(time.perf_counter() - started)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_read = self._loop.time()
@@ -163,6 +182,14 @@ class ServerConnection(asyncio.BufferedProtocol):
         if self._tls_task is not None:
             # Decrypted bytes can arrive before start_tls hands us its transport: they
             # wait in the buffer until _begin has it.
+            return
+        if self._frames.pending > SMALL and self._handshake is None:
+            if self._waiting_turn:
+                return
+            if not self._gate.admit():
+                self._wait_turn(None)
+                return
+            self._charged(self._take_frames)
             return
         self._received()
 
@@ -204,6 +231,8 @@ class ServerConnection(asyncio.BufferedProtocol):
         if self._still_here_timer is not None:
             self._still_here_timer.cancel()
         self._lost = True  # from here on nothing new starts
+        self._gated = None  # its turn at the gate, if it waits, does nothing
+        self._waiting_turn = False
         self._host.connection_closed(self)
         self._held.clear()
         self._budget.held = 0
@@ -289,7 +318,9 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------- requests
 
-    def _take_frames(self) -> None:
+    def _take_frames(self, large: int = 0) -> None:
+        """Start held calls, then take frames while the connection may; ``large``: large
+        frames this turn at the decode gate has handled already."""
         if self._lost:
             return
         frames = self._frames
@@ -315,7 +346,15 @@ class ServerConnection(asyncio.BufferedProtocol):
                 if payload is None:
                     break
                 taken += 1
-                self._handle(payload)
+                if len(payload) > SMALL:
+                    # One large frame a turn; outside a turn, only if the gate admits it.
+                    if large or (self._charge_from is None and not self._gate.admit()):
+                        self._wait_turn(payload)  # ends the loop: nothing is taken after it
+                        continue
+                    large += 1
+                    self._charged(lambda: self._handle(payload))  # noqa: B023 (called at once)
+                else:
+                    self._handle(payload)
                 if self._outbox.size > _FLUSH_AT:
                     self._flush()  # may call pause_writing(), which ends this loop
             else:
@@ -337,6 +376,43 @@ class ServerConnection(asyncio.BufferedProtocol):
                 self._timer = self._loop.call_later(self._limits.frame_timeout, self._abort, "frame stalled")
         else:
             self._cancel_timer()
+
+    def _wait_turn(self, payload: bytes | None) -> None:
+        """Wait at the decode gate, reading paused, with ``payload`` taken or the bytes still buffered."""
+        self._gated = payload
+        self._waiting_turn = True
+        self._pause_reading()
+        self._cancel_timer()  # waiting is not stalling: frame_timeout starts again after the turn
+        self._gate.wait(self._turn)
+
+    def _turn(self) -> None:
+        """This connection's turn at the decode gate: one large frame, then carry on."""
+        self._waiting_turn = False
+        payload, self._gated = self._gated, None
+        if self._lost:
+            return
+        self._charged(lambda: self._take_turn(payload))
+
+    def _take_turn(self, payload: bytes | None) -> None:
+        if payload is not None:
+            try:
+                self._handle(payload)
+            except ProtocolError as exc:
+                self._abort(str(exc))
+                return
+        self._take_frames(large=1 if payload is not None else 0)
+
+    def _charged(self, work: Callable[[], None]) -> None:
+        """Do ``work``, its time charged to the decode gate (once, however nested)."""
+        if self._charge_from is not None:
+            work()
+            return
+        self._charge_from = started = time.perf_counter()
+        try:
+            work()
+        finally:
+            self._charge_from = None
+            self._gate.charge(time.perf_counter() - started)
 
     def _handle(self, payload: bytes) -> None:
         try:
@@ -425,6 +501,8 @@ class ServerConnection(asyncio.BufferedProtocol):
     def _may_take(self) -> bool:
         """Whether to take (and read) another frame: room in the budget, or nothing else
         in hand, so that one request as large as the budget still gets through."""
+        if self._waiting_turn:
+            return False
         return self._budget.has_room() or not (self._running or self._held or self._outbox)
 
     def _may_start(self) -> bool:
@@ -485,6 +563,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             return True
         transport = self._transport
         return not (self._running or self._held or self._calls.parked or self._outbox
+                    or self._waiting_turn
                     or (transport is not None and transport.get_write_buffer_size()))
 
     @property

@@ -89,13 +89,15 @@ class FrameDecoder:
                 self._buffer = bytearray(_INITIAL_BUFFER)
         if len(self._buffer) - self._end >= need:
             return
-        if len(self._buffer) - buffered >= need:  # compact: an equal-size move, no resize
-            self._buffer[:buffered] = self._buffer[self._start : self._end]
-        else:
-            # double (fewer copies for a growing frame), but never past one whole frame
-            grown = bytearray(max(buffered + need, min(2 * len(self._buffer), 4 + self.max_frame_size)))
-            grown[:buffered] = self._buffer[self._start : self._end]
-            self._buffer = grown
+        # Bytes move through a memoryview: slicing the bytearray would copy them twice.
+        with memoryview(self._buffer) as view:
+            if len(self._buffer) - buffered >= need:  # compact: an equal-size move, no resize
+                view[:buffered] = view[self._start : self._end]
+            else:
+                # double (fewer copies for a growing frame), but never past one whole frame
+                grown = bytearray(max(buffered + need, min(2 * len(self._buffer), 4 + self.max_frame_size)))
+                grown[:buffered] = view[self._start : self._end]
+                self._buffer = grown
         self._start, self._end = 0, buffered
 
     def next_frame(self) -> bytes | None:

@@ -13,6 +13,7 @@ import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from .gate import DecodeGate
 from .interceptors import ServerInterceptor
 from .service import Method
 from .workers import Job
@@ -60,6 +61,11 @@ class ConnectionHost(Protocol):
 
     def tls_failed(self, exc: BaseException) -> None:
         """Count a connection whose TLS handshake failed or timed out."""
+        ...
+
+    @property
+    def decode_gate(self) -> DecodeGate:
+        """The share of the loop that decoding large frames may take, shared by all connections."""
         ...
 
     @property

@@ -23,6 +23,7 @@ from . import protocol as p
 from .admission import Admission
 from .connection import ServerConnection
 from .debug import render_debug_page
+from .gate import DecodeGate
 from .host import Limits
 from .interceptors import ServerInterceptor, awaits_only_proceed, check_interceptors
 from .tls import check_server_context
@@ -147,6 +148,8 @@ class Server:
         self._connections: set[ServerConnection] = set()  # every open one, evicted ones until closed
         self._admission: Admission[ServerConnection] = Admission(max_connections, max_connections_per_ip)
         self._listener: asyncio.Server | None = None
+        #: the share of the loop decoding large frames may take (made by start(), on its loop)
+        self.decode_gate: DecodeGate
         self._unix_path: str | None = None
         self._announcement: _Announcement | None = None
         #: True from the moment stop() begins (read it; stop() sets it)
@@ -273,6 +276,7 @@ class Server:
         if self.tls is not None and host.startswith("unix@"):
             raise ValueError("ssl= is for TCP: a unix socket is local (drop ssl=, or listen on tls@host:port)")
         loop = asyncio.get_running_loop()
+        self.decode_gate = DecodeGate(loop)
         self._drained = asyncio.Event()
         self._stopped = asyncio.Event()
         # stop() called while this runs waits for it, so nothing started here is missed
@@ -378,6 +382,7 @@ class Server:
                 pass
         self._workers.shutdown()
         if self._stopped is not None:
+            self.decode_gate.close()
             self._stopped.set()
         log.info("stopped %s", self.address)
 
