@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -119,6 +120,8 @@ def test_registry_urls_map_zk_to_zookeeper_discovery() -> None:
     assert isinstance(discovery_for("zk://127.0.0.1:1/x", once=True, timeout=0.5), ZooKeeperDiscovery)
     with pytest.raises(ValueError, match="bad port"):
         discovery_for("zk://h:99999/x")
+    with pytest.raises(ValueError, match="ZooKeeper is reached without TLS"):
+        discovery_for("zk://127.0.0.1:1/x", ssl=ssl.create_default_context())
 
 
 def test_kazoo_is_imported_only_for_a_session() -> None:

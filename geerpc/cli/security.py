@@ -147,17 +147,7 @@ def discovery(url: str, timeout: float, security: ClientSecurity) -> ServerList:
     watch, no wait past ``timeout``. It verifies the registry with ``security.ssl``
     and sends ``security.registry_token`` when they apply to it."""
     tls = security.ssl if registry_is_tls(url) else None
-    # As discovery_for(once=True) makes them, with the context and the token.
-    if url.startswith(("http://", "https://")) and (tls is not None or security.registry_token is not None):
-        from ..xclient.registry_discovery import RegistryDiscovery
-
-        return RegistryDiscovery(url, watch=False, timeout=min(timeout, 5.0), ssl=tls,
-                                 token=security.registry_token)
-    if url.startswith(("etcd://", "etcds://")) and tls is not None:
-        from ..xclient.etcd_discovery import EtcdDiscovery
-
-        return EtcdDiscovery(url, first_list_timeout=timeout, ssl=tls)
-    return discovery_for(url, once=True, timeout=timeout)
+    return discovery_for(url, once=True, timeout=timeout, ssl=tls, token=security.registry_token)
 
 
 def registry_is_tls(url: str) -> bool:
