@@ -35,7 +35,7 @@ from .protocol import encode_credit
 
 
 class _Connection(Protocol):
-    """What a stream uses of the client's connection (``client._ClientConnection``)."""
+    """What a stream uses of the client's connection (``client_connection.ClientConnection``)."""
 
     loop: asyncio.AbstractEventLoop
     calls: PendingCalls[asyncio.Future[Any]]
