@@ -124,7 +124,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             if self.transport is not None:
                 self.transport.abort()
 
-    def _item(self, payload: bytes) -> None:
+    def _item(self, payload: bytes | memoryview) -> None:
         """A stream's ITEM: to its stream (one no longer open has it dropped)."""
         try:
             seq, value = p.decode_item(payload)

@@ -108,7 +108,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._tls_task: asyncio.Task[None] | None = None  # the TLS handshake, while it runs
         self._closed_down = False  # connection_lost has run
         self._gate = host.decode_gate
-        self._gated: bytes | None = None  # a large frame taken, waiting for its turn
+        self._gated: bytes | memoryview | None = None  # a large frame taken, waiting for its turn
         self._waiting_turn = False  # at the decode gate: nothing is read or taken meanwhile
         self._charge_from: float | None = None  # start of the work being charged to the gate
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -377,7 +377,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         else:
             self._cancel_timer()
 
-    def _wait_turn(self, payload: bytes | None) -> None:
+    def _wait_turn(self, payload: bytes | memoryview | None) -> None:
         """Wait at the decode gate, reading paused, with ``payload`` taken or the bytes still buffered."""
         self._gated = payload
         self._waiting_turn = True
@@ -393,7 +393,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             return
         self._charged(lambda: self._take_turn(payload))
 
-    def _take_turn(self, payload: bytes | None) -> None:
+    def _take_turn(self, payload: bytes | memoryview | None) -> None:
         if payload is not None:
             try:
                 self._handle(payload)
@@ -414,7 +414,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._charge_from = None
             self._gate.charge(time.perf_counter() - started)
 
-    def _handle(self, payload: bytes) -> None:
+    def _handle(self, payload: bytes | memoryview) -> None:
         try:
             message, cost = p.decode_request_sized(payload, self._limits.max_elements)
         except p.BadRequest as bad:

@@ -64,7 +64,7 @@ class _Counter:
         return value
 
 
-def unpack(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[Any, int]:
+def unpack(payload: bytes | memoryview, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[Any, int]:
     """Decode one message; return it and the memory it is charged, in bytes.
 
     The charge is the payload's length plus ``VALUE_COST`` per element: counted

@@ -100,7 +100,7 @@ class FrameDecoder:
                 self._buffer = grown
         self._start, self._end = 0, buffered
 
-    def next_frame(self) -> bytes | None:
+    def next_frame(self) -> bytes | memoryview | None:
         buffer, pos = self._buffer, self._start
         available = self._end - pos
         if available < 4:
@@ -111,6 +111,16 @@ class FrameDecoder:
         if available < 4 + size:
             return None
         end = pos + 4 + size
+        if size > _SHRINK_ABOVE:
+            # A large frame: hand out the buffer itself, not a copy (which would hold the
+            # frame twice until it is decoded, and cost its page faults again). What
+            # follows the frame moves to a new buffer; this one is never written again.
+            rest = self._end - end
+            fresh = bytearray(max(_INITIAL_BUFFER, rest))
+            with memoryview(buffer) as view:
+                fresh[:rest] = view[end : self._end]
+            self._buffer, self._start, self._end = fresh, 0, rest
+            return memoryview(buffer)[pos + 4 : end]
         with memoryview(buffer) as view:  # one copy (slicing the bytearray, then bytes(), is two)
             payload = bytes(view[pos + 4 : end])
         self._start = end

@@ -130,7 +130,7 @@ class PendingCalls(Generic[W]):
             self._want_metadata.add(seq)
         return seq, frame
 
-    def resolve(self, payload: bytes) -> Outcome[W] | None:
+    def resolve(self, payload: bytes | memoryview) -> Outcome[W] | None:
         """Match one reply frame's payload; None for a reply nobody waits for.
 
         Raises ProtocolError when the payload is not a response at all.

@@ -180,7 +180,7 @@ def encode_item(seq: int, item: Any) -> bytes:
     return _pack_length(len(body)) + body
 
 
-def decode_item(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, Any]:
+def decode_item(payload: bytes | memoryview, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, Any]:
     """The seq and item of an ITEM payload (one starting with ``ITEM_PREFIX``).
 
     Raises BadResponse when only the seq can be read (the item will not decode: that
@@ -216,7 +216,7 @@ def encode_pong(id: int) -> bytes:
     return _pack_length(len(body)) + body
 
 
-def decode_pong(payload: bytes) -> int:
+def decode_pong(payload: bytes | memoryview) -> int:
     """The id of a PONG payload (one starting with ``PONG_PREFIX``); ProtocolError if malformed."""
     try:
         message = _unpackb(payload, **_UNPACK_OPTIONS)
@@ -255,13 +255,13 @@ def _valid_seq(seq: Any) -> bool:
     return type(seq) is int and 0 < seq <= _MAX_SEQ
 
 
-def decode_request(payload: bytes,
+def decode_request(payload: bytes | memoryview,
                    max_elements: int = DEFAULT_MAX_ELEMENTS) -> Request | Cancel | Ping | StreamOpen | Credit:
     """Decode and validate what a client sent (see ``decode_request_sized``)."""
     return decode_request_sized(payload, max_elements)[0]
 
 
-def _undecodable(payload: bytes, exc: BaseException) -> BadRequest | ProtocolError:
+def _undecodable(payload: bytes | memoryview, exc: BaseException) -> BadRequest | ProtocolError:
     """The error for a request payload that did not decode: BadRequest when its seq can be read."""
     seq = _salvage_seq(payload, MsgType.REQUEST, (6, 7))
     if seq is None:
@@ -272,7 +272,7 @@ def _undecodable(payload: bytes, exc: BaseException) -> BadRequest | ProtocolErr
     return BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"{what}: {_decode_error(exc)}")
 
 
-def decode_request_sized(payload: bytes,
+def decode_request_sized(payload: bytes | memoryview,
                          max_elements: int = DEFAULT_MAX_ELEMENTS
                          ) -> tuple[Request | Cancel | Ping | StreamOpen | Credit, int]:
     """Decode and validate what a client sent; return it and the memory it is charged.
@@ -344,7 +344,7 @@ def _request(message: list[Any]) -> Request:
     return Request(seq, method, timeout, args, kwargs)
 
 
-def _salvage_seq(payload: bytes, kind: int, lengths: tuple[int, ...]) -> int | None:
+def _salvage_seq(payload: bytes | memoryview, kind: int, lengths: tuple[int, ...]) -> int | None:
     """Read just the type and seq of a message whose body would not decode."""
     unpacker = msgpack.Unpacker(**_UNPACK_OPTIONS, max_buffer_size=len(payload) + 1)
     unpacker.feed(payload)
@@ -365,7 +365,7 @@ class BadResponse(Exception):
         self.seq = seq
 
 
-def decode_response(payload: bytes, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Response:
+def decode_response(payload: bytes | memoryview, max_elements: int = DEFAULT_MAX_ELEMENTS) -> Response:
     """Decode and validate what a server sent, at most ``max_elements`` elements of it.
 
     Raises BadResponse when only the seq can be read (e.g. a result with integer map

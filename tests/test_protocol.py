@@ -7,6 +7,7 @@ fed whole, byte by byte, glued to what follows, and split at every offset.
 from __future__ import annotations
 
 import json
+import os
 
 import msgpack
 import pytest
@@ -311,6 +312,33 @@ def test_frame_decoder_payload_is_not_changed_by_later_feeds():
     assert decoder.next_frame() == body(CANCEL)
     assert first == body(REQUEST)
     assert isinstance(first, bytes)
+
+
+def test_frame_decoder_hands_out_a_large_frame_without_copying_it():
+    big = os.urandom(3 * 1024 * 1024)
+    decoder = p.FrameDecoder()
+    decoder.feed(p.frame(big) + CANCEL[:5])  # the next frame's first bytes came with it
+    payload = decoder.next_frame()
+    assert isinstance(payload, memoryview) and payload.nbytes == len(big)
+    # The decoder moved on to a buffer of its own: what arrives later, by feed or
+    # straight into get_buffer(), never lands in the payload handed out.
+    decoder.feed(CANCEL[5:])
+    assert decoder.next_frame() == body(CANCEL)
+    for _ in range(3):
+        room = decoder.get_buffer(-1)
+        room[: len(REQUEST)] = REQUEST
+        decoder.buffer_updated(len(REQUEST))
+        assert decoder.next_frame() == body(REQUEST)
+    assert payload == big
+    assert decoder.pending == 0
+
+
+def test_frame_decoder_large_frames_back_to_back_arrive_whole():
+    frames = [os.urandom(2 * 1024 * 1024 + i) for i in range(3)]
+    decoder = p.FrameDecoder()
+    got = feed_chunks(decoder, [b"".join(p.frame(f) for f in frames)[i : i + 700_000]
+                                for i in range(0, 3 * (2 * 1024 * 1024 + 8), 700_000)])
+    assert [bytes(g) for g in got] == frames
 
 
 def test_frame_decoder_rejects_length_zero():
@@ -796,12 +824,15 @@ def test_property_any_option_bytes_give_option_or_protocol_error(data, cuts):
 # --------------------------------------------------------------------------- receiving into the buffer
 
 
-def _receive(decoder: p.FrameDecoder, data: bytes, chunk: int) -> list[bytes]:
-    """Deliver ``data`` as a transport using BufferedProtocol would, ``chunk`` bytes per read."""
+def _receive(decoder: p.FrameDecoder, data: bytes, chunk: int, sizes: list[int] | None = None) -> list[bytes]:
+    """Deliver ``data`` as a transport using BufferedProtocol would, ``chunk`` bytes per read;
+    ``sizes`` gets the decoder's buffer size at each read."""
     frames = []
     pos = 0
     while pos < len(data):
         view = decoder.get_buffer(-1)  # like asyncio, keep the view alive across buffer_updated
+        if sizes is not None:
+            sizes.append(len(decoder._buffer))
         n = min(chunk, len(view), len(data) - pos)
         view[:n] = data[pos : pos + n]
         decoder.buffer_updated(n)
@@ -823,10 +854,13 @@ def test_buffered_receive_small_and_large_frames(chunk):
 def test_buffered_receive_grows_for_a_large_frame_then_shrinks_back():
     decoder = p.FrameDecoder()
     big = b"x" * (3 * 1024 * 1024)
-    assert _receive(decoder, p.frame(big), 65536) == [big]
-    assert len(decoder._buffer) >= len(big)
+    grown: list[int] = []
+    assert _receive(decoder, p.frame(big), 65536, grown) == [big]
+    assert max(grown) >= len(big)
+    # the large frame took its buffer with it: the decoder's own is small again
+    assert len(decoder._buffer) <= 1024 * 1024
     assert _receive(decoder, p.frame(b"small"), 65536) == [b"small"]
-    assert len(decoder._buffer) <= 1024 * 1024  # the memory of the large frame was given back
+    assert len(decoder._buffer) <= 1024 * 1024
 
 
 def _room_after(decoder: p.FrameDecoder, data: bytes) -> int:
