@@ -22,7 +22,7 @@ through ``host.ConnectionHost``. Design notes:
   the peer has read enough. What a connection holds is therefore at most the budget,
   plus one request or one reply that crossed it, plus the results of its running
   handlers themselves.
-- Large frames (over ``decoding.SMALL`` bytes) take turns at the server's
+- Large frames (over ``gate.LARGE_FRAME`` bytes) take turns at the server's
   ``gate.DecodeGate``: receiving one (growing the buffer, reading, copying it out) and
   decoding it are timed and charged there, and a connection that finds the gate shut
   waits for its turn with reading paused, at most one large frame per turn. Nothing
@@ -42,9 +42,9 @@ from typing import NamedTuple, cast
 
 from . import protocol as p
 from .budget import HIGH_WATER, Budget
-from .decoding import SMALL
 from .dispatch import STOPPING, Calls, budget
 from .errors import ProtocolError
+from .gate import LARGE_FRAME
 from .handshake import ServerHandshake
 from .host import ConnectionHost
 from .outbox import Outbox
@@ -169,7 +169,7 @@ class ServerConnection(asyncio.BufferedProtocol):
     # buffer, so a read costs no allocation (large requests otherwise cost an mmap each).
     def get_buffer(self, sizehint: int) -> memoryview:
         frames = self._frames
-        if frames.pending <= SMALL:
+        if frames.pending <= LARGE_FRAME or frames.head_size() <= LARGE_FRAME:
             return frames.get_buffer(sizehint)
         started = time.perf_counter()  # a large frame coming in: growing the buffer is charged
         view = frames.get_buffer(sizehint)
@@ -183,7 +183,7 @@ class ServerConnection(asyncio.BufferedProtocol):
             # Decrypted bytes can arrive before start_tls hands us its transport: they
             # wait in the buffer until _begin has it.
             return
-        if self._frames.pending > SMALL and self._handshake is None:
+        if self._frames.head_size() > LARGE_FRAME and self._handshake is None:
             if self._waiting_turn:
                 return
             if not self._gate.admit():
@@ -346,7 +346,7 @@ class ServerConnection(asyncio.BufferedProtocol):
                 if payload is None:
                     break
                 taken += 1
-                if len(payload) > SMALL:
+                if len(payload) > LARGE_FRAME:
                     # One large frame a turn; outside a turn, only if the gate admits it.
                     if large or (self._charge_from is None and not self._gate.admit()):
                         self._wait_turn(payload)  # ends the loop: nothing is taken after it

@@ -126,6 +126,13 @@ class FrameDecoder:
         self._start = end
         return payload
 
+    def head_size(self) -> int:
+        """The length the first frame not yet taken announces; 0 before its four bytes are in."""
+        if self._end - self._start < 4:
+            return 0
+        (size,) = _unpack_length(self._buffer, self._start)
+        return int(size)
+
     @property
     def pending(self) -> int:
         """Bytes buffered that do not yet form a whole frame (or were not taken)."""

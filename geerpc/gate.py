@@ -3,7 +3,7 @@
 ``decoding`` bounds what one frame may cost (``max_elements``: tens of milliseconds at
 most), but peers sending such frames back to back, on several connections, could
 still keep the loop decoding nearly all the time, and every other client would wait
-behind them. The gate caps decoding of frames over ``decoding.SMALL`` bytes at
+behind them. The gate caps decoding of frames over ``LARGE_FRAME`` bytes at
 ``share`` of the loop's time, as measured: each such decode's duration is charged to a
 bucket that refills at ``share`` seconds a second and holds at most ``burst`` seconds.
 While the bucket is empty, a connection with a large frame waits its turn, first
@@ -26,7 +26,12 @@ import collections
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["BURST", "SHARE", "DecodeBudget", "DecodeGate"]
+__all__ = ["BURST", "LARGE_FRAME", "SHARE", "DecodeBudget", "DecodeGate"]
+
+# A frame's own length (not what a read brought: many small frames pipelined are
+# ordinary calls) above which it takes turns. Below it, decoding one frame costs
+# well under a millisecond even at two elements per byte.
+LARGE_FRAME: Final = 64 * 1024
 
 SHARE: Final = 0.5  # of the loop's time, at most, decoding large frames while they queue
 BURST: Final = 0.02  # seconds of decoding allowed at once before the share applies

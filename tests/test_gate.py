@@ -20,11 +20,10 @@ from conftest import Arith, eventually
 
 import geerpc
 from geerpc import protocol as p
-from geerpc.decoding import SMALL
-from geerpc.gate import BURST, SHARE, DecodeBudget, DecodeGate
+from geerpc.gate import BURST, LARGE_FRAME, SHARE, DecodeBudget, DecodeGate
 
 MiB = 1024 * 1024
-LARGE = "x" * (2 * SMALL)  # an argument that makes a frame large enough for the gate
+LARGE = "x" * (LARGE_FRAME + 1)  # an argument that makes a frame large enough for the gate
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -176,6 +175,38 @@ async def test_a_large_frame_waits_for_the_gate_and_what_follows_waits_behind_it
             assert replies == {1: len(LARGE), 2: 5}
             assert service.order == ["add", "take", "add"]  # in the order they were sent
         assert server.decode_gate.waits == 1
+
+
+class Charges(Switch):
+    """A closed switch that also keeps every charge made to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = True
+        self.charges: list[float] = []
+
+    def charge(self, seconds: float, now: float) -> None:
+        self.charges.append(seconds)
+
+
+async def test_small_frames_pipelined_past_the_large_frame_size_never_wait_nor_are_charged() -> None:
+    # What counts is each frame's own length, not what one read brought: a client
+    # pipelining thousands of small calls is ordinary traffic, however full its reads.
+    async with serving(Recorder()) as server:
+        charges = Charges()
+        server.decode_gate.budget = charges
+        assert server.address is not None
+        async with raw_connection(server.address) as raw:
+            burst = b"".join(request(seq, "Recorder.add", seq, 1) for seq in range(1, 4001))
+            assert len(burst) > LARGE_FRAME
+            await raw.send(burst)
+            replies = {}
+            for _ in range(4000):
+                response = await raw.read_response(timeout=5)
+                replies[response.seq] = response.result
+            assert replies == {seq: seq + 1 for seq in range(1, 4001)}
+        assert server.decode_gate.waits == 0
+        assert charges.charges == []
 
 
 async def test_a_cancel_behind_a_waiting_frame_still_cancels_it() -> None:
