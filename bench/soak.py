@@ -16,7 +16,10 @@ unexpected, as is any warning logged or exception reported by an event loop in a
 process. Every minute this prints the RSS and open fds of each process and the calls
 of that minute by outcome. At the end it prints, per process, the least-squares slope
 of RSS (kB/min) over the last two thirds of the run, against the goal of under
-1 kB/min, and every unexpected error with its count.
+1 kB/min, and every unexpected error with its count. Beside each process's RSS it
+prints Python's allocated blocks and glibc malloc's bytes in use and held free, so a
+growth can be told apart as objects kept, C allocations kept, or freed memory the
+allocator keeps; ``--trace FILE`` runs tracemalloc in the server process.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import platform
@@ -32,7 +36,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -71,6 +75,37 @@ def install_troubles() -> Troubles:
     logging.getLogger().addHandler(troubles)
     asyncio.get_running_loop().set_exception_handler(troubles.loop_exception)
     return troubles
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo() -> Callable[[], _Mallinfo2] | None:
+    try:
+        libc = ctypes.CDLL(None)
+        function = libc.mallinfo2  # glibc 2.33 and later
+    except (OSError, AttributeError):
+        return None
+    function.restype = _Mallinfo2
+    function.argtypes = []
+    return cast(Callable[[], _Mallinfo2], function)
+
+
+MALLINFO = _mallinfo()
+
+
+def heap() -> dict[str, int]:
+    """Where this process's memory is: Python's allocated blocks, and malloc's bytes in
+    use and held free (glibc, all arenas), so a growing RSS can be told apart as objects
+    kept, C allocations kept, or freed memory the allocator does not give back."""
+    found = {"blocks": sys.getallocatedblocks()}
+    if MALLINFO is not None:
+        info = MALLINFO()
+        found["in_use_kb"] = (info.uordblks + info.hblkhd) // 1024
+        found["free_kb"] = info.fordblks // 1024
+    return found
 
 
 async def report_every(seconds: float, status: Callable[[], dict[str, Any]]) -> None:
@@ -125,13 +160,38 @@ async def run_registry(every: float) -> None:
     registry = Registry(timeout=30)
     url = await registry.start("127.0.0.1", 0)
     try:
-        await child_life({"url": url}, lambda: {"troubles": dict(troubles.seen)}, every)
+        await child_life({"url": url}, lambda: {"troubles": dict(troubles.seen), "heap": heap()}, every)
     finally:
         await registry.stop()
 
 
-async def run_servers(registry: str, count: int, every: float) -> None:
+def start_trace(path: str) -> Callable[[], None]:
+    """tracemalloc in this process: each call writes to ``path`` what grew most since
+    the first call two minutes in, by traceback (a diagnostic for a growing RSS; it
+    slows the process)."""
+    import tracemalloc
+
+    tracemalloc.start(8)
+    first: list[tracemalloc.Snapshot] = []
+    warm = time.monotonic() + 120  # the first two minutes fill caches and windows
+
+    def write() -> None:
+        if time.monotonic() < warm:
+            return
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        if not first:
+            first.append(snapshot)
+            return
+        with open(path, "w") as out:
+            for stat in snapshot.compare_to(first[0], "traceback")[:12]:
+                out.write(f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+} blocks\n")
+                out.writelines(f"    {line}\n" for line in stat.traceback.format()[-8:])
+    return write
+
+
+async def run_servers(registry: str, count: int, every: float, trace: str | None = None) -> None:
     troubles = install_troubles()
+    traced = start_trace(trace) if trace else None
     servers = []
     for _ in range(count):
         server = geerpc.Server(handle_timeout=5)
@@ -140,8 +200,12 @@ async def run_servers(registry: str, count: int, every: float) -> None:
         await server.start("127.0.0.1", 0, registry=registry)
         servers.append(server)
     try:
-        await child_life({"addresses": [s.address for s in servers]},
-                         lambda: {"troubles": dict(troubles.seen)}, every)
+        def status() -> dict[str, Any]:
+            if traced is not None:
+                traced()
+            return {"troubles": dict(troubles.seen), "heap": heap()}
+
+        await child_life({"addresses": [s.address for s in servers]}, status, every)
     finally:
         for server in servers:
             await server.stop(grace=2)
@@ -300,7 +364,7 @@ class ClientProcess:
 
         def status() -> dict[str, Any]:
             return {"counts": dict(self.counts), "unexpected": dict(self.unexpected),
-                    "troubles": dict(troubles.seen)}
+                    "troubles": dict(troubles.seen), "heap": heap()}
 
         tasks = [asyncio.ensure_future(self.worker(i)) for i in range(self.workers)]
         try:
@@ -348,7 +412,11 @@ def minute_row(minute: float, watched: list[Watched], counts: Counter[str], prev
     parts = []
     for w in watched:
         rss, _ = memory_kb(w.child.pid)
-        parts.append(f"{w.child.name} {rss / 1024:.1f} MiB {open_fds(w.child.pid)} fds")
+        found = w.status.get("heap", {})
+        inside = f" (blocks {found['blocks']:,}" if "blocks" in found else ""
+        if "in_use_kb" in found:
+            inside += f", malloc {found['in_use_kb'] / 1024:.1f} MiB used {found['free_kb'] / 1024:.1f} free"
+        parts.append(f"{w.child.name} {rss / 1024:.1f} MiB{inside}{')' if inside else ''} {open_fds(w.child.pid)} fds")
     this_minute = counts - previous
     calls = "  ".join(f"{name} {count:,}" for name, count in sorted(this_minute.items()))
     return f"{minute:5.1f} min  " + ", ".join(parts) + f"\n           calls: {calls or 'none'}"
@@ -362,7 +430,8 @@ async def main(args: argparse.Namespace) -> int:
     watched = [Watched(registry)]
     try:
         server, ready = await Child.start("server", SCRIPT, "--role", "server", "--registry", url,
-                                          "--servers", "2", "--every", str(every))
+                                          "--servers", "2", "--every", str(every),
+                                          *(["--trace", args.trace] if args.trace else []))
         watched.append(Watched(server))
         addresses = ready["addresses"]
         for n in range(args.clients):
@@ -449,6 +518,9 @@ def cli() -> None:
     parser.add_argument("--workers", type=int, default=3, help="loops (each with a connection) per client")
     parser.add_argument("--pause", type=float, default=0.02, help="seconds each loop waits between calls")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="trace the server process's allocations; FILE gets what grew most, by "
+                             "traceback (a diagnostic: each snapshot stalls the server, so calls time out)")
     parser.add_argument("--role", choices=["registry", "server", "client"], help=argparse.SUPPRESS)
     parser.add_argument("--registry", help=argparse.SUPPRESS)
     parser.add_argument("--servers", type=int, default=2, help=argparse.SUPPRESS)
@@ -459,7 +531,7 @@ def cli() -> None:
     if args.role == "registry":
         asyncio.run(run_registry(args.every))
     elif args.role == "server":
-        asyncio.run(run_servers(args.registry, args.servers, args.every))
+        asyncio.run(run_servers(args.registry, args.servers, args.every, args.trace))
     elif args.role == "client":
         process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed)
         asyncio.run(process.run(args.every))
