@@ -289,7 +289,8 @@ RECONNECT_WEIGHT = 1
 
 
 class ClientProcess:
-    def __init__(self, registry: str, addresses: list[str], workers: int, pause: float, seed: int) -> None:
+    def __init__(self, registry: str, addresses: list[str], workers: int, pause: float, seed: int,
+                 only: set[str] | None = None) -> None:
         self.registry, self.addresses, self.workers, self.pause = registry, addresses, workers, pause
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
@@ -301,6 +302,8 @@ class ClientProcess:
         self.choices = [name for name, _, weight in OPS for _ in range(weight)]
         self.choices += [name for name, weight in XOPS for _ in range(weight)]
         self.choices += ["reconnect"] * RECONNECT_WEIGHT
+        if only:
+            self.choices = [name for name in self.choices if name in only]
         self.ops = {name: op for name, op, _ in OPS}
 
     def new_xclient(self) -> Any:
@@ -437,7 +440,8 @@ async def main(args: argparse.Namespace) -> int:
         for n in range(args.clients):
             client, _ = await Child.start(f"client-{n + 1}", SCRIPT, "--role", "client", "--registry", url,
                                           "--addresses", ",".join(addresses), "--workers", str(args.workers),
-                                          "--pause", str(args.pause), "--seed", str(n), "--every", str(every))
+                                          "--pause", str(args.pause), "--seed", str(n), "--every", str(every),
+                                          *(["--only", args.only] if args.only else []))
             watched.append(Watched(client))
         for w in watched:
             w.reader = asyncio.ensure_future(w.follow())
@@ -518,6 +522,9 @@ def cli() -> None:
     parser.add_argument("--workers", type=int, default=3, help="loops (each with a connection) per client")
     parser.add_argument("--pause", type=float, default=0.02, help="seconds each loop waits between calls")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
+    parser.add_argument("--only", metavar="NAMES",
+                        help="only these operations, comma-separated (call, def, async, echo, error, not-found, "
+                             "timeout, def-timeout, cancel, xcall, broadcast, reconnect): to find which one grows")
     parser.add_argument("--trace", metavar="FILE",
                         help="trace the server process's allocations; FILE gets what grew most, by "
                              "traceback (a diagnostic: each snapshot stalls the server, so calls time out)")
@@ -533,11 +540,15 @@ def cli() -> None:
     elif args.role == "server":
         asyncio.run(run_servers(args.registry, args.servers, args.every, args.trace))
     elif args.role == "client":
-        process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed)
+        only = set(args.only.split(",")) if args.only else None
+        process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed, only)
         asyncio.run(process.run(args.every))
     else:
         if not args.minutes > 0:
             parser.error("--minutes must be positive")
+        known = {name for name, _, _ in OPS} | {name for name, _ in XOPS} | {"reconnect"}
+        if args.only and not set(args.only.split(",")) <= known:
+            parser.error(f"--only takes names from {', '.join(sorted(known))}")
         sys.exit(asyncio.run(main(args)))
 
 
