@@ -189,9 +189,37 @@ def start_trace(path: str) -> Callable[[], None]:
     return write
 
 
-async def run_servers(registry: str, count: int, every: float, trace: str | None = None) -> None:
+def start_census(path: str) -> Callable[[], None]:
+    """Each call (at most once a minute) writes to ``path`` the object types whose
+    count grew most since the first census two minutes in (``gc.get_objects``: far
+    cheaper than tracemalloc, though it sees only objects the collector tracks)."""
+    import gc
+
+    first: list[Counter[str]] = []
+    warm = [time.monotonic() + 120]
+
+    def census() -> None:
+        if time.monotonic() < warm[0]:
+            return
+        warm[0] = time.monotonic() + 60
+        counts = Counter(type(o).__qualname__ for o in gc.get_objects())
+        if not first:
+            first.append(counts)
+            return
+        grown = (counts - first[0]).most_common(15)
+        unreachable = gc.collect()
+        kept = Counter(type(o).__qualname__ for o in gc.get_objects())
+        with open(path, "w") as out:
+            out.writelines(f"{n:+8}  {name}  (after a collection: {kept[name] - first[0][name]:+})\n"
+                           for name, n in grown)
+            out.write(f"a collection found {unreachable:,} unreachable objects\n")
+    return census
+
+
+async def run_servers(registry: str, count: int, every: float, trace: str | None = None,
+                      census: str | None = None) -> None:
     troubles = install_troubles()
-    traced = start_trace(trace) if trace else None
+    traced = start_trace(trace) if trace else start_census(census) if census else None
     servers = []
     for _ in range(count):
         server = geerpc.Server(handle_timeout=5)
@@ -434,7 +462,8 @@ async def main(args: argparse.Namespace) -> int:
     try:
         server, ready = await Child.start("server", SCRIPT, "--role", "server", "--registry", url,
                                           "--servers", "2", "--every", str(every),
-                                          *(["--trace", args.trace] if args.trace else []))
+                                          *(["--trace", args.trace] if args.trace else []),
+                                          *(["--census", args.census] if args.census else []))
         watched.append(Watched(server))
         addresses = ready["addresses"]
         for n in range(args.clients):
@@ -525,6 +554,9 @@ def cli() -> None:
     parser.add_argument("--only", metavar="NAMES",
                         help="only these operations, comma-separated (call, def, async, echo, error, not-found, "
                              "timeout, def-timeout, cancel, xcall, broadcast, reconnect): to find which one grows")
+    parser.add_argument("--census", metavar="FILE",
+                        help="count the server process's objects by type each minute; FILE gets "
+                             "the types that grew most")
     parser.add_argument("--trace", metavar="FILE",
                         help="trace the server process's allocations; FILE gets what grew most, by "
                              "traceback (a diagnostic: each snapshot stalls the server, so calls time out)")
@@ -538,7 +570,7 @@ def cli() -> None:
     if args.role == "registry":
         asyncio.run(run_registry(args.every))
     elif args.role == "server":
-        asyncio.run(run_servers(args.registry, args.servers, args.every, args.trace))
+        asyncio.run(run_servers(args.registry, args.servers, args.every, args.trace, args.census))
     elif args.role == "client":
         only = set(args.only.split(",")) if args.only else None
         process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed, only)

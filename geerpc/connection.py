@@ -240,6 +240,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         for seq in self._calls.seqs():
             self._cancel(seq, _CONNECTION_LOST)
         self._outbox.clear()
+        self._calls.let_go()  # nothing of it runs now (a cancelled task ends on its own)
         if not self.closed.done():
             self.closed.set_result(None)
 

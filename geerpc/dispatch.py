@@ -86,6 +86,14 @@ def _in_context(call: CallContext) -> contextvars.Context:
     return context
 
 
+def _nothing() -> None:
+    pass
+
+
+def _yes() -> bool:
+    return True
+
+
 class Calls:
     """The calls running on one connection, by seq, and the bytes they hold.
 
@@ -426,3 +434,10 @@ class Calls:
     def forget_parked(self) -> None:
         """The connection is gone: parked results have nobody to go to."""
         self.parked.clear()
+
+    def let_go(self) -> None:
+        """The connection is gone and nothing of it runs: drop the callbacks that refer
+        back to it, so that it is freed when its last reference goes rather than at the
+        next full collection (closed connections are otherwise cycles, and a busy
+        server would hold thousands of them, with their buffers, between collections)."""
+        self._ended, self._room = _nothing, _yes

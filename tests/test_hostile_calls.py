@@ -12,6 +12,7 @@ import json
 import gc
 import logging
 import tracemalloc
+import weakref
 
 import pytest
 from _raw import Raw, assert_serving, option, raw_connection, request, serving
@@ -78,6 +79,40 @@ async def test_cancelled_call_frees_its_arguments_without_the_cyclic_gc(how, tim
                 await raw.close()
         finally:
             tracemalloc.stop()
+            gc.enable()
+        await assert_serving(server)
+
+
+@pytest.mark.parametrize("running", [None, "Holder.hold", "Arith.block"])
+async def test_a_closed_connection_is_freed_without_the_cyclic_gc(running):
+    """Row 38, for the connection itself. A connection and its parts refer to one
+    another (its calls call it back); left so once it closes, each closed connection
+    is a cycle that only a full collection frees, and a server whose clients come
+    and go holds thousands of them, with their buffers, between collections. Once
+    nothing of it runs, it must be freed by reference counting alone: with nothing
+    running, with an ``async def`` call that the hang-up cancels, and with a ``def``
+    call still running on a worker thread when the client goes."""
+    holder = Holder()
+    async with serving(Arith(), holder) as server:
+        gc.collect()
+        gc.disable()
+        try:
+            raw = await Raw.handshake(server.address)
+            await raw.send(request(1, "Arith.add", 1, 2))
+            assert (await raw.read_response(timeout=5)).result == 3
+            if running == "Holder.hold":
+                await raw.send(request(2, running, b"x"))
+                async with asyncio.timeout(5):
+                    await holder.started.wait()
+            elif running == "Arith.block":
+                await raw.send(request(2, running, 0.2))
+                await eventually(lambda: any(c.running for c in server._connections), what="the def call running")
+            (connection,) = server._connections
+            gone = weakref.ref(connection)
+            del connection
+            await raw.close()
+            await eventually(lambda: gone() is None, timeout=5, what="the closed connection freed")
+        finally:
             gc.enable()
         await assert_serving(server)
 
