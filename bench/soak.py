@@ -192,7 +192,9 @@ def start_trace(path: str) -> Callable[[], None]:
 def start_census(path: str) -> Callable[[], None]:
     """Each call (at most once a minute) writes to ``path`` the object types whose
     count grew most since the first census two minutes in (``gc.get_objects``: far
-    cheaper than tracemalloc, though it sees only objects the collector tracks)."""
+    cheaper than tracemalloc, though it sees only objects the collector tracks), and
+    how many of them a collection then frees. Those collections change what the run
+    measures: cyclic garbage no longer waits for Python's own full collections."""
     import gc
 
     first: list[Counter[str]] = []
