@@ -198,12 +198,13 @@ def start_census(path: str) -> Callable[[], None]:
     import gc
 
     first: list[Counter[str]] = []
-    warm = [time.monotonic() + 120]
+    due = time.monotonic() + 120
 
     def census() -> None:
-        if time.monotonic() < warm[0]:
+        nonlocal due
+        if time.monotonic() < due:
             return
-        warm[0] = time.monotonic() + 60
+        due = time.monotonic() + 60
         counts = Counter(type(o).__qualname__ for o in gc.get_objects())
         if not first:
             first.append(counts)

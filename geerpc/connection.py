@@ -23,7 +23,7 @@ through ``host.ConnectionHost``. Design notes:
   plus one request or one reply that crossed it, plus the results of its running
   handlers themselves.
 - Large frames (over ``gate.LARGE_FRAME`` bytes) take turns at the server's
-  ``gate.DecodeGate``: receiving one (growing the buffer, reading, copying it out) and
+  ``gate.DecodeGate``: receiving one (growing the buffer, reading) and
   decoding it are timed and charged there, and a connection that finds the gate shut
   waits for its turn with reading paused, at most one large frame per turn. Nothing
   after a waiting frame is taken before it, so the order of frames holds. Small frames
@@ -178,12 +178,14 @@ class ServerConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._last_read = self._loop.time()
-        self._frames.buffer_updated(nbytes)
+        frames = self._frames
+        frames.buffer_updated(nbytes)
         if self._tls_task is not None:
             # Decrypted bytes can arrive before start_tls hands us its transport: they
             # wait in the buffer until _begin has it.
             return
-        if self._frames.head_size() > LARGE_FRAME and self._handshake is None:
+        # Only a large frame's work is gated; one int comparison for every other read.
+        if frames.pending > LARGE_FRAME and frames.head_size() > LARGE_FRAME and self._handshake is None:
             if self._waiting_turn:
                 return
             if not self._gate.admit():
