@@ -153,31 +153,39 @@ class Work:
         raise ValueError(text)
 
 
-async def run_registry(every: float) -> None:
+async def run_registry(every: float, census: str | None = None) -> None:
     from geerpc.registry import Registry
 
     troubles = install_troubles()
+    counted = start_census(census) if census else None
     registry = Registry(timeout=30)
     url = await registry.start("127.0.0.1", 0)
     try:
-        await child_life({"url": url}, lambda: {"troubles": dict(troubles.seen), "heap": heap()}, every)
+        def status() -> dict[str, Any]:
+            if counted is not None:
+                counted()
+            return {"troubles": dict(troubles.seen), "heap": heap()}
+
+        await child_life({"url": url}, status, every)
     finally:
         await registry.stop()
 
 
 def start_trace(path: str) -> Callable[[], None]:
-    """tracemalloc in this process: each call writes to ``path`` what grew most since
-    the first call two minutes in, by traceback (a diagnostic for a growing RSS; it
-    slows the process)."""
+    """tracemalloc in this process: each call (at most once a minute) writes to
+    ``path`` what grew most since the first snapshot two minutes in, by traceback (a
+    diagnostic for a growing RSS; it slows the process)."""
     import tracemalloc
 
     tracemalloc.start(8)
     first: list[tracemalloc.Snapshot] = []
-    warm = time.monotonic() + 120  # the first two minutes fill caches and windows
+    due = time.monotonic() + 120  # the first two minutes fill caches and windows
 
     def write() -> None:
-        if time.monotonic() < warm:
+        nonlocal due
+        if time.monotonic() < due:
             return
+        due = time.monotonic() + 60  # a snapshot stalls the process: once a minute
         snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
         if not first:
             first.append(snapshot)
@@ -321,14 +329,14 @@ RECONNECT_WEIGHT = 1
 
 class ClientProcess:
     def __init__(self, registry: str, addresses: list[str], workers: int, pause: float, seed: int,
-                 only: set[str] | None = None) -> None:
+                 only: set[str] | None = None, census: str | None = None) -> None:
         self.registry, self.addresses, self.workers, self.pause = registry, addresses, workers, pause
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self.unexpected: Counter[str] = Counter()
         self.xclient: Any = None  # made in run(), inside the event loop
-        self.retired: list[tuple[asyncio.TimerHandle, Any]] = []  # replaced XClients, closed 6 s later
-        self.closing: set[asyncio.Task[None]] = set()
+        self.retired: dict[Any, asyncio.TimerHandle] = {}  # replaced XClients, to be closed 6 s later
+        self.closing: set[asyncio.Future[None]] = set()
         self.xclient_uses = 0
         self.choices = [name for name, _, weight in OPS for _ in range(weight)]
         self.choices += [name for name, weight in XOPS for _ in range(weight)]
@@ -336,6 +344,7 @@ class ClientProcess:
         if only:
             self.choices = [name for name in self.choices if name in only]
         self.ops = {name: op for name, op, _ in OPS}
+        self.census = census
 
     def new_xclient(self) -> Any:
         from geerpc.xclient import RegistryDiscovery, SelectMode, XClient
@@ -350,7 +359,12 @@ class ClientProcess:
             self.unexpected[f"{name}: {type(error).__name__}: {error}"[:300]] += 1
 
     def retire(self, xclient: Any) -> None:
-        self.closing.add(asyncio.ensure_future(xclient.close()))
+        """Close a replaced XClient, and keep nothing of it once closed: the soak
+        measures the library's memory, so the harness must not hold what it is done with."""
+        self.retired.pop(xclient, None)
+        closing = asyncio.ensure_future(xclient.close())
+        self.closing.add(closing)
+        closing.add_done_callback(self.closing.discard)
 
     async def worker(self, index: int) -> None:
         address = self.addresses[index % len(self.addresses)]
@@ -385,8 +399,7 @@ class ClientProcess:
                     if self.xclient_uses % 500 == 0:  # a fresh XClient: new discovery, new connections
                         old, self.xclient = self.xclient, self.new_xclient()
                         # other loops may still have calls on the old one: close it after their timeout
-                        timer = asyncio.get_running_loop().call_later(6.0, self.retire, old)
-                        self.retired.append((timer, old))
+                        self.retired[old] = asyncio.get_running_loop().call_later(6.0, self.retire, old)
                         self.counts["xclient replaced"] += 1
                 await asyncio.sleep(self.pause)
         finally:
@@ -395,8 +408,11 @@ class ClientProcess:
     async def run(self, every: float) -> None:
         troubles = install_troubles()
         self.xclient = self.new_xclient()
+        counted = start_census(self.census) if self.census else None
 
         def status() -> dict[str, Any]:
+            if counted is not None:
+                counted()
             return {"counts": dict(self.counts), "unexpected": dict(self.unexpected),
                     "troubles": dict(troubles.seen), "heap": heap()}
 
@@ -409,10 +425,9 @@ class ClientProcess:
             for result in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(result, Exception):
                     self.unexpected[f"worker ended: {type(result).__name__}: {result}"[:300]] += 1
-            for timer, old in self.retired:
-                if not timer.cancelled() and timer.when() > asyncio.get_running_loop().time():
-                    timer.cancel()
-                    self.retire(old)
+            for old, timer in list(self.retired.items()):
+                timer.cancel()
+                self.retire(old)
             await asyncio.gather(*self.closing, return_exceptions=True)
             await self.xclient.close()
             emit(status())
@@ -459,21 +474,26 @@ def minute_row(minute: float, watched: list[Watched], counts: Counter[str], prev
 async def main(args: argparse.Namespace) -> int:
     every = min(5.0, args.minutes * 60 / 4)
     start = time.monotonic()
-    registry, ready = await Child.start("registry", SCRIPT, "--role", "registry", "--every", str(every))
+    def census(name: str) -> list[str]:
+        return ["--census", f"{args.census}.{name}"] if args.census else []
+
+    registry, ready = await Child.start("registry", SCRIPT, "--role", "registry", "--every", str(every),
+                                        *census("registry"))
     url = ready["url"]
     watched = [Watched(registry)]
     try:
         server, ready = await Child.start("server", SCRIPT, "--role", "server", "--registry", url,
                                           "--servers", "2", "--every", str(every),
                                           *(["--trace", args.trace] if args.trace else []),
-                                          *(["--census", args.census] if args.census else []))
+                                          *census("server"))
         watched.append(Watched(server))
         addresses = ready["addresses"]
         for n in range(args.clients):
             client, _ = await Child.start(f"client-{n + 1}", SCRIPT, "--role", "client", "--registry", url,
                                           "--addresses", ",".join(addresses), "--workers", str(args.workers),
                                           "--pause", str(args.pause), "--seed", str(n), "--every", str(every),
-                                          *(["--only", args.only] if args.only else []))
+                                          *(["--only", args.only] if args.only else []),
+                                          *census(f"client-{n + 1}"))
             watched.append(Watched(client))
         for w in watched:
             w.reader = asyncio.ensure_future(w.follow())
@@ -558,8 +578,8 @@ def cli() -> None:
                         help="only these operations, comma-separated (call, def, async, echo, error, not-found, "
                              "timeout, def-timeout, cancel, xcall, broadcast, reconnect): to find which one grows")
     parser.add_argument("--census", metavar="FILE",
-                        help="count the server process's objects by type each minute; FILE gets "
-                             "the types that grew most")
+                        help="count each process's objects by type each minute; FILE.registry, "
+                             "FILE.server and FILE.client-N get the types that grew most")
     parser.add_argument("--trace", metavar="FILE",
                         help="trace the server process's allocations; FILE gets what grew most, by "
                              "traceback (a diagnostic: each snapshot stalls the server, so calls time out)")
@@ -571,12 +591,13 @@ def cli() -> None:
     parser.add_argument("--every", type=float, default=5.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "registry":
-        asyncio.run(run_registry(args.every))
+        asyncio.run(run_registry(args.every, args.census))
     elif args.role == "server":
         asyncio.run(run_servers(args.registry, args.servers, args.every, args.trace, args.census))
     elif args.role == "client":
         only = set(args.only.split(",")) if args.only else None
-        process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed, only)
+        process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed, only,
+                                args.census)
         asyncio.run(process.run(args.every))
     else:
         if not args.minutes > 0:
