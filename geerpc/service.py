@@ -8,8 +8,8 @@ attribute-traversal bugs). No asyncio here beyond telling coroutine functions ap
 
 from __future__ import annotations
 
-import collections
 import dis
+from array import array
 from bisect import bisect_left as _bucket
 import inspect
 import os
@@ -26,7 +26,7 @@ __all__ = ["Method", "Service", "build_service", "argument_error", "LATENCY_WIND
 #: was lost) as: not a wire code, since nobody is answered.
 CANCELLED = 100
 NOT_STREAMING, ASYNC_STREAM, SYNC_STREAM = 0, 1, 2  # Method.streaming
-LATENCY_WINDOW = 2048  # calls whose latency the debug page's percentiles cover
+LATENCY_WINDOW = 2048  # calls whose latency the debug page's percentiles cover (a power of two)
 #: Upper bounds, in seconds, of the call-duration histogram (``/metrics``): from 100 µs,
 #: since a small call takes tens of µs, to OpenTelemetry's RPC buckets' 10 s.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -52,8 +52,10 @@ class Method:
     #: bytes of its recent reply frames (a slowly decaying maximum); -1 before the first.
     #: A call is charged this much of its connection's budget while it runs.
     reply_size: int = -1
-    latencies: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW), repr=False)
+    #: the last ``LATENCY_WINDOW`` durations, a ring allocated whole at registration
+    #: (8 bytes a call, no float objects): a method's memory does not grow as its
+    #: window fills, however slowly its calls come
+    _ring: array[float] = field(default_factory=lambda: array("d", bytes(8 * LATENCY_WINDOW)), repr=False)
     #: failed calls by error code (``protocol.ErrorCode``); calls - errors succeeded
     codes: dict[int, int] = field(default_factory=dict, repr=False)
     #: calls by duration: ``buckets[i]`` took at most ``DURATION_BUCKETS[i]`` seconds
@@ -68,9 +70,18 @@ class Method:
         if code:
             self.errors += 1
             self.codes[code] = self.codes.get(code, 0) + 1
-        self.latencies.append(seconds)
+        self._ring[(self.calls - 1) & (LATENCY_WINDOW - 1)] = seconds
         self.buckets[_bucket(DURATION_BUCKETS, seconds)] += 1
         self.seconds += seconds
+
+    @property
+    def latencies(self) -> list[float]:
+        """The durations of the last calls (up to ``LATENCY_WINDOW``), oldest first."""
+        ring, calls = self._ring, self.calls
+        if calls <= LATENCY_WINDOW:
+            return ring[:calls].tolist()
+        start = calls & (LATENCY_WINDOW - 1)
+        return ring[start:].tolist() + ring[:start].tolist()
 
     @property
     def signature(self) -> inspect.Signature | None:

@@ -76,7 +76,7 @@ def _kind(method: Method) -> str:
 
 
 def method_stats(method: Method) -> MethodStats:
-    latencies = list(method.latencies)
+    latencies = method.latencies
     signature = method.signature
     return MethodStats(
         name=method.name, kind=_kind(method), signature=None if signature is None else str(signature),
