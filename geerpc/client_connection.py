@@ -19,7 +19,7 @@ from .errors import ConnectionClosed, GeeRPCError, HandshakeError, ProtocolError
 from .handshake import ClientHandshake
 from .pending import PendingCalls
 from .stream import Stream
-from .tcp import enable_keepalive
+from .tcp import enable_keepalive, release
 from .tls import closed_during_handshake
 
 __all__ = ["ClientConnection"]
@@ -194,6 +194,8 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.ready.set_exception(HandshakeError(why))
             self.ready.exception()  # retrieved here: dial() may already have given up
         self.writable.set()
+        if self.transport is not None:
+            release(self.transport)
         if not self.closed.done():
             self.closed.set_result(None)
 

@@ -51,7 +51,7 @@ from .outbox import Outbox
 from .replies import bad_request_reply, budget_reply, not_found_reply, stopped_reply, stopping_reply
 from .service import Method
 from .streaming import IS_A_STREAM, NOT_A_STREAM
-from .tcp import enable_keepalive
+from .tcp import enable_keepalive, release
 from .tls import server_handshake
 
 __all__ = ["ServerConnection"]
@@ -243,6 +243,8 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._cancel(seq, _CONNECTION_LOST)
         self._outbox.clear()
         self._calls.let_go()  # nothing of it runs now (a cancelled task ends on its own)
+        if self._transport is not None:
+            release(self._transport)
         if not self.closed.done():
             self.closed.set_result(None)
 

@@ -264,3 +264,27 @@ async def test_dial_error_names_the_os_reason():
     with pytest.raises(geerpc.ConnectError) as info:  # resolution fails without any network
         await geerpc.dial("tcp@no-such-host.invalid:1", connect_timeout=5)
     assert "Unknown error" not in str(info.value)
+
+
+async def test_a_closed_connection_is_freed_without_the_cyclic_gc(server):
+    """A client that dials and closes often (reconnects, an XClient replacing its
+    connections) must not leave each closed connection, or its transport (a cycle of
+    asyncio's own on Python 3.11), for the next full collection."""
+    import gc
+    import weakref
+
+    from conftest import eventually
+
+    gc.collect()
+    gc.disable()
+    try:
+        client = await geerpc.dial(server.address)
+        assert await client.call("Arith.add", 1, 2) == 3
+        connection = weakref.ref(client._conn)
+        transport = weakref.ref(client._conn.transport)
+        await client.close()
+        del client
+        await eventually(lambda: connection() is None, what="the closed connection freed")
+        await eventually(lambda: transport() is None, what="its transport freed")
+    finally:
+        gc.enable()
