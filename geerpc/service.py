@@ -110,6 +110,10 @@ def _library_class(cls: type) -> bool:
     module_name = cls.__module__
     if module_name == "builtins":
         return True
+    if module_name == "__main__":
+        # The program being run: the user's own, even when ``python -m cProfile`` (or
+        # pdb, or trace) runs it and sys.modules["__main__"] is that tool's module.
+        return False
     module = sys.modules.get(module_name)
     file = getattr(module, "__file__", None)
     if not isinstance(file, str):  # compiled into the interpreter, or not a real module

@@ -262,6 +262,29 @@ def test_builtin_and_standard_library_objects_are_refused(value):
         build_service(value)
 
 
+def test_a_class_of_a_script_run_under_a_profiler_is_the_users_own(tmp_path):
+    """``python -m cProfile server.py``: the script's classes are in module
+    ``__main__``, while sys.modules["__main__"] is cProfile's own (standard-library)
+    module. Registering them must work, so a server can be profiled as it runs."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import geerpc\n"
+        "class Arith:\n"
+        "    def add(self, a, b):\n"
+        "        return a + b\n"
+        "geerpc.Server().register(Arith())\n"
+        "print('registered')\n")
+    from conftest import ROOT, subprocess_env
+
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(tmp_path / "profile"), str(script)],
+                          capture_output=True, text=True, timeout=60, env=subprocess_env(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "registered"
+
+
 # --------------------------------------------------------------------------- async detection
 
 
