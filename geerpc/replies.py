@@ -111,7 +111,9 @@ def result_reply(seq: int, method: Method, result: Any, limit: int,
     not a str or bytes (the client would refuse it), it is over the frame limit, or the
     reply ``metadata`` the handler set breaks the rules. Logged at WARNING: the handler
     ran, but its caller gets an error."""
-    metadata, problem = _reply_metadata(method, metadata)
+    problem = None
+    if metadata:
+        metadata, problem = _reply_metadata(method, metadata)
     if problem is None:
         try:
             reply = p.encode_response(seq, result, metadata)

@@ -27,6 +27,7 @@ __all__ = ["Method", "Service", "build_service", "argument_error", "LATENCY_WIND
 CANCELLED = 100
 NOT_STREAMING, ASYNC_STREAM, SYNC_STREAM = 0, 1, 2  # Method.streaming
 LATENCY_WINDOW = 2048  # calls whose latency the debug page's percentiles cover (a power of two)
+_RING_MASK = LATENCY_WINDOW - 1
 #: Upper bounds, in seconds, of the call-duration histogram (``/metrics``): from 100 µs,
 #: since a small call takes tens of µs, to OpenTelemetry's RPC buckets' 10 s.
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -66,11 +67,12 @@ class Method:
     def record(self, seconds: float, code: int = 0) -> None:
         """Count one finished call, with its error code (0: it succeeded): the debug
         page and ``/metrics`` show these."""
-        self.calls += 1
+        calls = self.calls
+        self.calls = calls + 1
         if code:
             self.errors += 1
             self.codes[code] = self.codes.get(code, 0) + 1
-        self._ring[(self.calls - 1) & (LATENCY_WINDOW - 1)] = seconds
+        self._ring[calls & _RING_MASK] = seconds
         self.buckets[_bucket(DURATION_BUCKETS, seconds)] += 1
         self.seconds += seconds
 
