@@ -102,13 +102,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         pong, item = p.PONG_PREFIX, p.ITEM_PREFIX
         try:
             while (payload := frames.next_frame()) is not None:
-                head = payload[:2]
-                if head == pong:
-                    p.decode_pong(payload)  # any bytes are a sign of life; a malformed pong is not
-                    continue
-                if head == item:
-                    self._item(payload)
-                    continue
+                first = payload[0] if payload else 0
+                if first != 0x94 and first != 0x95:  # not a 4 or 5-element array: a response's fast path
+                    head = payload[:2]
+                    if head == pong:
+                        p.decode_pong(payload)  # any bytes are a sign of life; a malformed pong is not
+                        continue
+                    if head == item:
+                        self._item(payload)
+                        continue
                 outcome = resolve(payload)
                 if outcome is None:
                     continue  # a late reply to a call that timed out or was cancelled
