@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import _cli
 import aiohttp
 import msgpack
 import pytest
@@ -33,7 +32,7 @@ from geerpc.cli.serve import load_object
 from geerpc.cli.values import dumps, from_json, parse_arg, to_json
 
 TESTS = ROOT / "tests"
-RUN_TIMEOUT = 20.0
+RUN_TIMEOUT = _cli.RUN_TIMEOUT
 
 
 def geerpc(*args: str, cwd: Path = TESTS) -> subprocess.CompletedProcess[str]:
@@ -42,40 +41,11 @@ def geerpc(*args: str, cwd: Path = TESTS) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
 
 
-class Running:
-    """A long-running ``python -m geerpc ...``: its first stdout line, then a signal."""
+class Running(_cli.Running):
+    """``python -m geerpc ARGS`` run from the tests' folder."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([PYTHON, "-m", "geerpc", *args], cwd=TESTS, env=subprocess_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.stderr = ""
-
-    def first_line(self, timeout: float = RUN_TIMEOUT) -> str:
-        # readline in a helper thread, so that a silent child fails the test, not hangs it
-        lines: queue.Queue[str] = queue.Queue()
-        assert self.proc.stdout is not None
-        stdout = self.proc.stdout
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            self.stop(signal.SIGKILL)
-            raise AssertionError(f"no line within {timeout} s") from None
-        if not line:
-            status = self.stop()
-            raise AssertionError(f"exited with {status} before printing: {self.stderr}")
-        return line.strip()
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        """Send ``signum``, wait for the exit (kill after 10 s); return the status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        try:
-            _, self.stderr = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, self.stderr = self.proc.communicate()
-        return self.proc.returncode
+        super().__init__(*args, cwd=TESTS, env=subprocess_env())
 
 
 @pytest.fixture(scope="module")

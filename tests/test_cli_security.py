@@ -21,14 +21,12 @@ Hostile or mistaken inputs (rows for docs/cli.md):
 from __future__ import annotations
 
 import os
-import queue
-import signal
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import _cli
 import pytest
 import trustme
 from conftest import PYTHON, subprocess_env
@@ -36,7 +34,7 @@ from conftest import PYTHON, subprocess_env
 WRITE = "write-s3cret"
 READ = "read-s3cret"
 ALICE = "alice-t0ken"
-RUN_TIMEOUT = 20.0
+RUN_TIMEOUT = _cli.RUN_TIMEOUT
 
 SERVICE = '''\
 import geerpc
@@ -96,38 +94,11 @@ def geerpc(files: Files, *args: str, **env: str) -> subprocess.CompletedProcess[
                           capture_output=True, text=True, timeout=RUN_TIMEOUT)
 
 
-class Running:
-    """A long-running ``python -m geerpc ...``: its first stdout line, then a signal."""
+class Running(_cli.Running):
+    """``python -m geerpc ARGS`` run in the folder of ``files``, with ``env`` added."""
 
     def __init__(self, files: Files, *args: str, **env: str) -> None:
-        self.proc = subprocess.Popen([PYTHON, "-m", "geerpc", *args], cwd=files.dir, env=env_with(**env),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.stderr = ""
-
-    def first_line(self) -> str:
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = self.proc.stdout
-        assert stdout is not None
-        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=RUN_TIMEOUT)
-        except queue.Empty:
-            self.stop(signal.SIGKILL)
-            raise AssertionError(f"no line within {RUN_TIMEOUT} s") from None
-        if not line:
-            status = self.stop()
-            raise AssertionError(f"exited with {status} before printing: {self.stderr}")
-        return line.strip()
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-        try:
-            _, self.stderr = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, self.stderr = self.proc.communicate()
-        return self.proc.returncode
+        super().__init__(*args, cwd=files.dir, env=env_with(**env))
 
 
 @dataclass(frozen=True)
