@@ -79,6 +79,7 @@ class ServerConnection(asyncio.BufferedProtocol):
         self._lookup = host.lookup
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self._raw: asyncio.Transport | None = None  # the socket's own transport (beneath TLS, if any)
         self._handshake: ServerHandshake | None = ServerHandshake(host.http_answer)
         self._frames = p.FrameDecoder(limits.max_frame_size)
         self._outbox = outbox = Outbox(self._loop)
@@ -118,6 +119,7 @@ class ServerConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
         self._transport = self._outbox.transport = self._budget.transport = raw = cast(asyncio.Transport, transport)
+        self._raw = raw
         peer = raw.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer_ip = str(peer[0])
@@ -243,8 +245,10 @@ class ServerConnection(asyncio.BufferedProtocol):
             self._cancel(seq, _CONNECTION_LOST)
         self._outbox.clear()
         self._calls.let_go()  # nothing of it runs now (a cancelled task ends on its own)
-        if self._transport is not None:
-            release(self._transport)
+        if self._raw is not None:
+            release(self._raw)
+        # A TLS transport's protocol holds our methods: let go of it, or we are a cycle.
+        self._transport = self._outbox.transport = self._budget.transport = self._raw = None
         if not self.closed.done():
             self.closed.set_result(None)
 

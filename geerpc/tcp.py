@@ -45,8 +45,8 @@ def release(transport: asyncio.BaseTransport) -> None:
     objects and dicts (about 1 kB), left for the next full collection. A server whose
     clients come and go holds thousands of them between collections: its memory creeps
     up and falls back, for no reason of its own. Called from ``connection_lost``, once
-    the transport will not read again. Over TLS, the socket transport beneath is
-    asyncio's own, and stays as it is.
+    the transport will not read again: for a server's TLS connection, the socket's
+    transport beneath the TLS layer (a client's TLS transport hides its own).
     """
     if _CLEARED_BY_ASYNCIO or not transport.is_closing():
         return

@@ -372,3 +372,29 @@ async def test_xclient_and_sync_client_over_tls_with_a_token(ca):
     finally:
         await server.stop()
         await plain.stop()
+
+
+async def test_a_closed_tls_connection_is_freed_without_the_cyclic_gc(ca):
+    """As over TCP (tests/test_hostile_calls.py): a server whose TLS clients come and
+    go must not keep each closed connection, or the socket transport beneath its TLS
+    layer, for the next full collection."""
+    import gc
+    import weakref
+
+    server, _ = await serve(server_context(ca))
+    try:
+        gc.collect()
+        gc.disable()
+        try:
+            client = await geerpc.dial(server.address, ssl=client_context(ca))
+            assert await client.call("Arith.add", 1, 2) == 3
+            (connection,) = server._connections
+            gone, raw = weakref.ref(connection), weakref.ref(connection._raw)
+            del connection
+            await client.close()
+            await eventually(lambda: gone() is None, what="the closed connection freed")
+            await eventually(lambda: raw() is None, what="its socket transport freed")
+        finally:
+            gc.enable()
+    finally:
+        await server.stop()
