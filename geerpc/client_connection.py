@@ -198,6 +198,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.writable.set()
         if self.transport is not None:
             release(self.transport)
+            # A TLS transport's protocol holds our methods: let go of it, or we are a cycle.
+            self.transport = None
         if not self.closed.done():
             self.closed.set_result(None)
 

@@ -377,7 +377,7 @@ async def test_xclient_and_sync_client_over_tls_with_a_token(ca):
 async def test_a_closed_tls_connection_is_freed_without_the_cyclic_gc(ca):
     """As over TCP (tests/test_hostile_calls.py): a server whose TLS clients come and
     go must not keep each closed connection, or the socket transport beneath its TLS
-    layer, for the next full collection."""
+    layer, for the next full collection; nor must a client keep its own."""
     import gc
     import weakref
 
@@ -391,9 +391,12 @@ async def test_a_closed_tls_connection_is_freed_without_the_cyclic_gc(ca):
             (connection,) = server._connections
             gone, raw = weakref.ref(connection), weakref.ref(connection._raw)
             del connection
+            ours = weakref.ref(client._conn)
             await client.close()
+            del client
             await eventually(lambda: gone() is None, what="the closed connection freed")
             await eventually(lambda: raw() is None, what="its socket transport freed")
+            await eventually(lambda: ours() is None, what="the client's closed connection freed")
         finally:
             gc.enable()
     finally:
