@@ -374,3 +374,54 @@ def test_sync_xclient_passes_idempotent():
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+async def test_without_a_hedge_attempts_run_in_the_callers_own_task(nodes):
+    """A retried call that does not hedge needs no task per call: its attempts are
+    awaited in the caller's task (as a plain call is), so a call answered at once
+    costs what a plain one does. A hedging call's attempts are tasks of their own."""
+    made = await nodes(1)
+    tasks: list[asyncio.Task | None] = []
+
+    async def note_task(call, proceed):
+        tasks.append(asyncio.current_task())
+        return await proceed()
+
+    async with XClient([made[0].address], retry=Retry(attempts=2, budget=1.0), interceptors=[note_task]) as xc:
+        assert (await xc.call("Node.whoami", timeout=2, idempotent=True))[0] == "n0"
+    async with XClient([made[0].address], retry=Retry(attempts=2, budget=1.0), hedge_after=5.0,
+                       interceptors=[note_task]) as xc:
+        assert (await xc.call("Node.whoami", timeout=2, idempotent=True))[0] == "n0"
+    assert tasks[0] is asyncio.current_task()
+    assert tasks[1] is not asyncio.current_task()
+
+
+@pytest.mark.parametrize("hedge_after", [None, 5.0], ids=["in-turn", "hedged"])
+async def test_a_retried_call_cancelled_by_its_caller_is_cancelled(nodes, hedge_after):
+    """Cancelling the caller cancels the attempt out (and the handler on its server),
+    and the caller sees CancelledError, not an error of the XClient's."""
+    (node,) = await nodes(1)
+    node.mode = "hang"
+    async with XClient([node.address], retry=Retry(attempts=3, budget=1.0), hedge_after=hedge_after) as xc:
+        call = asyncio.ensure_future(xc.call("Node.whoami", timeout=30, idempotent=True))
+        async with asyncio.timeout(5):
+            await node.started.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        async with asyncio.timeout(5):
+            await node.cancelled.wait()
+
+
+@pytest.mark.parametrize("hedge_after", [None, 5.0], ids=["in-turn", "hedged"])
+async def test_a_retried_call_out_when_its_xclient_closes_fails_with_connection_closed(nodes, hedge_after):
+    (node,) = await nodes(1)
+    node.mode = "hang"
+    xc = XClient([node.address], retry=Retry(attempts=3, budget=1.0), hedge_after=hedge_after)
+    call = asyncio.ensure_future(xc.call("Node.whoami", timeout=30, idempotent=True))
+    async with asyncio.timeout(5):
+        await node.started.wait()
+    await xc.close()
+    with pytest.raises(geerpc.ConnectionClosed):
+        async with asyncio.timeout(5):
+            await call

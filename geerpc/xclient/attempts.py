@@ -11,7 +11,9 @@ to another server, if the budget allows; the first reply wins (an error reply is
 reply too) and the other copy is cancelled, which tells its server to cancel the
 handler. When every copy out has failed in a way worth retrying (its own timeout,
 Unavailable, a connection failure), the next attempt waits its backoff, then goes to
-a server the call has not tried yet when there is one.
+a server the call has not tried yet when there is one. A call that will not hedge
+(no ``hedge_after``, or no p95 yet) makes its attempts one at a time in the caller's
+own task (``_in_turn``); only a hedging one runs them as tasks (``_hedged``).
 """
 
 from __future__ import annotations
@@ -79,35 +81,94 @@ async def run(policy: Policy, attempt: Attempt, deadline: Deadline | None, servi
     Raises the reply's error, or the last attempt's failure once no attempt is left,
     or the budget, or time; CallTimeout when the call's deadline passes.
     """
-    loop = asyncio.get_running_loop()
-    retry = policy.retry
-    retries_left = retry.attempts - 1 if retry is not None else 0
-    attempt_timeout = retry.attempt_timeout if retry is not None else None
-    backoffs = retry.backoffs(policy.rng) if retry is not None else None
     hedge_delay = policy.hedge_delay()
+    if hedge_delay is None:
+        return await _in_turn(policy, attempt, deadline, service_method)
+    return await _hedged(policy, attempt, deadline, service_method, hedge_delay)
+
+
+class _Retries:
+    """What is left of one call's retries, and the wait before the next."""
+
+    def __init__(self, policy: Policy, deadline: Deadline | None) -> None:
+        retry = policy.retry
+        self.left = retry.attempts - 1 if retry is not None else 0
+        self._attempt_timeout = retry.attempt_timeout if retry is not None else None
+        self._backoffs = retry.backoffs(policy.rng) if retry is not None else None
+        self._budget, self._deadline = policy.budget, deadline
+        self._retried = 0
+
+    def until(self, now: float) -> Deadline | None:
+        """The deadline of an attempt sent at ``now``."""
+        deadline = self._deadline
+        left = None if deadline is None else deadline.left(now)
+        return _until(deadline, attempt_share(left, self.left, self._attempt_timeout), now)
+
+    def next(self, error: BaseException, now: float) -> float:
+        """After every copy out failed with ``error`` (worth retrying): the backoff
+        before the next attempt. Raises ``error`` when no retry is left, the budget is
+        spent, or the backoff would end past the deadline."""
+        if self.left == 0 or not self._budget.try_spend(now):
+            raise error
+        self._retried += 1
+        delay = 0.0 if self._backoffs is None else self._backoffs.delay(self._retried)
+        if self._deadline is not None and now + delay >= self._deadline.at:
+            self._budget.refund(now)
+            raise error
+        self.left -= 1
+        return delay
+
+
+async def _in_turn(policy: Policy, attempt: Attempt, deadline: Deadline | None, service_method: str) -> Any:
+    """Without hedging, one attempt at a time, awaited in the caller's own task: a call
+    answered at the first attempt costs no task and no wait more than a plain one."""
+    loop = asyncio.get_running_loop()
+    retries = _Retries(policy, deadline)
+    used: set[str] = set()
+    policy.budget.record_call(loop.time())
+    while True:
+        try:
+            return await attempt(retries.until(loop.time()), used, False)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller is cancelled
+            # as in _hedged: only close() cancels an attempt from outside
+            raise ConnectionClosed("XClient closed during the call") from None
+        except Exception as failure:  # noqa: BLE001 - sorted by _retryable
+            now = loop.time()
+            if not _retryable(failure, deadline, now):
+                raise
+            error = failure
+        delay = retries.next(error, now)
+        if delay:
+            await asyncio.sleep(delay)
+
+
+async def _hedged(policy: Policy, attempt: Attempt, deadline: Deadline | None, service_method: str,
+                  hedge_delay: float) -> Any:
+    """Attempts as tasks, so that a hedge can go out while the first copy is still out."""
+    loop = asyncio.get_running_loop()
+    retries = _Retries(policy, deadline)
     used: set[str] = set()
     out: set[asyncio.Task[Any]] = set()
     hedged = False  # at most one hedge per call
     error: BaseException | None = None  # the last failure worth retrying
-    retried = 0
 
-    def send(strict: bool, retries_after: int) -> asyncio.Task[Any]:
-        now = loop.time()
-        left = None if deadline is None else deadline.left(now)
-        until = _until(deadline, attempt_share(left, retries_after, attempt_timeout), now)
-        task = asyncio.ensure_future(attempt(until, used, strict))
+    def send(strict: bool) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(attempt(retries.until(loop.time()), used, strict))
         out.add(task)
         return task
 
     policy.budget.record_call(loop.time())
     try:
         started = loop.time()
-        send(False, retries_left)
+        send(False)
         while True:
             now = loop.time()
             wait = None if deadline is None else max(0.0, deadline.left(now))
             hedge_at = None
-            if not hedged and hedge_delay is not None and len(out) == 1:
+            if not hedged and len(out) == 1:
                 hedge_at = started + hedge_delay
                 wait = hedge_at - now if wait is None else min(wait, hedge_at - now)
             done, _ = await asyncio.wait(out, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
@@ -116,7 +177,7 @@ async def run(policy: Policy, attempt: Attempt, deadline: Deadline | None, servi
                 if hedge_at is not None and now >= hedge_at:
                     hedged = True
                     if policy.budget.try_spend(now):  # else no hedge for this call: the budget is spent
-                        send(True, retries_left)
+                        send(True)
                     continue
                 if deadline is not None and deadline.expired(now):
                     raise deadline.expired_error(service_method)
@@ -137,18 +198,11 @@ async def run(policy: Policy, attempt: Attempt, deadline: Deadline | None, servi
             if out:
                 continue  # another copy is still out: its answer may yet come
             assert error is not None
-            if retries_left == 0 or not policy.budget.try_spend(now):
-                raise error
-            retried += 1
-            delay = 0.0 if backoffs is None else backoffs.delay(retried)
-            if deadline is not None and now + delay >= deadline.at:
-                policy.budget.refund(now)
-                raise error
+            delay = retries.next(error, now)
             if delay:
                 await asyncio.sleep(delay)
-            retries_left -= 1
             started = loop.time()
-            send(False, retries_left)
+            send(False)
     finally:
         for task in out:
             task.cancel()
