@@ -195,8 +195,13 @@ class Client:
         timer = None if deadline is None else conn.loop.call_at(deadline.at, conn.expire, seq)
         try:
             value = await future
-        except asyncio.CancelledError:
-            conn.cancel(seq)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                conn.cancel(seq)
+            # The error's traceback holds this frame, whose future holds the error: a
+            # reference cycle (with the call's arguments) for every failed call, left for
+            # the cyclic GC, unless the future goes first.
+            del future
             raise
         finally:
             if timer is not None:

@@ -395,6 +395,7 @@ class Calls:
     def _sync_timeout(self, call: _SyncCall, message: p.Request) -> None:
         # A thread cannot be stopped: the handler runs on, and its result is dropped.
         call.abandoned = True
+        call.timer = None  # a handle that has run keeps its arguments (this call): a cycle
         del self._running[call.seq]
         # The thread may still hold the arguments, but nothing else will: uncharged.
         self.charged -= call.cost

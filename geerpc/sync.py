@@ -97,6 +97,7 @@ class _LoopThread:
             # The wait was interrupted (KeyboardInterrupt): cancel the call on the loop,
             # which also tells the server. A no-op when the call itself raised.
             future.cancel()
+            del future  # it holds the error, whose traceback holds this frame: a cycle
             raise
 
     def _stop(self, last: Coroutine[Any, Any, None] | None) -> None:

@@ -120,6 +120,134 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_gc(running):
         await assert_serving(server)
 
 
+def _ours(o: object) -> bool:
+    module = type(o).__module__  # not always a str: some types' is a descriptor
+    return (isinstance(module, str) and module.startswith("geerpc")) or (
+        type(o).__name__ == "frame" and "/geerpc/" in o.f_code.co_filename)  # type: ignore[attr-defined]
+
+
+def _geerpc_objects() -> set[int]:
+    """The ids of geerpc's objects alive now (what an earlier test left may become
+    garbage meanwhile: it is not this test's)."""
+    return {id(o) for o in gc.get_objects() if _ours(o)}
+
+
+def _geerpc_garbage(old: set[int]) -> list[str]:
+    """Collect, and describe the unreachable objects that are geerpc's and not in
+    ``old``: instances of its classes, and frames of its functions (an error's
+    traceback keeps those)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        found = []
+        for o in gc.garbage:
+            if id(o) in old or not _ours(o):
+                continue
+            found.append(f"frame of {o.f_code.co_name}" if type(o).__name__ == "frame" else type(o).__qualname__)
+        return found
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+async def _fail(client, how: str) -> None:
+    import geerpc
+
+    if how == "remote error":
+        with pytest.raises(geerpc.RemoteError):
+            await client.call("Arith.fail", "no", timeout=5)
+    elif how == "not found":
+        with pytest.raises(geerpc.MethodNotFound):
+            await client.call("Arith.nope", timeout=5)
+    elif how == "client timeout":
+        with pytest.raises(geerpc.CallTimeout):
+            await client.call("Arith.sleep", 5, timeout=0.02)
+    elif how == "def timeout":  # the server gives up on a def handler still on its worker
+        with pytest.raises(geerpc.CallTimeout):
+            await client.call("Arith.block", 0.2, timeout=0.02)
+    else:
+        task = asyncio.ensure_future(client.call("Arith.sleep", 5, timeout=5))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.parametrize("how", ["remote error", "not found", "client timeout", "def timeout", "cancel"])
+async def test_failed_calls_leave_no_reference_cycles(how):
+    """Row 38, for calls that fail: the soak's clients grew between Python's full
+    collections, by the failed calls kept as cycles (an error's traceback holds the
+    frame that awaited it, whose future holds the error), and its server by each
+    timed-out ``def`` call (a timer handle that has run keeps its call). A process
+    whose calls often fail must free them by reference counting alone."""
+    import geerpc
+
+    async with serving(Arith()) as server:
+        async with await geerpc.dial(server.address) as client:
+            await _fail(client, how)  # warm: first-time imports and caches
+            gc.collect()
+            gc.disable()
+            old = _geerpc_objects()
+            try:
+                for _ in range(3):
+                    await _fail(client, how)
+                await asyncio.sleep(0.3)  # the def call ends on its worker
+                assert await client.call("Arith.add", 1, 2) == 3
+                assert _geerpc_garbage(old) == []
+            finally:
+                gc.enable()
+
+
+@pytest.mark.parametrize("how", ["remote error", "timeout"])
+@pytest.mark.parametrize("kind", ["xclient", "least-loaded", "retry", "hedge", "broadcast", "sync", "sync-x"])
+async def test_failed_xclient_and_blocking_calls_leave_no_reference_cycles(kind, how):
+    """As above, through an XClient (its attempts, retries, hedges and broadcasts hold
+    their copies' errors) and the blocking clients (whose future holds the error)."""
+    import geerpc
+    from geerpc.sync import SyncClient, SyncXClient
+    from geerpc.xclient import Retry, SelectMode, XClient
+
+    method, args, timeout = ("Arith.fail", ("no",), 5.0) if how == "remote error" else ("Arith.sleep", (5,), 0.05)
+    async with serving(Arith()) as first, serving(Arith()) as second:
+        addresses = [first.address, second.address]
+        if kind in ("sync", "sync-x"):
+            # made on a thread: a SyncClient dials at once, and this loop is the servers'
+            blocking = await asyncio.to_thread(*((SyncClient, first.address) if kind == "sync"
+                                                 else (SyncXClient, addresses)))
+
+            async def fail() -> None:
+                with pytest.raises((geerpc.RemoteError, geerpc.CallTimeout)):
+                    await asyncio.to_thread(blocking.call, method, *args, timeout=timeout)
+        else:
+            options = {"least-loaded": {"mode": SelectMode.LEAST_LOADED},
+                       "retry": {"retry": Retry(attempts=2, budget=1.0)},
+                       "hedge": {"retry": Retry(attempts=2, budget=1.0), "hedge_after": 5.0}}.get(kind, {})
+            xclient = XClient(addresses, **options)
+
+            async def fail() -> None:
+                with pytest.raises((geerpc.RemoteError, geerpc.CallTimeout)):
+                    if kind == "broadcast":
+                        await xclient.broadcast(method, *args, timeout=timeout)
+                    else:
+                        await xclient.call(method, *args, timeout=timeout, idempotent=True)
+        try:
+            await fail()  # warm
+            gc.collect()
+            gc.disable()
+            old = _geerpc_objects()
+            try:
+                for _ in range(3):
+                    await fail()
+                assert _geerpc_garbage(old) == []
+            finally:
+                gc.enable()
+        finally:
+            if kind in ("sync", "sync-x"):
+                await asyncio.to_thread(blocking.close)
+            else:
+                await xclient.close()
+
+
 def _option_text(**fields) -> str:
     return option(**fields).decode()
 

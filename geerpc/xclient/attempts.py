@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..deadline import Deadline
 from ..errors import CallTimeout, ConnectError, ConnectionClosed, ConnectTimeout, Unavailable
 from .retry import DEFAULT_BUDGET, LatencyWindow, Retry, RetryBudget, attempt_share
 
-__all__ = ["Attempt", "NoSpare", "Policy", "run"]
+__all__ = ["Attempt", "NoSpare", "Policy", "run", "cancel_and_wait"]
 
 #: ``attempt(deadline, used, strict)``: one attempt within ``deadline``, on a server not
 #: in ``used`` when there is one (never one in ``used`` when ``strict``: raise NoSpare);
@@ -104,17 +104,17 @@ class _Retries:
         left = None if deadline is None else deadline.left(now)
         return _until(deadline, attempt_share(left, self.left, self._attempt_timeout), now)
 
-    def next(self, error: BaseException, now: float) -> float:
-        """After every copy out failed with ``error`` (worth retrying): the backoff
-        before the next attempt. Raises ``error`` when no retry is left, the budget is
+    def next(self, now: float) -> float | None:
+        """After every copy out failed in a way worth retrying: the backoff before the
+        next attempt; None (raise the failure) when no retry is left, the budget is
         spent, or the backoff would end past the deadline."""
         if self.left == 0 or not self._budget.try_spend(now):
-            raise error
+            return None
         self._retried += 1
         delay = 0.0 if self._backoffs is None else self._backoffs.delay(self._retried)
         if self._deadline is not None and now + delay >= self._deadline.at:
             self._budget.refund(now)
-            raise error
+            return None
         self.left -= 1
         return delay
 
@@ -136,11 +136,12 @@ async def _in_turn(policy: Policy, attempt: Attempt, deadline: Deadline | None, 
             # as in _hedged: only close() cancels an attempt from outside
             raise ConnectionClosed("XClient closed during the call") from None
         except Exception as failure:  # noqa: BLE001 - sorted by _retryable
+            # Raised from here, so that no name of this frame keeps the failure (its
+            # traceback holds the frame: that would be a cycle for every failed call).
             now = loop.time()
-            if not _retryable(failure, deadline, now):
+            delay = retries.next(now) if _retryable(failure, deadline, now) else None
+            if delay is None:
                 raise
-            error = failure
-        delay = retries.next(error, now)
         if delay:
             await asyncio.sleep(delay)
 
@@ -152,8 +153,11 @@ async def _hedged(policy: Policy, attempt: Attempt, deadline: Deadline | None, s
     retries = _Retries(policy, deadline)
     used: set[str] = set()
     out: set[asyncio.Task[Any]] = set()
+    done: set[asyncio.Task[Any]] = set()
+    copy: asyncio.Task[Any] | None = None
     hedged = False  # at most one hedge per call
     error: BaseException | None = None  # the last failure worth retrying
+    failure: BaseException | None = None
 
     def send(strict: bool) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(attempt(retries.until(loop.time()), used, strict))
@@ -182,13 +186,13 @@ async def _hedged(policy: Policy, attempt: Attempt, deadline: Deadline | None, s
                 if deadline is not None and deadline.expired(now):
                     raise deadline.expired_error(service_method)
                 continue
-            for task in done:
-                out.discard(task)
-                if task.cancelled():  # only close() cancels an attempt from outside
+            for copy in done:
+                out.discard(copy)
+                if copy.cancelled():  # only close() cancels an attempt from outside
                     raise ConnectionClosed("XClient closed during the call")
-                failure = task.exception()
+                failure = copy.exception()
                 if failure is None:
-                    return task.result()
+                    return copy.result()
                 if isinstance(failure, NoSpare):
                     policy.budget.refund(now)
                     continue
@@ -198,13 +202,28 @@ async def _hedged(policy: Policy, attempt: Attempt, deadline: Deadline | None, s
             if out:
                 continue  # another copy is still out: its answer may yet come
             assert error is not None
-            delay = retries.next(error, now)
+            delay = retries.next(now)
+            if delay is None:
+                raise error
             if delay:
                 await asyncio.sleep(delay)
             started = loop.time()
             send(False)
     finally:
-        for task in out:
-            task.cancel()
-        if out:
-            await asyncio.gather(*out, return_exceptions=True)
+        await cancel_and_wait(out)
+        # The error raised has this frame in its traceback: nothing here may keep it
+        # (the copies hold it too), or every failed call is a reference cycle.
+        out.clear()
+        done = set()
+        copy = error = failure = None
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they have ended. A function of its own, so that
+    no loop variable of the caller's frame keeps one of them (nor the error it holds)."""
+    waiting = []
+    for task in tasks:
+        task.cancel()
+        waiting.append(task)
+    if waiting:
+        await asyncio.gather(*waiting, return_exceptions=True)

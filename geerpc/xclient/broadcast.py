@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from ..deadline import Deadline
 from ..errors import CallTimeout, ConnectionClosed, HandshakeError, NoServerAvailable
+from .attempts import cancel_and_wait
 from .pool import Connections
 
 __all__ = ["call_all"]
@@ -45,30 +46,50 @@ async def call_all(pool: Connections, servers: Sequence[str], deadline: Deadline
             raise
 
     tasks = [asyncio.ensure_future(one(address)) for address in servers]
+    error: BaseException | None = None
     try:
-        pending: set[asyncio.Future[Any]] = set(tasks)
-        result: Any = _SKIPPED
-        while pending:
-            left = None if deadline is None else max(0.0, deadline.left(loop.time()))
-            done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                if task.cancelled():  # only close() cancels these from outside
-                    raise ConnectionClosed("XClient closed during the broadcast")
-                error = task.exception()
-                if isinstance(error, CallTimeout) and deadline is not None and deadline.expired(loop.time()):
-                    error = None  # the broadcast's own deadline: reported below
-                    done = set()
-                elif error is not None:
-                    raise error
-                elif task.result() is not _SKIPPED:
-                    result = task.result()
-            if not done:
-                assert deadline is not None
-                raise deadline.expired_error(f"broadcast of {service_method}", f"on {len(servers)} servers")
+        result, error = await _settled(tasks, deadline, loop)
+        if error is not None:
+            raise error
         if result is _SKIPPED:
             raise none_left()
         return result
+    except _Expired:
+        assert deadline is not None
+        raise deadline.expired_error(f"broadcast of {service_method}", f"on {len(servers)} servers") from None
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
+        # The error raised has this frame in its traceback, and the tasks and ``error``
+        # hold the error: both go, or every failed broadcast is a reference cycle.
+        tasks.clear()
+        error = None
+
+
+class _Expired(Exception):
+    """The broadcast's deadline passed (raised by ``_settled``, which holds nothing of it)."""
+
+
+async def _settled(tasks: list[asyncio.Task[Any]], deadline: Deadline | None,
+                   loop: asyncio.AbstractEventLoop) -> tuple[Any, BaseException | None]:
+    """Wait for the calls: (one reply, None), ``_SKIPPED`` for the reply when every
+    server was skipped, or (None, the first error). It returns the error rather than
+    raising it, so that its frame, which holds the tasks, is not in the error's
+    traceback. Raises _Expired at the deadline."""
+    pending: set[asyncio.Task[Any]] = set(tasks)
+    result: Any = _SKIPPED
+    while pending:
+        left = None if deadline is None else max(0.0, deadline.left(loop.time()))
+        done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.cancelled():  # only close() cancels these from outside
+                return None, ConnectionClosed("XClient closed during the broadcast")
+            error = task.exception()
+            if isinstance(error, CallTimeout) and deadline is not None and deadline.expired(loop.time()):
+                raise _Expired  # the broadcast's own deadline
+            if error is not None:
+                return None, error
+            if task.result() is not _SKIPPED:
+                result = task.result()
+        if not done:
+            raise _Expired
+    return result, None
