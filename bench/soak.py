@@ -19,7 +19,8 @@ of RSS (kB/min) over the last two thirds of the run, against the goal of under
 1 kB/min, and every unexpected error with its count. Beside each process's RSS it
 prints Python's allocated blocks and glibc malloc's bytes in use and held free, so a
 growth can be told apart as objects kept, C allocations kept, or freed memory the
-allocator keeps; ``--trace FILE`` runs tracemalloc in the server process.
+allocator keeps; ``--trace FILE`` runs tracemalloc in each process, and ``--census
+FILE`` counts each process's objects by type.
 """
 
 from __future__ import annotations
@@ -153,11 +154,11 @@ class Work:
         raise ValueError(text)
 
 
-async def run_registry(every: float, census: str | None = None) -> None:
+async def run_registry(every: float, trace: str | None = None, census: str | None = None) -> None:
     from geerpc.registry import Registry
 
     troubles = install_troubles()
-    counted = start_census(census) if census else None
+    counted = start_diagnostics(trace, census)
     registry = Registry(timeout=30)
     url = await registry.start("127.0.0.1", 0)
     try:
@@ -227,10 +228,19 @@ def start_census(path: str) -> Callable[[], None]:
     return census
 
 
+def start_diagnostics(trace: str | None, census: str | None) -> Callable[[], None] | None:
+    """``--trace`` or ``--census`` in this process: a function to call with each status."""
+    if trace:
+        return start_trace(trace)
+    if census:
+        return start_census(census)
+    return None
+
+
 async def run_servers(registry: str, count: int, every: float, trace: str | None = None,
                       census: str | None = None) -> None:
     troubles = install_troubles()
-    traced = start_trace(trace) if trace else start_census(census) if census else None
+    traced = start_diagnostics(trace, census)
     servers = []
     for _ in range(count):
         server = geerpc.Server(handle_timeout=5)
@@ -329,7 +339,7 @@ RECONNECT_WEIGHT = 1
 
 class ClientProcess:
     def __init__(self, registry: str, addresses: list[str], workers: int, pause: float, seed: int,
-                 only: set[str] | None = None, census: str | None = None) -> None:
+                 only: set[str] | None = None, trace: str | None = None, census: str | None = None) -> None:
         self.registry, self.addresses, self.workers, self.pause = registry, addresses, workers, pause
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
@@ -344,7 +354,7 @@ class ClientProcess:
         if only:
             self.choices = [name for name in self.choices if name in only]
         self.ops = {name: op for name, op, _ in OPS}
-        self.census = census
+        self.trace, self.census = trace, census
 
     def new_xclient(self) -> Any:
         from geerpc.xclient import RegistryDiscovery, SelectMode, XClient
@@ -408,7 +418,7 @@ class ClientProcess:
     async def run(self, every: float) -> None:
         troubles = install_troubles()
         self.xclient = self.new_xclient()
-        counted = start_census(self.census) if self.census else None
+        counted = start_diagnostics(self.trace, self.census)
 
         def status() -> dict[str, Any]:
             if counted is not None:
@@ -474,18 +484,19 @@ def minute_row(minute: float, watched: list[Watched], counts: Counter[str], prev
 async def main(args: argparse.Namespace) -> int:
     every = min(5.0, args.minutes * 60 / 4)
     start = time.monotonic()
-    def census(name: str) -> list[str]:
-        return ["--census", f"{args.census}.{name}"] if args.census else []
+    def diagnostics(name: str) -> list[str]:
+        """--trace and --census for the child ``name``: each writes a file of its own."""
+        return ([*(["--trace", f"{args.trace}.{name}"] if args.trace else []),
+                 *(["--census", f"{args.census}.{name}"] if args.census else [])])
 
     registry, ready = await Child.start("registry", SCRIPT, "--role", "registry", "--every", str(every),
-                                        *census("registry"))
+                                        *diagnostics("registry"))
     url = ready["url"]
     watched = [Watched(registry)]
     try:
         server, ready = await Child.start("server", SCRIPT, "--role", "server", "--registry", url,
                                           "--servers", "2", "--every", str(every),
-                                          *(["--trace", args.trace] if args.trace else []),
-                                          *census("server"))
+                                          *diagnostics("server"))
         watched.append(Watched(server))
         addresses = ready["addresses"]
         for n in range(args.clients):
@@ -493,7 +504,7 @@ async def main(args: argparse.Namespace) -> int:
                                           "--addresses", ",".join(addresses), "--workers", str(args.workers),
                                           "--pause", str(args.pause), "--seed", str(n), "--every", str(every),
                                           *(["--only", args.only] if args.only else []),
-                                          *census(f"client-{n + 1}"))
+                                          *diagnostics(f"client-{n + 1}"))
             watched.append(Watched(client))
         for w in watched:
             w.reader = asyncio.ensure_future(w.follow())
@@ -581,8 +592,9 @@ def cli() -> None:
                         help="count each process's objects by type each minute; FILE.registry, "
                              "FILE.server and FILE.client-N get the types that grew most")
     parser.add_argument("--trace", metavar="FILE",
-                        help="trace the server process's allocations; FILE gets what grew most, by "
-                             "traceback (a diagnostic: each snapshot stalls the server, so calls time out)")
+                        help="trace each process's allocations; FILE.registry, FILE.server and "
+                             "FILE.client-N get what grew most, by traceback (a diagnostic: each snapshot "
+                             "stalls its process, so some calls may time out)")
     parser.add_argument("--role", choices=["registry", "server", "client"], help=argparse.SUPPRESS)
     parser.add_argument("--registry", help=argparse.SUPPRESS)
     parser.add_argument("--servers", type=int, default=2, help=argparse.SUPPRESS)
@@ -591,13 +603,13 @@ def cli() -> None:
     parser.add_argument("--every", type=float, default=5.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "registry":
-        asyncio.run(run_registry(args.every, args.census))
+        asyncio.run(run_registry(args.every, args.trace, args.census))
     elif args.role == "server":
         asyncio.run(run_servers(args.registry, args.servers, args.every, args.trace, args.census))
     elif args.role == "client":
         only = set(args.only.split(",")) if args.only else None
         process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed, only,
-                                args.census)
+                                args.trace, args.census)
         asyncio.run(process.run(args.every))
     else:
         if not args.minutes > 0:
