@@ -257,11 +257,13 @@ class Client:
         """
         assert lost.error is not None
         if self._closed_by_user or self._redial is None or not lost.lost_idle:
-            raise lost.error
+            raise lost.closed_error()
         if self._redialing is None:
-            self._redialing = redialing = asyncio.ensure_future(self._dial_again())
+            # No local name for it: a failed dial holds its error, whose traceback holds
+            # this frame, and the frame would hold the dial (a cycle).
+            self._redialing = asyncio.ensure_future(self._dial_again())
             # Retrieved here too: every caller may have given up at its deadline first.
-            redialing.add_done_callback(lambda done: done.cancelled() or done.exception())
+            self._redialing.add_done_callback(lambda done: done.cancelled() or done.exception())
         scope = asyncio.timeout_at(None if deadline is None else deadline.at)
         try:
             async with scope:
@@ -305,20 +307,21 @@ class Client:
             assert deadline is not None
             raise deadline.expired_error(service_method, "while the server is not reading its connection") from None
         if conn.error is not None:
-            raise conn.error
+            raise conn.closed_error()
 
     async def close(self) -> None:
         """Close the connection; pending calls fail with ConnectionClosed. Idempotent."""
         self._closed_by_user = True
         conn = self._conn
         conn.lose(ConnectionClosed(f"client for {self.address} closed"))
-        if conn.transport is not None:
-            conn.transport.close()
+        transport = conn.transport  # a local: connection_lost lets go of conn.transport
+        if transport is not None:
+            transport.close()
             try:
                 async with asyncio.timeout(1.0):
                     await asyncio.shield(conn.closed)
             except TimeoutError:
-                conn.transport.abort()
+                transport.abort()
                 await asyncio.shield(conn.closed)
 
     async def __aenter__(self) -> Client:
@@ -429,6 +432,7 @@ async def _connect(address: str, parsed: Address, option: p.Option, connect_seco
         return made
 
     conn: ClientConnection | None = None
+    ack: p.Option | None = None
     try:
         async with asyncio.timeout(connect_seconds):
             if parsed.scheme == "unix":
@@ -464,6 +468,12 @@ async def _connect(address: str, parsed: Address, option: p.Option, connect_seco
     except BaseException:
         _abort(conn)
         raise
+    finally:
+        if ack is None:
+            # Failed: the error raised holds this frame, and conn's handshake future
+            # may hold the error (a reference cycle), so conn goes.
+            conn = None
+    assert conn is not None
     return conn, ack
 
 

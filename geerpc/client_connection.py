@@ -103,7 +103,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         try:
             while (payload := frames.next_frame()) is not None:
                 first = payload[0] if payload else 0
-                if first != 0x94 and first != 0x95:  # not a 4 or 5-element array: a response's fast path
+                if first != 0x94 and first != 0x95:  # responses (4 or 5-element arrays) skip this
                     head = payload[:2]
                     if head == pong:
                         p.decode_pong(payload)  # any bytes are a sign of life; a malformed pong is not
@@ -210,7 +210,17 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.error = error
         for future in self.calls.fail_all():
             if not future.done():
-                future.set_exception(self.error)
+                future.set_exception(self.closed_error())
+
+    def closed_error(self) -> ConnectionClosed:
+        """A copy of the error the connection was lost with, to raise. The error itself
+        is never raised: a raise adds its frames to the error's traceback, so one object
+        raised by every later call would keep all their frames, and each raise through a
+        frame that holds this connection would make a reference cycle."""
+        assert self.error is not None
+        copy = ConnectionClosed(*self.error.args)
+        copy.__cause__ = self.error.__cause__
+        return copy
 
     def expire(self, seq: int) -> None:
         expired = self.calls.expire(seq)

@@ -53,10 +53,10 @@ class Method:
     #: bytes of its recent reply frames (a slowly decaying maximum); -1 before the first.
     #: A call is charged this much of its connection's budget while it runs.
     reply_size: int = -1
-    #: the last ``LATENCY_WINDOW`` durations, a ring allocated whole at registration
+    #: the last ``LATENCY_WINDOW`` durations, a ring allocated whole at the first call
     #: (8 bytes a call, no float objects): a method's memory does not grow as its
     #: window fills, however slowly its calls come
-    _ring: array[float] = field(default_factory=lambda: array("d", bytes(8 * LATENCY_WINDOW)), repr=False)
+    _ring: array[float] | None = field(default=None, repr=False)
     #: failed calls by error code (``protocol.ErrorCode``); calls - errors succeeded
     codes: dict[int, int] = field(default_factory=dict, repr=False)
     #: calls by duration: ``buckets[i]`` took at most ``DURATION_BUCKETS[i]`` seconds
@@ -72,7 +72,10 @@ class Method:
         if code:
             self.errors += 1
             self.codes[code] = self.codes.get(code, 0) + 1
-        self._ring[calls & _RING_MASK] = seconds
+        ring = self._ring
+        if ring is None:
+            ring = self._ring = array("d", bytes(8 * LATENCY_WINDOW))
+        ring[calls & _RING_MASK] = seconds
         self.buckets[_bucket(DURATION_BUCKETS, seconds)] += 1
         self.seconds += seconds
 
@@ -80,6 +83,8 @@ class Method:
     def latencies(self) -> list[float]:
         """The durations of the last calls (up to ``LATENCY_WINDOW``), oldest first."""
         ring, calls = self._ring, self.calls
+        if ring is None:
+            return []
         if calls <= LATENCY_WINDOW:
             return ring[:calls].tolist()
         start = calls & (LATENCY_WINDOW - 1)

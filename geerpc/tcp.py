@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 
 __all__ = ["enable_keepalive", "release"]
 
@@ -33,22 +32,24 @@ def enable_keepalive(transport: asyncio.BaseTransport) -> None:
         pass
 
 
-# Python 3.12 clears the transport's bound method itself when it closes (CPython gh-100348).
-_CLEARED_BY_ASYNCIO = sys.version_info >= (3, 12)
-
-
 def release(transport: asyncio.BaseTransport) -> None:
-    """Let reference counting free a closed transport, as Python 3.12 does.
+    """Let reference counting free a closed transport.
 
-    On 3.11 asyncio's socket transport keeps a bound method of itself
-    (``_read_ready_cb``), so every closed one is a reference cycle, with its socket
-    objects and dicts (about 1 kB), left for the next full collection. A server whose
-    clients come and go holds thousands of them between collections: its memory creeps
-    up and falls back, for no reason of its own. Called from ``connection_lost``, once
-    the transport will not read again: for a server's TLS connection, the socket's
-    transport beneath the TLS layer (a client's TLS transport hides its own).
+    asyncio's socket transport keeps bound methods of itself (``_read_ready_cb``; from
+    Python 3.12 also ``_write_ready``), so a closed one is a reference cycle, with its
+    socket objects and dicts (about 1 kB), left for the next full collection. Python
+    3.12 clears them in ``close()`` (CPython gh-100348), but not when the transport is
+    aborted or reset; 3.11 never does. A server whose clients come and go holds
+    thousands of them between collections: its memory creeps up and falls back, for
+    no reason of its own. Called from ``connection_lost``, once the transport will not
+    read or write again: for a server's TLS connection, the socket's transport beneath
+    the TLS layer (a client's TLS transport hides its own, which stays a cycle).
     """
-    if _CLEARED_BY_ASYNCIO or not transport.is_closing():
+    if not transport.is_closing():
         return
-    if getattr(transport, "_read_ready_cb", None) is not None:
-        transport._read_ready_cb = None  # type: ignore[attr-defined]
+    attributes = getattr(transport, "__dict__", None)
+    if attributes is None:  # uvloop's transports: no cycle of this kind
+        return
+    for name in ("_read_ready_cb", "_write_ready"):
+        if attributes.get(name) is not None:
+            attributes[name] = None

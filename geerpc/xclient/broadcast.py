@@ -80,16 +80,17 @@ async def _settled(tasks: list[asyncio.Task[Any]], deadline: Deadline | None,
     while pending:
         left = None if deadline is None else max(0.0, deadline.left(loop.time()))
         done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_EXCEPTION)
+        expired = not done
         for task in done:
             if task.cancelled():  # only close() cancels these from outside
                 return None, ConnectionClosed("XClient closed during the broadcast")
             error = task.exception()
             if isinstance(error, CallTimeout) and deadline is not None and deadline.expired(loop.time()):
-                raise _Expired  # the broadcast's own deadline
-            if error is not None:
+                expired = True  # the broadcast's own deadline; a real error beside it comes first
+            elif error is not None:
                 return None, error
-            if task.result() is not _SKIPPED:
+            elif task.result() is not _SKIPPED:
                 result = task.result()
-        if not done:
+        if expired:
             raise _Expired
     return result, None

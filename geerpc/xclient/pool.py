@@ -77,6 +77,8 @@ class Connections:
                 # close() cancelled the dial, not anyone who called us
                 raise ConnectionClosed("XClient closed while dialing") from None
             raise
+        finally:
+            del task  # a failed dial holds its error, whose traceback holds this frame: a cycle
 
     async def _dial(self, address: str) -> Client:
         try:

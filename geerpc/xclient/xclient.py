@@ -271,54 +271,59 @@ class XClient:
         latencies = None if self._policy is None else self._policy.latencies
         tried: set[str] = set()
         last_error: BaseException | None = None
-        while True:
-            self._check_open()  # closed meanwhile: no new dial
-            client: Client | None = None
-            try:
-                async with asyncio.timeout_at(at):
-                    address = await self._pick(service, service_method, tried, last_error, used, strict)
-            except TimeoutError as exc:
-                if isinstance(exc, CallTimeout) or deadline is None:
-                    raise
-                raise deadline.expired_error(service_method, "finding a server") from None
-            tried.add(address)
-            used.add(address)
-            ticket = None if balancer is None else balancer.begin(address, loop.time())
-            outcome = Outcome.CANCELLED
-            sent = loop.time()
-            try:
-                async with asyncio.timeout_at(at):
-                    client = await self._pool.get(address)
+        try:
+            while True:
+                self._check_open()  # closed meanwhile: no new dial
+                client: Client | None = None
+                try:
+                    async with asyncio.timeout_at(at):
+                        address = await self._pick(service, service_method, tried, last_error, used, strict)
+                except TimeoutError as exc:
+                    if isinstance(exc, CallTimeout) or deadline is None:
+                        raise
+                    raise deadline.expired_error(service_method, "finding a server") from None
+                tried.add(address)
+                used.add(address)
+                ticket = None if balancer is None else balancer.begin(address, loop.time())
+                outcome = Outcome.CANCELLED
                 sent = loop.time()
-                if ticket is not None:
-                    ticket.sent = sent
-                result = await self._pool.call_on(address, client, deadline, service_method, args, kwargs, metadata, full)
-                outcome = Outcome.REPLY
-                return result
-            except _FAILOVER_ERRORS as exc:
-                outcome = Outcome.FAILED
-                if not self._failed_over(address, client, exc, service_method):
+                try:
+                    async with asyncio.timeout_at(at):
+                        client = await self._pool.get(address)
+                    sent = loop.time()
+                    if ticket is not None:
+                        ticket.sent = sent
+                    result = await self._pool.call_on(address, client, deadline, service_method, args, kwargs, metadata, full)
+                    outcome = Outcome.REPLY
+                    return result
+                except _FAILOVER_ERRORS as exc:
+                    outcome = Outcome.FAILED
+                    if not self._failed_over(address, client, exc, service_method):
+                        raise
+                    last_error = exc
+                except CallTimeout:
+                    outcome = Outcome.TIMEOUT
                     raise
-                last_error = exc
-            except CallTimeout:
-                outcome = Outcome.TIMEOUT
-                raise
-            except RemoteError:
-                outcome = Outcome.REPLY
-                raise
-            except TimeoutError:
-                outcome = Outcome.FAILED
-                if deadline is None:
+                except RemoteError:
+                    outcome = Outcome.REPLY
                     raise
-                raise deadline.expired_error(service_method, f"dialing {address}") from None
-            finally:
-                now = loop.time()
-                if ticket is not None:
-                    assert balancer is not None
-                    balancer.end(ticket, outcome, now)
-                if latencies is not None and (outcome is Outcome.REPLY or outcome is Outcome.TIMEOUT):
-                    latencies.record(now - sent)
-            await self._prune()
+                except TimeoutError:
+                    outcome = Outcome.FAILED
+                    if deadline is None:
+                        raise
+                    raise deadline.expired_error(service_method, f"dialing {address}") from None
+                finally:
+                    now = loop.time()
+                    if ticket is not None:
+                        assert balancer is not None
+                        balancer.end(ticket, outcome, now)
+                    if latencies is not None and (outcome is Outcome.REPLY or outcome is Outcome.TIMEOUT):
+                        latencies.record(now - sent)
+                await self._prune()
+        finally:
+            # A failover's error was caught in this frame, so its traceback holds the
+            # frame: kept in a name of it, it would make every failover a reference cycle.
+            last_error = None
 
     def _failed_over(self, address: str, client: Client | None, exc: BaseException, service_method: str) -> bool:
         """After a failover error on ``address``: skip or forget it as needed; True
@@ -343,29 +348,34 @@ class XClient:
         service = service_method.rpartition(".")[0] or None
         tried: set[str] = set()
         last_error: BaseException | None = None
-        while True:
-            client: Client | None = None
-            try:
-                async with asyncio.timeout_at(at):
-                    address = await self._pick(service, service_method, tried, last_error)  # raises when all failed
-            except TimeoutError as exc:
-                if isinstance(exc, CallTimeout) or deadline is None:
-                    raise
-                raise deadline.expired_error(service_method, "finding a server") from None
-            tried.add(address)
-            try:
-                async with asyncio.timeout_at(at):
-                    client = await self._pool.get(address)
-                return await self._pool.call_on(address, client, deadline, service_method, args, kwargs, metadata, full)
-            except _FAILOVER_ERRORS as exc:
-                if not self._failed_over(address, client, exc, service_method):
-                    raise
-                last_error = exc
-            except TimeoutError as exc:
-                if isinstance(exc, CallTimeout) or deadline is None:
-                    raise
-                raise deadline.expired_error(service_method, f"dialing {address}") from None
-            await self._prune()
+        try:
+            while True:
+                client: Client | None = None
+                try:
+                    async with asyncio.timeout_at(at):
+                        address = await self._pick(service, service_method, tried, last_error)  # raises when all failed
+                except TimeoutError as exc:
+                    if isinstance(exc, CallTimeout) or deadline is None:
+                        raise
+                    raise deadline.expired_error(service_method, "finding a server") from None
+                tried.add(address)
+                try:
+                    async with asyncio.timeout_at(at):
+                        client = await self._pool.get(address)
+                    return await self._pool.call_on(address, client, deadline, service_method, args, kwargs, metadata, full)
+                except _FAILOVER_ERRORS as exc:
+                    if not self._failed_over(address, client, exc, service_method):
+                        raise
+                    last_error = exc
+                except TimeoutError as exc:
+                    if isinstance(exc, CallTimeout) or deadline is None:
+                        raise
+                    raise deadline.expired_error(service_method, f"dialing {address}") from None
+                await self._prune()
+        finally:
+            # A failover's error was caught in this frame, so its traceback holds the
+            # frame: kept in a name of it, it would make every failover a reference cycle.
+            last_error = None
 
     async def _pick(self, service: str | None, service_method: str, tried: set[str],
                     last_error: BaseException | None, used: set[str] | frozenset[str] = frozenset(),
