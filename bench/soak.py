@@ -229,12 +229,15 @@ def start_census(path: str) -> Callable[[], None]:
 
 
 def start_diagnostics(trace: str | None, census: str | None) -> Callable[[], None] | None:
-    """``--trace`` or ``--census`` in this process: a function to call with each status."""
-    if trace:
-        return start_trace(trace)
-    if census:
-        return start_census(census)
-    return None
+    """``--trace`` and ``--census`` in this process: a function to call with each status."""
+    running = [start(path) for start, path in ((start_trace, trace), (start_census, census)) if path]
+    if not running:
+        return None
+
+    def each() -> None:
+        for diagnostic in running:
+            diagnostic()
+    return each
 
 
 async def run_servers(registry: str, count: int, every: float, trace: str | None = None,
