@@ -183,14 +183,8 @@ class Calls:
                 result = context.run(run_inline, call, method, args, kwargs)
             except BaseException as exc:  # noqa: BLE001 - a handler must never take the server down
                 self._fail(seq, method, call, exc, start)
-                return
-            # _answer, written out: this is every plain call's path
-            metadata = call._reply_metadata
-            frame, code = result_reply(seq, method, result, self.frame_limit,
-                                       metadata if metadata and self.metadata_ok else None)
-            self._queue(frame)
-            _sized(method, frame)
-            method.record(perf_counter() - start, code)
+            else:
+                self._answer(seq, method, call, result, start)
             return
         if method.is_async or self._interceptors:  # _run checks the deadline once the task runs
             self._start_task(self._run(message, method, deadline, start, call, None), seq, cost, None)

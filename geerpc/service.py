@@ -87,7 +87,7 @@ class Method:
             return []
         if calls <= LATENCY_WINDOW:
             return ring[:calls].tolist()
-        start = calls & (LATENCY_WINDOW - 1)
+        start = calls & _RING_MASK
         return ring[start:].tolist() + ring[:start].tolist()
 
     @property

@@ -170,7 +170,7 @@ async def _leaves_no_garbage(fail) -> None:
         gc.enable()
 
 
-async def _fail(client, how: str) -> None:
+async def _fail(client, how: str, arith: Arith) -> None:
     import geerpc
 
     if how == "remote error":
@@ -186,8 +186,10 @@ async def _fail(client, how: str) -> None:
         with pytest.raises(geerpc.CallTimeout):
             await client.call("Arith.block", 0.1, timeout=5)
     else:
+        arith.started.clear()
         task = asyncio.ensure_future(client.call("Arith.sleep", 5, timeout=5))
-        await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            await arith.started.wait()  # the handler runs: the cancel reaches the server
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -206,15 +208,16 @@ async def test_failed_calls_leave_no_reference_cycles(how):
         pool = server._workers
         return pool._idle._value == len(pool._threads) and not pool._outcomes and not pool._wake_pending
 
-    async with serving(Arith(), handle_timeout=0.02 if how == "def timeout" else None) as server:
+    arith = Arith()
+    async with serving(arith, handle_timeout=0.02 if how == "def timeout" else None) as server:
         async with await geerpc.dial(server.address) as client:
-            await _fail(client, how)  # warm: first-time imports and caches
+            await _fail(client, how, arith)  # warm: first-time imports and caches
             gc.collect()
             gc.disable()
             old = _geerpc_objects()
             try:
                 for _ in range(3):
-                    await _fail(client, how)
+                    await _fail(client, how, arith)
                 if how == "def timeout":
                     await eventually(delivered, what="the timed-out def calls ended on their workers")
                 assert await client.call("Arith.add", 1, 2) == 3

@@ -45,18 +45,19 @@ async def call_all(pool: Connections, servers: Sequence[str], deadline: Deadline
             pool.forget(address, client)
             raise
 
+    def expired() -> CallTimeout:
+        assert deadline is not None
+        return deadline.expired_error(f"broadcast of {service_method}", f"on {len(servers)} servers")
+
     tasks = [asyncio.ensure_future(one(address)) for address in servers]
     error: BaseException | None = None
     try:
-        result, error = await _settled(tasks, deadline, loop)
+        result, error = await _settled(tasks, deadline, loop, expired)
         if error is not None:
             raise error
         if result is _SKIPPED:
             raise none_left()
         return result
-    except _Expired:
-        assert deadline is not None
-        raise deadline.expired_error(f"broadcast of {service_method}", f"on {len(servers)} servers") from None
     finally:
         await cancel_and_wait(tasks)
         # The error raised has this frame in its traceback, and the tasks and ``error``
@@ -65,32 +66,28 @@ async def call_all(pool: Connections, servers: Sequence[str], deadline: Deadline
         error = None
 
 
-class _Expired(Exception):
-    """The broadcast's deadline passed (raised by ``_settled``, which holds nothing of it)."""
-
-
-async def _settled(tasks: list[asyncio.Task[Any]], deadline: Deadline | None,
-                   loop: asyncio.AbstractEventLoop) -> tuple[Any, BaseException | None]:
+async def _settled(tasks: list[asyncio.Task[Any]], deadline: Deadline | None, loop: asyncio.AbstractEventLoop,
+                   expired: Callable[[], CallTimeout]) -> tuple[Any, BaseException | None]:
     """Wait for the calls: (one reply, None), ``_SKIPPED`` for the reply when every
-    server was skipped, or (None, the first error). It returns the error rather than
-    raising it, so that its frame, which holds the tasks, is not in the error's
-    traceback. Raises _Expired at the deadline."""
+    server was skipped, or (None, the error to raise): the first error, or
+    ``expired()`` at the deadline. It returns the error rather than raising it, so
+    that its frame, which holds the tasks, is not in the error's traceback."""
     pending: set[asyncio.Task[Any]] = set(tasks)
     result: Any = _SKIPPED
     while pending:
         left = None if deadline is None else max(0.0, deadline.left(loop.time()))
         done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_EXCEPTION)
-        expired = not done
+        out_of_time = not done
         for task in done:
             if task.cancelled():  # only close() cancels these from outside
                 return None, ConnectionClosed("XClient closed during the broadcast")
             error = task.exception()
             if isinstance(error, CallTimeout) and deadline is not None and deadline.expired(loop.time()):
-                expired = True  # the broadcast's own deadline; a real error beside it comes first
+                out_of_time = True  # the broadcast's own deadline; a real error beside it comes first
             elif error is not None:
                 return None, error
             elif task.result() is not _SKIPPED:
                 result = task.result()
-        if expired:
-            raise _Expired
+        if out_of_time:
+            return None, expired()
     return result, None
