@@ -27,6 +27,7 @@ from typing import Any, Final, NamedTuple
 import aiohttp
 
 from ..errors import GeeRPCError
+from ..httpconn import connector as make_connector
 from ..registry.contract import H_SERVERS
 from . import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError
 from .security import ClientSecurity, discovery
@@ -151,7 +152,7 @@ async def _get_rows(url: str, security: ClientSecurity | None = None) -> list[Ro
     if security.registry_token is not None:
         headers["Authorization"] = f"Bearer {security.registry_token}"
     # ssl: verify with the given context, or the system's CAs (aiohttp's True).
-    connector = aiohttp.TCPConnector(ssl=security.ssl if security.ssl is not None else True)
+    connector = make_connector(security.ssl if security.ssl is not None else True)
     session = aiohttp.ClientSession(max_line_size=_MAX_HEADER, max_field_size=_MAX_HEADER,
                                     timeout=aiohttp.ClientTimeout(total=None), connector=connector)
     async with session, session.get(url, headers=headers) as response:

@@ -227,7 +227,9 @@ class EtcdClients:
         if self._session is None or self._session.closed:
             import aiohttp
 
-            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
+            from ..httpconn import connector as make_connector
+
+            connector = make_connector(self._ssl if self._ssl is not None else False)
             # No total timeout: a watch is open for good. Each call is bounded by call().
             self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None),
                                                   raise_for_status=False)

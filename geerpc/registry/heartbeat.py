@@ -217,7 +217,9 @@ class Heartbeat:
             import aiohttp  # at first use: importing geerpc.registry stays cheap
 
             # ssl: verify with the caller's context, or the system's (aiohttp's default: True).
-            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+            from ..httpconn import connector as make_connector
+
+            connector = make_connector(self._ssl if self._ssl is not None else True)
             self._session = aiohttp.ClientSession(connector=connector)
             # Should this heartbeat be collected with its session open (its loop closed
             # under a pending task), close the session first, quietly.

@@ -21,6 +21,7 @@ from typing import Final, Self
 
 from aiohttp import web
 
+from ..httpconn import releasing
 from .auth import Tokens
 from .contract import (
     DEFAULT_PATH,
@@ -454,6 +455,7 @@ class _Site(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
+        # Each connection's transport is released when lost (see geerpc.httpconn).
         self._server = await asyncio.get_running_loop().create_server(
-            server, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog, reuse_address=True,
+            releasing(server), self._host, self._port, ssl=self._ssl_context, backlog=self._backlog, reuse_address=True,
             ssl_handshake_timeout=self._handshake_timeout if self._ssl_context is not None else None)

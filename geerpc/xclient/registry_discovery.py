@@ -237,7 +237,9 @@ class RegistryDiscovery(ServerList):
             import aiohttp  # at the first request: importing geerpc.xclient stays cheap
 
             # The list may arrive in one header (GeeRPC's registry): allow it to be large.
-            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else True)
+            from ..httpconn import connector as make_connector
+
+            connector = make_connector(self._ssl if self._ssl is not None else True)
             self._session = aiohttp.ClientSession(max_field_size=self.max_response_bytes, connector=connector)
         params = {} if index is None else {Q_INDEX: str(index), Q_WAIT: repr(float(self.wait))}
         limit = self.timeout + (0 if index is None else self.wait)
