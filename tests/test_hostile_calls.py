@@ -265,10 +265,16 @@ async def test_calls_failed_by_a_lost_connection_leave_no_reference_cycles(how):
             await client.close()
 
 
-@pytest.mark.parametrize("how", ["failed dial", "failover"])
+class Counting:
+    async def count(self, n):
+        for i in range(n):
+            yield i
+
+
+@pytest.mark.parametrize("how", ["failed dial", "failover", "stream failover"])
 async def test_failed_dials_and_failovers_leave_no_reference_cycles(how):
     """A server that is down: dialing it fails (each time), and an XClient fails over
-    from it to another. Neither may leave the dial's error in a cycle."""
+    from it to another, for a call or a stream. None may leave the dial's error in a cycle."""
     import socket
 
     import geerpc
@@ -277,16 +283,19 @@ async def test_failed_dials_and_failovers_leave_no_reference_cycles(how):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         down = f"tcp@127.0.0.1:{probe.getsockname()[1]}"  # closed when the block ends: refused
-    async with serving(Arith()) as server:
+    async with serving(Arith(), Counting()) as server:
         xclient = XClient([down, server.address], SelectMode.ROUND_ROBIN)
 
         async def fail() -> None:
             if how == "failed dial":
                 with pytest.raises(geerpc.ConnectError):
                     await geerpc.dial(down, connect_timeout=5)
-            else:  # round robin: one of two calls tries the server that is down first, then fails over
+            elif how == "failover":  # round robin: one of two calls tries the server that is down first
                 for _ in range(2):
                     assert await xclient.call("Arith.add", 1, 2, timeout=5) == 3
+            else:
+                for _ in range(2):
+                    assert [i async for i in xclient.stream("Counting.count", 2, timeout=5)] == [0, 1]
         try:
             await _leaves_no_garbage(fail)
         finally:

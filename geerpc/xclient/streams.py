@@ -38,37 +38,42 @@ async def stream(pick: Pick, connect: Callable[[str], Awaitable[Client]],
     service = service_method.rpartition(".")[0] or None
     tried: set[str] = set()
     last_error: BaseException | None = None
-    while True:
-        try:
-            async with asyncio.timeout_at(at):
-                address = await pick(service, service_method, tried, last_error)
-        except TimeoutError as exc:
-            if isinstance(exc, CallTimeout) or deadline is None:
-                raise
-            raise deadline.expired_error(service_method, "finding a server") from None
-        tried.add(address)
-        client = None
-        try:
-            async with asyncio.timeout_at(at):
-                client = await connect(address)
-            items = Stream(client, service_method, args, kwargs, deadline, metadata, window_items, window_bytes,
-                           interceptors)
+    try:
+        while True:
             try:
-                first = await items.__anext__()
-            except StopAsyncIteration:
-                return
-            except BaseException:
-                await items.aclose()
-                raise
-            break
-        except failover_errors as exc:
-            if not failed_over(address, client, exc, service_method):
-                raise
-            last_error = exc
-        except TimeoutError as exc:
-            if isinstance(exc, CallTimeout) or deadline is None:
-                raise
-            raise deadline.expired_error(service_method, f"dialing {address}") from None
+                async with asyncio.timeout_at(at):
+                    address = await pick(service, service_method, tried, last_error)
+            except TimeoutError as exc:
+                if isinstance(exc, CallTimeout) or deadline is None:
+                    raise
+                raise deadline.expired_error(service_method, "finding a server") from None
+            tried.add(address)
+            client = None
+            try:
+                async with asyncio.timeout_at(at):
+                    client = await connect(address)
+                items = Stream(client, service_method, args, kwargs, deadline, metadata, window_items, window_bytes,
+                               interceptors)
+                try:
+                    first = await items.__anext__()
+                except StopAsyncIteration:
+                    return
+                except BaseException:
+                    await items.aclose()
+                    raise
+                break
+            except failover_errors as exc:
+                if not failed_over(address, client, exc, service_method):
+                    raise
+                last_error = exc
+            except TimeoutError as exc:
+                if isinstance(exc, CallTimeout) or deadline is None:
+                    raise
+                raise deadline.expired_error(service_method, f"dialing {address}") from None
+    finally:
+        # A failover's error was caught in this frame, so its traceback holds the
+        # frame: kept in a name of it, it would make every failover a reference cycle.
+        last_error = None
     try:
         yield first
         async for item in items:
