@@ -76,6 +76,31 @@ def slope(points: Sequence[tuple[float, float]]) -> float | None:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
 
 
+def slope_error(points: Sequence[tuple[float, float]]) -> float | None:
+    """The standard error of ``slope(points)``, from the scatter about the fitted line;
+    None for fewer than three points or distinct x. (Samples taken close together are
+    not independent, so read it as a lower bound of the uncertainty.)"""
+    fitted = slope(points)
+    n = len(points)
+    if fitted is None or n < 3:
+        return None
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    residual = sum((y - mean_y - fitted * (x - mean_x)) ** 2 for x, y in points)
+    return float((residual / (n - 2) / sxx) ** 0.5)
+
+
+def floors(points: Sequence[tuple[float, float]], width: float = 1.0) -> list[tuple[float, float]]:
+    """The lowest y in each ``width`` of x, placed at that stretch's middle: what stays
+    when transient use (a buffer in flight) is left out, and what a leak raises."""
+    lowest: dict[int, float] = {}
+    for x, y in points:
+        bucket = int(x // width)
+        lowest[bucket] = min(y, lowest.get(bucket, y))
+    return [((bucket + 0.5) * width, y) for bucket, y in sorted(lowest.items())]
+
+
 class FdPeak:
     """Samples a process's open descriptors on a thread and keeps the largest count.
 
