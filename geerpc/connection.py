@@ -45,7 +45,7 @@ from .budget import HIGH_WATER, Budget
 from .dispatch import STOPPING, Calls, budget
 from .errors import ProtocolError
 from .gate import LARGE_FRAME
-from .handshake import ServerHandshake
+from .handshake import ServerHandshake, agree
 from .host import ConnectionHost
 from .outbox import Outbox
 from .replies import bad_request_reply, budget_reply, not_found_reply, stopped_reply, stopping_reply
@@ -275,30 +275,18 @@ class ServerConnection(asyncio.BufferedProtocol):
             return b""
         self._handshake = None
         self._cancel_timer()
-        option = step.option
         if self._host.stopping:
             self._transport.write(p.encode_option(p.Option(error="server is stopping")))
             self._transport.close()
             return b""
-        if option.max_frame_size:
-            self._calls.frame_limit = min(self._calls.frame_limit, max(option.max_frame_size, 1024))
-        if option.handle_timeout:
-            # The smaller of the client's and the server's handle timeout applies.
-            client = option.handle_timeout / 1e9
-            ours = self._calls.handle_timeout
-            self._calls.handle_timeout = client if ours is None else min(client, ours)
-        # The handle timeout in effect (the smaller of the two; 0 = none), so a client learns it.
-        effective = self._calls.handle_timeout
-        # Keepalive: echoed, so the client knows its pings are answered; we also say
-        # "still here" at that interval while we do not read (see _still_here).
-        self._keepalive = option.keepalive / 1e9 if option.keepalive else None
-        # Metadata: we take it on requests whatever the client says; it goes on
-        # replies only to a client that said it takes it.
-        self._calls.metadata_ok = option.metadata >= 1
-        ack = p.Option(handle_timeout=0 if effective is None else max(1, int(effective * 1e9)),
-                       max_frame_size=self._limits.max_frame_size, keepalive=option.keepalive,
-                       metadata=1 if option.metadata else 0, streams=1 if option.streams else 0)
-        self._transport.write(p.encode_option(ack))
+        calls = self._calls
+        agreed = agree(step.option, frame_limit=calls.frame_limit, handle_timeout=calls.handle_timeout,
+                       max_frame_size=self._limits.max_frame_size)
+        calls.frame_limit, calls.handle_timeout = agreed.frame_limit, agreed.handle_timeout
+        calls.metadata_ok = agreed.metadata
+        # While we do not read, we say "still here" at the client's ping interval (_still_here).
+        self._keepalive = agreed.keepalive
+        self._transport.write(p.encode_option(agreed.ack))
         if self._limits.idle_timeout is not None:
             self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._check_idle)
         return step.rest

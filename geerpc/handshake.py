@@ -22,7 +22,7 @@ from . import http
 from . import protocol as p
 from .errors import HandshakeError, ProtocolError
 
-__all__ = ["ClientHandshake", "ClientStep", "ServerHandshake", "Step"]
+__all__ = ["Agreed", "ClientHandshake", "ClientStep", "ServerHandshake", "Step", "agree"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +95,40 @@ class ServerHandshake:
             reason = f"unsupported codec {option.codec_type[:64]!r}, this server speaks {p.CODEC_TYPE}"
             return Step(prefix + p.encode_option(p.Option(error=reason)), close=reason)
         return Step(prefix, option=option, rest=rest)
+
+
+@dataclass(frozen=True, slots=True)
+class Agreed:
+    """What a server and the client whose Option it read settled on, and the Option
+    that says so to the client."""
+
+    frame_limit: int  # the largest reply frame to send: the smaller of the two sides'
+    handle_timeout: float | None  # seconds a call may run: the smaller of the two; None: no limit
+    keepalive: float | None  # the client's ping interval, in seconds, if it pings
+    metadata: bool  # replies may carry metadata
+    ack: p.Option  # the server's answer
+
+
+def agree(option: p.Option, *, frame_limit: int, handle_timeout: float | None, max_frame_size: int) -> Agreed:
+    """Settle a connection's terms: the client's ``option`` against the server's own
+    ``frame_limit`` (for replies), ``handle_timeout`` (seconds, or None) and
+    ``max_frame_size`` (for requests, announced in the answer).
+
+    Where both sides set a limit, the smaller applies; a client's frame limit is
+    taken as at least 1 KiB. Keepalive is echoed, so the client knows its pings are
+    answered. Metadata is taken on requests whatever the client says, and goes on
+    replies only to a client that said it takes it; streams are acknowledged when asked.
+    """
+    if option.max_frame_size:
+        frame_limit = min(frame_limit, max(option.max_frame_size, 1024))
+    if option.handle_timeout:
+        client = option.handle_timeout / 1e9
+        handle_timeout = client if handle_timeout is None else min(client, handle_timeout)
+    ack = p.Option(handle_timeout=0 if handle_timeout is None else max(1, int(handle_timeout * 1e9)),
+                   max_frame_size=max_frame_size, keepalive=option.keepalive,
+                   metadata=1 if option.metadata else 0, streams=1 if option.streams else 0)
+    return Agreed(frame_limit, handle_timeout, option.keepalive / 1e9 if option.keepalive else None,
+                  option.metadata >= 1, ack)
 
 
 @dataclass(frozen=True, slots=True)

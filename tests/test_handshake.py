@@ -7,7 +7,7 @@ import pytest
 import geerpc
 from geerpc import http
 from geerpc import protocol as p
-from geerpc.handshake import ClientHandshake, ClientStep, ServerHandshake, Step
+from geerpc.handshake import ClientHandshake, ClientStep, ServerHandshake, Step, agree
 
 OPTION = p.encode_option(p.Option())
 FRAME = p.encode_request(1, "Arith.add", [1, 2], {}, None)
@@ -240,3 +240,48 @@ def test_client_start_twice_or_feed_before_start_raises():
     handshake.start()
     with pytest.raises(RuntimeError, match="twice"):
         handshake.start()
+
+
+# -- agree: a connection's terms from the client's Option and the server's own --------
+
+SERVER = {"frame_limit": 16 << 20, "handle_timeout": None, "max_frame_size": 16 << 20}
+
+
+def test_agree_with_a_plain_geerpc_client_changes_nothing_and_announces_the_servers_terms():
+    agreed = agree(p.Option(), **SERVER)
+    assert (agreed.frame_limit, agreed.handle_timeout, agreed.keepalive, agreed.metadata) == (16 << 20, None, None, False)
+    assert agreed.ack == p.Option(handle_timeout=0, max_frame_size=16 << 20)
+
+
+@pytest.mark.parametrize(("client", "ours", "want"), [
+    (0, 8 << 20, 8 << 20),  # the client says nothing: ours
+    (4 << 20, 8 << 20, 4 << 20),  # the smaller applies
+    (32 << 20, 8 << 20, 8 << 20),
+    (1, 8 << 20, 1024),  # a frame limit below 1 KiB is taken as 1 KiB
+])
+def test_agree_takes_the_smaller_reply_frame_limit(client, ours, want):
+    agreed = agree(p.Option(max_frame_size=client), **{**SERVER, "frame_limit": ours})
+    assert agreed.frame_limit == want
+    assert agreed.ack.max_frame_size == SERVER["max_frame_size"]  # the answer states the request limit
+
+
+@pytest.mark.parametrize(("client_ns", "ours", "want"), [
+    (0, None, None), (0, 2.0, 2.0), (1_500_000_000, None, 1.5), (1_500_000_000, 2.0, 1.5), (3_000_000_000, 2.0, 2.0),
+])
+def test_agree_takes_the_smaller_handle_timeout_and_tells_the_client(client_ns, ours, want):
+    agreed = agree(p.Option(handle_timeout=client_ns), **{**SERVER, "handle_timeout": ours})
+    assert agreed.handle_timeout == want
+    assert agreed.ack.handle_timeout == (0 if want is None else int(want * 1e9))
+
+
+def test_agree_never_announces_a_handle_timeout_of_zero_for_a_tiny_one():
+    # 0 on the wire means "none": a sub-nanosecond limit still goes out as 1 ns
+    assert agree(p.Option(), **{**SERVER, "handle_timeout": 1e-12}).ack.handle_timeout == 1
+
+
+def test_agree_echoes_keepalive_and_acknowledges_metadata_and_streams_only_when_asked():
+    agreed = agree(p.Option(keepalive=20_000_000_000, metadata=1, streams=1), **SERVER)
+    assert (agreed.keepalive, agreed.metadata) == (20.0, True)
+    assert (agreed.ack.keepalive, agreed.ack.metadata, agreed.ack.streams) == (20_000_000_000, 1, 1)
+    plain = agree(p.Option(metadata=0, streams=0), **SERVER)
+    assert (plain.ack.keepalive, plain.ack.metadata, plain.ack.streams, plain.metadata) == (0, 0, 0, False)
