@@ -91,16 +91,6 @@ def slope_error(points: Sequence[tuple[float, float]]) -> float | None:
     return float((residual / (n - 2) / sxx) ** 0.5)
 
 
-def floors(points: Sequence[tuple[float, float]], width: float = 1.0) -> list[tuple[float, float]]:
-    """The lowest y in each ``width`` of x, placed at that stretch's middle: what stays
-    when transient use (a buffer in flight) is left out, and what a leak raises."""
-    lowest: dict[int, float] = {}
-    for x, y in points:
-        bucket = int(x // width)
-        lowest[bucket] = min(y, lowest.get(bucket, y))
-    return [((bucket + 0.5) * width, y) for bucket, y in sorted(lowest.items())]
-
-
 class FdPeak:
     """Samples a process's open descriptors on a thread and keeps the largest count.
 

@@ -14,12 +14,11 @@ calls and broadcasts to both servers; the XClient is replaced now and then.
 Every call has an expected outcome (a result, or a given error); anything else is
 unexpected, as is any warning logged or exception reported by an event loop in any
 process. Every minute this prints the RSS and open fds of each process and the calls
-of that minute by outcome. RSS is sampled every second. At the end it prints, per
-process, the least-squares slope (kB/min) over the last two thirds of the run of each
-whole minute's lowest RSS, against the goal of under 1 kB/min: the floor is what a
-leak raises, while a buffer in flight (a 64 KiB echo, a frame) lifts single samples
-by tens or hundreds of kB. Beside it, the slope of every sample, with its standard
-error. Then every unexpected error with its count. Beside each process's RSS it
+of that minute by outcome. RSS is sampled every second: a buffer in flight (a 64 KiB
+echo, a frame) moves single samples by tens or hundreds of kB, and many samples
+average that out. At the end it prints, per process, the least-squares slope of RSS
+(kB/min) over the last two thirds of the run, with its standard error, against the
+goal of under 1 kB/min, and every unexpected error with its count. Beside each process's RSS it
 prints Python's allocated blocks and glibc malloc's bytes in use and held free, so a
 growth can be told apart as objects kept, C allocations kept, or freed memory the
 allocator keeps; ``--trace FILE`` runs tracemalloc in each process, and ``--census
@@ -46,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import geerpc  # noqa: E402
 
-from _procs import Child, emit, floors, memory_kb, open_fds, slope, slope_error, wait_for_stdin_eof  # noqa: E402
+from _procs import Child, emit, memory_kb, open_fds, slope, slope_error, wait_for_stdin_eof  # noqa: E402
 
 SCRIPT = os.path.abspath(__file__)
 SLOPE_GOAL = 1.0  # kB/min
@@ -550,26 +549,21 @@ def summary(watched: list[Watched], args: argparse.Namespace) -> int:
     counts = merged(watched, "counts")
     print()
     print("calls by outcome, whole run: " + "  ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
-    print(f"RSS slope over the last two thirds, of each minute's lowest RSS (goal: under {SLOPE_GOAL:g} "
-          f"kB/min), and of every sample (± its standard error):")
+    print(f"RSS slope over the last two thirds (goal: under {SLOPE_GOAL:g} kB/min), ± its standard error:")
     failed = False
     cut = args.minutes / 3
-    width = min(1.0, (args.minutes - cut) / 5)  # a minute, or shorter in a short run: five floors at least
     for w in watched:
         tail = [(t, float(rss)) for t, rss in w.samples if t >= cut]
-        # whole stretches only: one cut short has a floor of fewer samples
-        lows = [(t, rss) for t, rss in floors(tail, width)
-                if t - width / 2 >= cut - 1e-9 and t + width / 2 <= args.minutes + 1e-9]
-        fitted, everything, error = slope(lows), slope(tail), slope_error(tail)
-        if fitted is None or everything is None:
-            verdict, text, beside = "NO", "too few samples", ""
+        fitted, error = slope(tail), slope_error(tail)
+        if fitted is None:
+            verdict, text = "NO", "too few samples"
         else:
-            verdict, text = ("yes" if fitted < SLOPE_GOAL else "NO"), f"{fitted:+.1f} kB/min"
-            beside = f"every sample {everything:+.1f}" + (f" ± {error:.1f}" if error is not None else "")
+            verdict = "yes" if fitted < SLOPE_GOAL else "NO"
+            text = f"{fitted:+.1f}" + (f" ± {error:.1f}" if error is not None else "") + " kB/min"
         first = tail[0][1] if tail else 0
         last = tail[-1][1] if tail else 0
-        print(f"  {w.child.name:10} {text:>16}  {verdict:3}  ({beside}; {len(lows)} floors, {len(tail)} samples, "
-              f"{first / 1024:.1f} -> {last / 1024:.1f} MiB)")
+        print(f"  {w.child.name:10} {text:>22}  {verdict:3}  ({len(tail)} samples, {first / 1024:.1f} -> "
+              f"{last / 1024:.1f} MiB)")
         failed |= verdict == "NO"
     surprises: Counter[str] = Counter()
     for w in watched:
