@@ -15,6 +15,7 @@ import tracemalloc
 import weakref
 
 import pytest
+from _garbage import alive, garbage, leaves_no_garbage
 from _raw import Raw, assert_serving, option, raw_connection, request, serving
 from conftest import Arith, eventually
 
@@ -123,53 +124,6 @@ async def test_a_closed_connection_is_freed_without_the_cyclic_gc(running):
         await assert_serving(server)
 
 
-def _ours(o: object) -> bool:
-    module = type(o).__module__  # not always a str: some types' is a descriptor
-    return (isinstance(module, str) and module.startswith("geerpc")) or (
-        type(o).__name__ == "frame" and "/geerpc/" in o.f_code.co_filename)  # type: ignore[attr-defined]
-
-
-def _geerpc_objects() -> list[object]:
-    """geerpc's objects alive now: what an earlier test left may become garbage
-    meanwhile, and is not this test's. Held, so that no new object takes the address
-    of one of them."""
-    return [o for o in gc.get_objects() if _ours(o)]
-
-
-def _geerpc_garbage(old: list[object]) -> list[str]:
-    """Collect, and describe the unreachable objects that are geerpc's and not in
-    ``old``: instances of its classes, and frames of its functions (an error's
-    traceback keeps those)."""
-    earlier = {id(o) for o in old}
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        found = []
-        for o in gc.garbage:
-            if id(o) in earlier or not _ours(o):
-                continue
-            found.append(f"frame of {o.f_code.co_name}" if type(o).__name__ == "frame" else type(o).__qualname__)
-        return found
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-
-
-async def _leaves_no_garbage(fail) -> None:
-    """Run ``fail()`` once (first-time imports and caches), then three times with the
-    collector off: nothing of geerpc's may be left as cyclic garbage."""
-    await fail()
-    gc.collect()
-    gc.disable()
-    old = _geerpc_objects()
-    try:
-        for _ in range(3):
-            await fail()
-        assert _geerpc_garbage(old) == []
-    finally:
-        gc.enable()
-
-
 async def _fail(client, how: str, arith: Arith) -> None:
     import geerpc
 
@@ -214,14 +168,14 @@ async def test_failed_calls_leave_no_reference_cycles(how):
             await _fail(client, how, arith)  # warm: first-time imports and caches
             gc.collect()
             gc.disable()
-            old = _geerpc_objects()
+            old = alive()
             try:
                 for _ in range(3):
                     await _fail(client, how, arith)
                 if how == "def timeout":
                     await eventually(delivered, what="the timed-out def calls ended on their workers")
                 assert await client.call("Arith.add", 1, 2) == 3
-                assert _geerpc_garbage(old) == []
+                assert garbage(old) == []
             finally:
                 gc.enable()
 
@@ -239,7 +193,7 @@ async def test_calls_failed_by_a_lost_connection_leave_no_reference_cycles(how):
         try:
             gc.collect()
             gc.disable()
-            old = _geerpc_objects()
+            old = alive()
             try:
                 errors: list[BaseException] = []
                 if how == "closed client":
@@ -258,7 +212,7 @@ async def test_calls_failed_by_a_lost_connection_leave_no_reference_cycles(how):
                     assert all(isinstance(e, geerpc.ConnectionClosed) for e in errors), errors
                 assert len({id(e) for e in errors}) == 3  # a copy each
                 del errors
-                assert _geerpc_garbage(old) == []
+                assert garbage(old) == []
             finally:
                 gc.enable()
         finally:
@@ -297,7 +251,7 @@ async def test_failed_dials_and_failovers_leave_no_reference_cycles(how):
                 for _ in range(2):
                     assert [i async for i in xclient.stream("Counting.count", 2, timeout=5)] == [0, 1]
         try:
-            await _leaves_no_garbage(fail)
+            await leaves_no_garbage(fail)
         finally:
             await xclient.close()
 
@@ -335,7 +289,7 @@ async def test_failed_xclient_and_blocking_calls_leave_no_reference_cycles(kind,
                     else:
                         await xclient.call(method, *args, timeout=timeout, idempotent=True)
         try:
-            await _leaves_no_garbage(fail)
+            await leaves_no_garbage(fail)
         finally:
             if kind in ("sync", "sync-x"):
                 await asyncio.to_thread(blocking.close)

@@ -10,33 +10,14 @@ collection would free.
 
 from __future__ import annotations
 
-import asyncio
-import gc
-
 import pytest
+from _garbage import leaves_no_garbage, transports
 from _registry_helpers import FakeClock
 from conftest import eventually
 
 from geerpc.httpconn import connector
 from geerpc.registry import Heartbeat, Registry
 from geerpc.xclient.registry_discovery import RegistryDiscovery
-
-
-def _transports() -> list[object]:
-    """asyncio's transports alive now (held: what an earlier test left is not this test's)."""
-    return [o for o in gc.get_objects() if isinstance(o, asyncio.BaseTransport)]
-
-
-def _garbage_transports(old: list[object]) -> list[str]:
-    """Collect; describe the transports, not in ``old``, that only the collection freed."""
-    earlier = {id(o) for o in old}
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        gc.collect()
-        return [repr(o) for o in gc.garbage if isinstance(o, asyncio.BaseTransport) and id(o) not in earlier]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
 
 
 async def test_a_discovery_and_the_registry_serving_its_watch_leave_no_cycle():
@@ -54,16 +35,7 @@ async def test_a_discovery_and_the_registry_serving_its_watch_leave_no_cycle():
             # the registry's side goes once the closed discovery's connection is lost
             await eventually(lambda: not registry._runner.server.connections, what="the registry's side closed")
 
-        await watch_and_close()  # first-time imports and caches
-        gc.collect()
-        gc.disable()
-        old = _transports()
-        try:
-            for _ in range(3):
-                await watch_and_close()
-            assert _garbage_transports(old) == []
-        finally:
-            gc.enable()
+        await leaves_no_garbage(watch_and_close, transports)
 
 
 async def test_a_heartbeat_whose_connection_the_registry_closes_leaves_no_cycle():
@@ -84,16 +56,7 @@ async def test_a_heartbeat_whose_connection_the_registry_closes_leaves_no_cycle(
                 await clock.wake()
                 await eventually(lambda: registry.counts.heartbeats > beats, what="the next beat")
 
-            await lose_and_beat()
-            gc.collect()
-            gc.disable()
-            old = _transports()
-            try:
-                for _ in range(3):
-                    await lose_and_beat()
-                assert _garbage_transports(old) == []
-            finally:
-                gc.enable()
+            await leaves_no_garbage(lose_and_beat, transports)
         finally:
             await beat.stop()
 
