@@ -26,6 +26,7 @@ import asyncio
 import functools
 import ssl as _ssl
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -40,8 +41,8 @@ class _ResponseHandler(ResponseHandler):
 
     __slots__ = ("_made_with",)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # aiohttp's own arguments, whatever they are
+        super().__init__(*args, **kwargs)
         self._made_with: asyncio.BaseTransport | None = None  # close() forgets self.transport first
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
