@@ -39,6 +39,19 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
+def thread_count(pid: int) -> int:
+    """How many threads ``pid`` has (0 once it is gone): each new one adds its stack and,
+    in glibc, maybe a malloc arena of its own, a step in RSS."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
 def open_fds(pid: int) -> int:
     """How many descriptors ``pid`` has open (0 once it is gone)."""
     try:

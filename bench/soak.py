@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import geerpc  # noqa: E402
 
-from _procs import Child, emit, memory_kb, open_fds, slope, slope_error, wait_for_stdin_eof  # noqa: E402
+from _procs import Child, emit, memory_kb, open_fds, slope, slope_error, thread_count, wait_for_stdin_eof  # noqa: E402
 
 SCRIPT = os.path.abspath(__file__)
 SLOPE_GOAL = 1.0  # kB/min
@@ -480,7 +480,8 @@ def minute_row(minute: float, watched: list[Watched], counts: Counter[str], prev
         inside = f" (blocks {found['blocks']:,}" if "blocks" in found else ""
         if "in_use_kb" in found:
             inside += f", malloc {found['in_use_kb'] / 1024:.1f} MiB used {found['free_kb'] / 1024:.1f} free"
-        parts.append(f"{w.child.name} {rss / 1024:.1f} MiB{inside}{')' if inside else ''} {open_fds(w.child.pid)} fds")
+        parts.append(f"{w.child.name} {rss / 1024:.1f} MiB{inside}{')' if inside else ''} {open_fds(w.child.pid)} fds "
+                     f"{thread_count(w.child.pid)} threads")
     this_minute = counts - previous
     calls = "  ".join(f"{name} {count:,}" for name, count in sorted(this_minute.items()))
     return f"{minute:5.1f} min  " + ", ".join(parts) + f"\n           calls: {calls or 'none'}"
