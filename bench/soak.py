@@ -1,6 +1,6 @@
 """A soak run: mixed work for a long time, watching each process's memory and descriptors.
 
-    python bench/soak.py [--minutes 30] [--clients 2] [--workers 3]
+    python bench/soak.py [--minutes 30] [--clients 2] [--workers 3] [--malloc steady|glibc] [--leak KB]
 
 Processes: a registry (``geerpc.registry.Registry``), a server process holding two
 ``geerpc.Server`` that announce themselves to it, and ``--clients`` client processes.
@@ -14,11 +14,24 @@ calls and broadcasts to both servers; the XClient is replaced now and then.
 Every call has an expected outcome (a result, or a given error); anything else is
 unexpected, as is any warning logged or exception reported by an event loop in any
 process. Every minute this prints the RSS and open fds of each process and the calls
-of that minute by outcome. RSS is sampled every second: a buffer in flight (a 64 KiB
-echo, a frame) moves single samples by tens or hundreds of kB, and many samples
-average that out. At the end it prints, per process, the least-squares slope of RSS
-(kB/min) over the last two thirds of the run, with its standard error, against the
-goal of under 1 kB/min, and every unexpected error with its count. Beside each process's RSS it
+of that minute by outcome. RSS is sampled ten times a second: a buffer in flight (a
+64 KiB echo, a connection's receive buffer) moves single samples by tens or hundreds
+of kB, and many samples average that out. At the end it prints, per process, the
+least-squares slope of RSS (kB/min) over the last two thirds of the run, with its
+standard error, against the goal of under 1 kB/min, and every unexpected error with
+its count.
+
+Each process runs malloc steady (``--malloc steady``, glibc only): blocks of 32 KiB
+or more are mapped on their own and unmapped when freed, and the heap's free pages
+are given back once a second (``malloc_trim``), so that RSS counts the pages that hold
+something. With glibc's defaults RSS also says where malloc put its free memory: the
+main heap grows from its top in steps of 128 KiB (its top pad) when a 64 KiB buffer
+finds no room, and shrinks only while its top is free, so one small object left above
+a buffer keeps a step for good. One such step inside the last 20 minutes is +10
+kB/min, ten times the goal, with nothing kept. A leak still shows: what is kept stays
+in pages that cannot be given back. ``--malloc glibc`` measures RSS with glibc's
+defaults, and ``--leak KB`` makes the server process keep KB kB more each minute on
+purpose, to see that the soak catches a leak of that size. Beside each process's RSS it
 prints Python's allocated blocks and glibc malloc's bytes in use and held free, so a
 growth can be told apart as objects kept, C allocations kept, or freed memory the
 allocator keeps; ``--trace FILE`` runs tracemalloc in each process, and ``--census
@@ -39,6 +52,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -50,6 +64,7 @@ from _procs import Child, emit, memory_kb, open_fds, slope, slope_error, thread_
 SCRIPT = os.path.abspath(__file__)
 SLOPE_GOAL = 1.0  # kB/min
 ECHO = os.urandom(64 * 1024)
+WORKERS = 32  # each server's max_workers (its default)
 
 
 # ----------------------------------------------------------------- what every child reports
@@ -111,22 +126,87 @@ def heap() -> dict[str, int]:
     return found
 
 
+def _glibc(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return cast(Callable[..., int], function)
+
+
+MALLOC_TRIM = _glibc("malloc_trim", [ctypes.c_size_t])
+MALLOPT = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+STEADY_MMAP_THRESHOLD = 32 * 1024
+
+
+def steady_malloc() -> bool:
+    """Ask glibc to keep no free memory resident: blocks of 32 KiB or more are mapped
+    on their own (and unmapped when freed) instead of coming from the main heap, and
+    ``trim_every`` gives the heap's free pages back. False where glibc is not there."""
+    if MALLOPT is None or MALLOC_TRIM is None:
+        return False
+    return MALLOPT(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) == 1
+
+
+@dataclass(frozen=True)
+class Life:
+    """What every child does beside its work.
+
+    every: seconds between two status lines.
+    steady: run malloc steady (``steady_malloc``; ``--malloc steady``).
+    leak_kb: kB this process keeps each minute, on purpose (a check of the soak itself).
+    """
+
+    every: float = 5.0
+    steady: bool = True
+    leak_kb: float = 0.0
+
+
 async def report_every(seconds: float, status: Callable[[], dict[str, Any]]) -> None:
     while True:
         await asyncio.sleep(seconds)
         emit(status())
 
 
-async def child_life(ready: dict[str, Any], status: Callable[[], dict[str, Any]], every: float) -> None:
-    """Report ready, then a status every ``every`` seconds until stdin closes, then a last one."""
+async def trim_every(seconds: float) -> None:
+    """Give the allocator's free pages back to the system every ``seconds``."""
+    assert MALLOC_TRIM is not None
+    while True:
+        await asyncio.sleep(seconds)
+        MALLOC_TRIM(0)
+
+
+async def leak(kb_per_minute: float) -> None:
+    """Keep ``kb_per_minute`` kB more each minute, never freed: a 1 KiB bytes object
+    each time that much is due (each second, a sixtieth of the rate falls due)."""
+    kept: list[bytes] = []
+    due = 0.0
+    while True:
+        await asyncio.sleep(1.0)
+        due += kb_per_minute / 60
+        while due >= 1.0:
+            due -= 1.0
+            kept.append(os.urandom(1024 - sys.getsizeof(b"")))
+
+
+async def child_life(ready: dict[str, Any], status: Callable[[], dict[str, Any]], life: Life) -> None:
+    """Report ready, then a status every ``life.every`` seconds until stdin closes, then a last one."""
     emit(ready)
-    reporter = asyncio.ensure_future(report_every(every, status))
+    beside = [asyncio.ensure_future(report_every(life.every, status))]
+    if life.steady and steady_malloc():
+        beside.append(asyncio.ensure_future(trim_every(1.0)))
+    if life.leak_kb:
+        beside.append(asyncio.ensure_future(leak(life.leak_kb)))
     try:
         await wait_for_stdin_eof()
     finally:
-        reporter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporter
+        for task in beside:
+            task.cancel()
+        for task in beside:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 # ----------------------------------------------------------------- registry and servers
@@ -156,7 +236,7 @@ class Work:
         raise ValueError(text)
 
 
-async def run_registry(every: float, trace: str | None = None, census: str | None = None) -> None:
+async def run_registry(life: Life, trace: str | None = None, census: str | None = None) -> None:
     from geerpc.registry import Registry
 
     troubles = install_troubles()
@@ -169,7 +249,7 @@ async def run_registry(every: float, trace: str | None = None, census: str | Non
                 counted()
             return {"troubles": dict(troubles.seen), "heap": heap()}
 
-        await child_life({"url": url}, status, every)
+        await child_life({"url": url}, status, life)
     finally:
         await registry.stop()
 
@@ -242,24 +322,41 @@ def start_diagnostics(trace: str | None, census: str | None) -> Callable[[], Non
     return each
 
 
-async def run_servers(registry: str, count: int, every: float, trace: str | None = None,
+async def start_every_worker(address: str) -> None:
+    """Make the server at ``address`` start all its worker threads now.
+
+    A server starts a thread for ``def`` handlers when a call finds none idle, up to
+    ``max_workers``, and keeps it: how many it has is the most calls that ever ran
+    at once, which in this mix (``def`` calls that time out leave their thread
+    sleeping) still climbs now and then after an hour. Each new thread is a step in
+    RSS that is not a leak, so the soak starts them all before it measures."""
+    async def eight() -> None:  # a few calls a connection: its byte budget starts at most 16 at once
+        async with await geerpc.dial(address, connect_timeout=5) as client:
+            await asyncio.gather(*(client.call("Work.block", 0.3, timeout=10) for _ in range(8)))
+
+    await asyncio.gather(*(eight() for _ in range(WORKERS // 8)))
+
+
+async def run_servers(registry: str, count: int, life: Life, trace: str | None = None,
                       census: str | None = None) -> None:
     troubles = install_troubles()
     traced = start_diagnostics(trace, census)
     servers = []
     for _ in range(count):
-        server = geerpc.Server(handle_timeout=5)
+        server = geerpc.Server(handle_timeout=5, max_workers=WORKERS)
         server.register(Arith())
         server.register(Work())
         await server.start("127.0.0.1", 0, registry=registry)
         servers.append(server)
+    for server in servers:
+        await start_every_worker(server.address)
     try:
         def status() -> dict[str, Any]:
             if traced is not None:
                 traced()
             return {"troubles": dict(troubles.seen), "heap": heap()}
 
-        await child_life({"addresses": [s.address for s in servers]}, status, every)
+        await child_life({"addresses": [s.address for s in servers]}, status, life)
     finally:
         for server in servers:
             await server.stop(grace=2)
@@ -420,7 +517,7 @@ class ClientProcess:
         finally:
             await client.close()
 
-    async def run(self, every: float) -> None:
+    async def run(self, life: Life) -> None:
         troubles = install_troubles()
         self.xclient = self.new_xclient()
         counted = start_diagnostics(self.trace, self.census)
@@ -433,7 +530,7 @@ class ClientProcess:
 
         tasks = [asyncio.ensure_future(self.worker(i)) for i in range(self.workers)]
         try:
-            await child_life({"workers": self.workers}, status, every)
+            await child_life({"workers": self.workers}, status, life)
         finally:
             for task in tasks:
                 task.cancel()
@@ -495,20 +592,21 @@ async def main(args: argparse.Namespace) -> int:
         return ([*(["--trace", f"{args.trace}.{name}"] if args.trace else []),
                  *(["--census", f"{args.census}.{name}"] if args.census else [])])
 
-    registry, ready = await Child.start("registry", SCRIPT, "--role", "registry", "--every", str(every),
+    life = ["--every", str(every), "--malloc", args.malloc]
+    registry, ready = await Child.start("registry", SCRIPT, "--role", "registry", *life,
                                         *diagnostics("registry"))
     url = ready["url"]
     watched = [Watched(registry)]
     try:
         server, ready = await Child.start("server", SCRIPT, "--role", "server", "--registry", url,
-                                          "--servers", "2", "--every", str(every),
+                                          "--servers", "2", *life, "--leak", str(args.leak),
                                           *diagnostics("server"))
         watched.append(Watched(server))
         addresses = ready["addresses"]
         for n in range(args.clients):
             client, _ = await Child.start(f"client-{n + 1}", SCRIPT, "--role", "client", "--registry", url,
                                           "--addresses", ",".join(addresses), "--workers", str(args.workers),
-                                          "--pause", str(args.pause), "--seed", str(n), "--every", str(every),
+                                          "--pause", str(args.pause), "--seed", str(n), *life,
                                           *(["--only", args.only] if args.only else []),
                                           *diagnostics(f"client-{n + 1}"))
             watched.append(Watched(client))
@@ -517,6 +615,8 @@ async def main(args: argparse.Namespace) -> int:
         print(f"geerpc {geerpc.__version__}, Python {platform.python_version()}, {os.cpu_count()} cores; "
               f"{args.minutes:g} min, {args.clients} client processes x {args.workers} workers, "
               f"registry {url}, servers {' '.join(addresses)}", flush=True)
+        print(allocator(args) + (f"; the server process leaks {args.leak:g} kB/min on purpose" if args.leak else ""),
+              flush=True)
         end = start + args.minutes * 60
         next_print = start
         previous: Counter[str] = Counter()
@@ -544,6 +644,15 @@ async def main(args: argparse.Namespace) -> int:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(w.reader, 5)
     return summary(watched, args)
+
+
+def allocator(args: argparse.Namespace) -> str:
+    if args.malloc == "glibc":
+        return "malloc as glibc sets it (--malloc glibc)"
+    if MALLOPT is None or MALLOC_TRIM is None:
+        return "malloc as the system sets it (no glibc here)"
+    return (f"malloc steady: blocks of {STEADY_MMAP_THRESHOLD // 1024} KiB or more mapped on their own, "
+            "free pages given back every second (malloc_trim)")
 
 
 def summary(watched: list[Watched], args: argparse.Namespace) -> int:
@@ -591,7 +700,13 @@ def cli() -> None:
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--workers", type=int, default=3, help="loops (each with a connection) per client")
     parser.add_argument("--pause", type=float, default=0.02, help="seconds each loop waits between calls")
-    parser.add_argument("--sample", type=float, default=1.0, help="seconds between RSS samples")
+    parser.add_argument("--sample", type=float, default=0.1, help="seconds between RSS samples")
+    parser.add_argument("--malloc", choices=["steady", "glibc"], default="steady",
+                        help="steady: each process keeps no free memory resident, so RSS counts what it "
+                             "holds (see above); glibc: malloc as glibc sets it")
+    parser.add_argument("--leak", type=float, default=0.0, metavar="KB",
+                        help="the server process keeps KB kB more each minute, on purpose: a check that "
+                             "the soak sees a leak of that size")
     parser.add_argument("--only", metavar="NAMES",
                         help="only these operations, comma-separated (call, def, async, echo, error, not-found, "
                              "timeout, def-timeout, cancel, xcall, broadcast, reconnect): to find which one grows")
@@ -609,15 +724,18 @@ def cli() -> None:
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--every", type=float, default=5.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.leak >= 0:
+        parser.error("--leak takes a number of 0 or more")
+    life = Life(args.every, args.malloc == "steady", args.leak)
     if args.role == "registry":
-        asyncio.run(run_registry(args.every, args.trace, args.census))
+        asyncio.run(run_registry(life, args.trace, args.census))
     elif args.role == "server":
-        asyncio.run(run_servers(args.registry, args.servers, args.every, args.trace, args.census))
+        asyncio.run(run_servers(args.registry, args.servers, life, args.trace, args.census))
     elif args.role == "client":
         only = set(args.only.split(",")) if args.only else None
         process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed, only,
                                 args.trace, args.census)
-        asyncio.run(process.run(args.every))
+        asyncio.run(process.run(life))
     else:
         if not args.minutes > 0:
             parser.error("--minutes must be positive")
