@@ -348,15 +348,16 @@ async def run_servers(registry: str, count: int, life: Life, trace: str | None =
         server.register(Work())
         await server.start("127.0.0.1", 0, registry=registry)
         servers.append(server)
-    for server in servers:
-        await start_every_worker(server.address)
+    addresses = [server.address for server in servers if server.address is not None]
+    for address in addresses:
+        await start_every_worker(address)
     try:
         def status() -> dict[str, Any]:
             if traced is not None:
                 traced()
             return {"troubles": dict(troubles.seen), "heap": heap()}
 
-        await child_life({"addresses": [s.address for s in servers]}, status, life)
+        await child_life({"addresses": addresses}, status, life)
     finally:
         for server in servers:
             await server.stop(grace=2)
