@@ -100,18 +100,17 @@ class _Mallinfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def _mallinfo() -> Callable[[], _Mallinfo2] | None:
+def _glibc(name: str, argtypes: list[Any], restype: Any = ctypes.c_int) -> Callable[..., Any] | None:
+    """glibc's function ``name``, or None where there is no such function (not glibc, or too old)."""
     try:
-        libc = ctypes.CDLL(None)
-        function = libc.mallinfo2  # glibc 2.33 and later
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
-    function.restype = _Mallinfo2
-    function.argtypes = []
-    return cast(Callable[[], _Mallinfo2], function)
+    function.argtypes, function.restype = argtypes, restype
+    return cast(Callable[..., Any], function)
 
 
-MALLINFO = _mallinfo()
+MALLINFO = _glibc("mallinfo2", [], _Mallinfo2)  # glibc 2.33 and later
 
 
 def heap() -> dict[str, int]:
@@ -126,28 +125,18 @@ def heap() -> dict[str, int]:
     return found
 
 
-def _glibc(name: str, argtypes: list[Any]) -> Callable[..., int] | None:
-    try:
-        function = getattr(ctypes.CDLL(None), name)
-    except (OSError, AttributeError):
-        return None
-    function.argtypes, function.restype = argtypes, ctypes.c_int
-    return cast(Callable[..., int], function)
-
-
 MALLOC_TRIM = _glibc("malloc_trim", [ctypes.c_size_t])
 MALLOPT = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])
 M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 STEADY_MMAP_THRESHOLD = 32 * 1024
+CAN_STEADY = MALLOPT is not None and MALLOC_TRIM is not None
 
 
 def steady_malloc() -> bool:
     """Ask glibc to keep no free memory resident: blocks of 32 KiB or more are mapped
     on their own (and unmapped when freed) instead of coming from the main heap, and
     ``trim_every`` gives the heap's free pages back. False where glibc is not there."""
-    if MALLOPT is None or MALLOC_TRIM is None:
-        return False
-    return MALLOPT(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) == 1
+    return CAN_STEADY and MALLOPT is not None and MALLOPT(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD) == 1
 
 
 @dataclass(frozen=True)
@@ -650,7 +639,7 @@ async def main(args: argparse.Namespace) -> int:
 def allocator(args: argparse.Namespace) -> str:
     if args.malloc == "glibc":
         return "malloc as glibc sets it (--malloc glibc)"
-    if MALLOPT is None or MALLOC_TRIM is None:
+    if not CAN_STEADY:
         return "malloc as the system sets it (no glibc here)"
     return (f"malloc steady: blocks of {STEADY_MMAP_THRESHOLD // 1024} KiB or more mapped on their own, "
             "free pages given back every second (malloc_trim)")
