@@ -48,9 +48,12 @@ def garbage(old: list[object], kind: Callable[[object], bool] = geerpcs) -> list
         gc.garbage.clear()
 
 
-async def leaves_no_garbage(work: Callable[[], Awaitable[None]], kind: Callable[[object], bool] = geerpcs) -> None:
+async def leaves_no_garbage(work: Callable[[], Awaitable[None]], kind: Callable[[object], bool] = geerpcs,
+                            settled: Callable[[], Awaitable[None]] | None = None) -> None:
     """Run ``work()`` once (first-time imports and caches), then three times with the
-    collector off: nothing of ``kind`` may be left as cyclic garbage."""
+    collector off: nothing of ``kind`` may be left as cyclic garbage. ``settled``, if
+    given, is awaited before the check, still with the collector off: for work that
+    ends after ``work()`` returns (a timed-out ``def`` call on its worker)."""
     await work()
     gc.collect()
     gc.disable()
@@ -58,6 +61,8 @@ async def leaves_no_garbage(work: Callable[[], Awaitable[None]], kind: Callable[
     try:
         for _ in range(3):
             await work()
+        if settled is not None:
+            await settled()
         assert garbage(old, kind) == []
     finally:
         gc.enable()

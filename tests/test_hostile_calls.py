@@ -162,22 +162,15 @@ async def test_failed_calls_leave_no_reference_cycles(how):
         pool = server._workers
         return pool._idle._value == len(pool._threads) and not pool._outcomes and not pool._wake_pending
 
+    async def settled() -> None:
+        if how == "def timeout":
+            await eventually(delivered, what="the timed-out def calls ended on their workers")
+        assert await client.call("Arith.add", 1, 2) == 3
+
     arith = Arith()
     async with serving(arith, handle_timeout=0.02 if how == "def timeout" else None) as server:
         async with await geerpc.dial(server.address) as client:
-            await _fail(client, how, arith)  # warm: first-time imports and caches
-            gc.collect()
-            gc.disable()
-            old = alive()
-            try:
-                for _ in range(3):
-                    await _fail(client, how, arith)
-                if how == "def timeout":
-                    await eventually(delivered, what="the timed-out def calls ended on their workers")
-                assert await client.call("Arith.add", 1, 2) == 3
-                assert garbage(old) == []
-            finally:
-                gc.enable()
+            await leaves_no_garbage(lambda: _fail(client, how, arith), settled=settled)
 
 
 @pytest.mark.parametrize("how", ["closed client", "lost with calls pending"])
