@@ -34,8 +34,12 @@ defaults, and ``--leak KB`` makes the server process keep KB kB more each minute
 purpose, to see that the soak catches a leak of that size. Beside each process's RSS it
 prints Python's allocated blocks and glibc malloc's bytes in use and held free, so a
 growth can be told apart as objects kept, C allocations kept, or freed memory the
-allocator keeps; ``--trace FILE`` runs tracemalloc in each process, and ``--census
-FILE`` counts each process's objects by type.
+allocator keeps. Two diagnostics find what grows; each appends to a file per process
+once a minute. ``--trace FILE`` runs tracemalloc: the bytes Python holds, and every
+fifth minute what grew most by traceback, with the objects allocated there and what
+holds them (for allocations made in C, whose traceback stops at a loop callback).
+``--census FILE`` counts objects by type, with a few new ones of the types that grew
+and their holders.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
 import platform
@@ -63,6 +68,7 @@ from _procs import Child, emit, memory_kb, open_fds, slope, slope_error, thread_
 
 SCRIPT = os.path.abspath(__file__)
 SLOPE_GOAL = 1.0  # kB/min
+TRACE_FRAMES = 8  # --trace: frames kept per allocation (each one slows every allocation)
 ECHO = os.urandom(64 * 1024)
 WORKERS = 32  # each server's max_workers (its default)
 
@@ -243,59 +249,132 @@ async def run_registry(life: Life, trace: str | None = None, census: str | None 
         await registry.stop()
 
 
-def start_trace(path: str) -> Callable[[], None]:
-    """tracemalloc in this process: each call (at most once a minute) writes to
-    ``path`` what grew most since the first snapshot two minutes in, by traceback (a
-    diagnostic for a growing RSS; it slows the process)."""
+def described(o: object) -> str:
+    """An object in a line: its type and the start of its repr (containers by length)."""
+    text = repr(o) if not isinstance(o, (dict, list, tuple)) else f"{type(o).__name__} of {len(o)}"
+    return f"{type(o).__qualname__} {text[:110]}"
+
+
+def allocated_at(tracebacks: list[Any], limit: int = 3) -> list[list[str]]:
+    """For each traceback, the objects tracemalloc saw allocated there, found among
+    the collector's objects and what they refer to directly: a count by type, then a
+    few of them with what holds them. For allocations made in C, whose traceback
+    stops at the Python frame that called in."""
+    import gc
     import tracemalloc
 
-    tracemalloc.start(8)
+    wanted = {traceback: index for index, traceback in enumerate(tracebacks)}
+    found: list[list[object]] = [[] for _ in tracebacks]
+    seen: set[int] = set()
+    for holder in gc.get_objects():
+        for o in (holder, *gc.get_referents(holder)):
+            if id(o) not in seen:
+                seen.add(id(o))
+                index = wanted.get(tracemalloc.get_object_traceback(o))
+                if index is not None:
+                    found[index].append(o)
+    del seen
+    described_all = []
+    for objects in found:
+        lines = [f"        {n} {name}" for name, n in Counter(type(o).__qualname__ for o in objects).most_common(5)]
+        for o in itertools.islice(objects, limit):  # not a slice: a list that would hold them too
+            lines.append(f"        e.g. {described(o)}")
+            holders = [h for h in gc.get_referrers(o) if h is not objects and h is not found]
+            lines.extend(f"          held by {described(h)}" for h in holders[:3])
+        described_all.append(lines)
+    return described_all
+
+
+def start_trace(path: str) -> Callable[[], None]:
+    """tracemalloc in this process (a diagnostic for a growing RSS; it slows the
+    process). Each call, at most once a minute, appends to ``path`` the bytes Python
+    has allocated and not freed, a count the allocator's page placement does not blur;
+    every fifth minute also what grew most since the first snapshot two minutes in,
+    by traceback (a snapshot stalls the process for seconds)."""
+    import linecache
+    import tracemalloc
+
+    tracemalloc.start(TRACE_FRAMES)
     first: list[tracemalloc.Snapshot] = []
-    due = time.monotonic() + 120  # the first two minutes fill caches and windows
+    started = time.monotonic()
+    due = started + 120  # the first two minutes fill caches and windows
+    minutes = 0
 
     def write() -> None:
-        nonlocal due
-        if time.monotonic() < due:
+        nonlocal due, minutes
+        now = time.monotonic()
+        if now < due:
             return
-        due = time.monotonic() + 60  # a snapshot stalls the process: once a minute
-        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-        if not first:
-            first.append(snapshot)
-            return
-        with open(path, "w") as out:
-            for stat in snapshot.compare_to(first[0], "traceback")[:12]:
-                out.write(f"{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+} blocks\n")
-                out.writelines(f"    {line}\n" for line in stat.traceback.format()[-8:])
+        due, minutes = now + 60, minutes + 1
+        with open(path, "a") as out:
+            out.write(f"minute {(now - started) / 60:.1f}: traced {tracemalloc.get_traced_memory()[0]:,} bytes\n")
+            if first and minutes % 5:
+                return
+            snapshot = tracemalloc.take_snapshot().filter_traces([  # not this diagnostic's own memory
+                tracemalloc.Filter(False, tracemalloc.__file__, all_frames=True),
+                tracemalloc.Filter(False, linecache.__file__, all_frames=True)])
+            if not first:
+                first.append(snapshot)
+                return
+            grown = snapshot.compare_to(first[0], "traceback")[:12]
+            found = allocated_at([stat.traceback for stat in grown])
+            for stat, objects in zip(grown, found):
+                out.write(f"  {stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+} blocks\n")
+                out.writelines(f"      {line}\n" for line in stat.traceback.format()[-TRACE_FRAMES:])
+                out.writelines(f"{line}\n" for line in objects)
     return write
 
 
 def start_census(path: str) -> Callable[[], None]:
-    """Each call (at most once a minute) writes to ``path`` the object types whose
+    """Each call (at most once a minute) appends to ``path`` the object types whose
     count grew most since the first census two minutes in (``gc.get_objects``: far
-    cheaper than tracemalloc, though it sees only objects the collector tracks), and
-    how many of them a collection then frees. Those collections change what the run
-    measures: cyclic garbage no longer waits for Python's own full collections."""
+    cheaper than tracemalloc, though it sees only objects the collector tracks), how
+    many of them a collection then frees, and for the three that grew most a few of
+    the objects that were not there at the first census, with what refers to them.
+    Those collections change what the run measures: cyclic garbage no longer waits for
+    Python's own full collections."""
     import gc
 
     first: list[Counter[str]] = []
-    due = time.monotonic() + 120
+    seen: set[int] = set()  # ids at the first census: an id not in it is (most likely) a newer object
+    started = time.monotonic()
+    due = started + 120
+
+    def kinds(objects: list[Any]) -> Counter[str]:
+        counts: Counter[str] = Counter()  # counted in a loop: Counter(generator) would put the
+        for o in objects:                  # generator type in the caches of every Mapping ABC
+            counts[type(o).__qualname__] += 1
+        return counts
 
     def census() -> None:
         nonlocal due
-        if time.monotonic() < due:
+        now = time.monotonic()
+        if now < due:
             return
-        due = time.monotonic() + 60
-        counts = Counter(type(o).__qualname__ for o in gc.get_objects())
+        due = now + 60
+        objects = gc.get_objects()
+        counts = kinds(objects)
         if not first:
             first.append(counts)
+            seen.update(map(id, objects))
             return
         grown = (counts - first[0]).most_common(15)
+        del objects
         unreachable = gc.collect()
-        kept = Counter(type(o).__qualname__ for o in gc.get_objects())
-        with open(path, "w") as out:
-            out.writelines(f"{n:+8}  {name}  (after a collection: {kept[name] - first[0][name]:+})\n"
+        objects = gc.get_objects()
+        kept = kinds(objects)
+        with open(path, "a") as out:
+            out.write(f"minute {(now - started) / 60:.1f}\n")
+            out.writelines(f"  {n:+8}  {name}  (after a collection: {kept[name] - first[0][name]:+})\n"
                            for name, n in grown)
-            out.write(f"a collection found {unreachable:,} unreachable objects\n")
+            out.write(f"  a collection found {unreachable:,} unreachable objects\n")
+            for name, _ in grown[:3]:
+                newer = [o for o in objects if type(o).__qualname__ == name and id(o) not in seen][:4]
+                for o in newer:
+                    out.write(f"    new {described(o)}\n")
+                    holders = [r for r in gc.get_referrers(o) if r is not newer and r is not objects]
+                    out.writelines(f"      held by {described(r)}\n" for r in holders[:3])
+        del objects
     return census
 
 
