@@ -152,11 +152,14 @@ class Life:
     every: seconds between two status lines.
     steady: run malloc steady (``steady_malloc``; ``--malloc steady``).
     leak_kb: kB this process keeps each minute, on purpose (a check of the soak itself).
+    trace, census: the files of ``--trace`` and ``--census`` for this process, if any.
     """
 
     every: float = 5.0
     steady: bool = True
     leak_kb: float = 0.0
+    trace: str | None = None
+    census: str | None = None
 
 
 async def report_every(seconds: float, status: Callable[[], dict[str, Any]]) -> None:
@@ -187,9 +190,17 @@ async def leak(kb_per_minute: float) -> None:
 
 
 async def child_life(ready: dict[str, Any], status: Callable[[], dict[str, Any]], life: Life) -> None:
-    """Report ready, then a status every ``life.every`` seconds until stdin closes, then a last one."""
+    """Report ready, then a status every ``life.every`` seconds until stdin closes, then
+    a last one; the diagnostics asked for run with each status."""
+    diagnose = start_diagnostics(life.trace, life.census)
+
+    def diagnosed() -> dict[str, Any]:
+        if diagnose is not None:
+            diagnose()
+        return status()
+
     emit(ready)
-    beside = [asyncio.ensure_future(report_every(life.every, status))]
+    beside = [asyncio.ensure_future(report_every(life.every, diagnosed))]
     if life.steady and steady_malloc():
         beside.append(asyncio.ensure_future(trim_every(1.0)))
     if life.leak_kb:
@@ -231,17 +242,14 @@ class Work:
         raise ValueError(text)
 
 
-async def run_registry(life: Life, trace: str | None = None, census: str | None = None) -> None:
+async def run_registry(life: Life) -> None:
     from geerpc.registry import Registry
 
     troubles = install_troubles()
-    counted = start_diagnostics(trace, census)
     registry = Registry(timeout=30)
     url = await registry.start("127.0.0.1", 0)
     try:
         def status() -> dict[str, Any]:
-            if counted is not None:
-                counted()
             return {"troubles": dict(troubles.seen), "heap": heap()}
 
         await child_life({"url": url}, status, life)
@@ -253,6 +261,15 @@ def described(o: object) -> str:
     """An object in a line: its type and the start of its repr (containers by length)."""
     text = repr(o) if not isinstance(o, (dict, list, tuple)) else f"{type(o).__name__} of {len(o)}"
     return f"{type(o).__qualname__} {text[:110]}"
+
+
+def with_holders(o: object, label: str, indent: str, *mine: object) -> list[str]:
+    """``o`` in a line, then up to three of what refers to it, leaving out ``mine``
+    (the diagnostic's own lists that hold it)."""
+    import gc
+
+    holders = [h for h in gc.get_referrers(o) if not any(h is m for m in mine)]
+    return [f"{indent}{label} {described(o)}", *(f"{indent}  held by {described(h)}" for h in holders[:3])]
 
 
 def allocated_at(tracebacks: list[Any], limit: int = 3) -> list[list[str]]:
@@ -281,9 +298,7 @@ def allocated_at(tracebacks: list[Any], limit: int = 3) -> list[list[str]]:
     for objects in found:
         lines = [f"        {n} {name}" for name, n in Counter([type(o).__qualname__ for o in objects]).most_common(5)]
         for o in itertools.islice(objects, limit):  # not a slice: a list that would hold them too
-            lines.append(f"        e.g. {described(o)}")
-            holders = [h for h in gc.get_referrers(o) if h is not objects and h is not found]
-            lines.extend(f"          held by {described(h)}" for h in holders[:3])
+            lines.extend(with_holders(o, "e.g.", "        ", objects, found))
         described_all.append(lines)
     return described_all
 
@@ -374,9 +389,7 @@ def start_census(path: str) -> Callable[[], None]:
             for name, _ in grown[:3]:
                 newer = [o for o in objects if type(o).__qualname__ == name and id(o) not in seen][:4]
                 for o in newer:
-                    out.write(f"    new {described(o)}\n")
-                    holders = [r for r in gc.get_referrers(o) if r is not newer and r is not objects]
-                    out.writelines(f"      held by {described(r)}\n" for r in holders[:3])
+                    out.writelines(f"{line}\n" for line in with_holders(o, "new", "    ", newer, objects))
         del objects
     return census
 
@@ -408,10 +421,8 @@ async def start_every_worker(address: str) -> None:
     await asyncio.gather(*(eight() for _ in range(WORKERS // 8)))
 
 
-async def run_servers(registry: str, count: int, life: Life, trace: str | None = None,
-                      census: str | None = None) -> None:
+async def run_servers(registry: str, count: int, life: Life) -> None:
     troubles = install_troubles()
-    traced = start_diagnostics(trace, census)
     servers = []
     for _ in range(count):
         server = geerpc.Server(handle_timeout=5, max_workers=WORKERS)
@@ -424,8 +435,6 @@ async def run_servers(registry: str, count: int, life: Life, trace: str | None =
         await start_every_worker(address)
     try:
         def status() -> dict[str, Any]:
-            if traced is not None:
-                traced()
             return {"troubles": dict(troubles.seen), "heap": heap()}
 
         await child_life({"addresses": addresses}, status, life)
@@ -513,7 +522,7 @@ RECONNECT_WEIGHT = 1
 
 class ClientProcess:
     def __init__(self, registry: str, addresses: list[str], workers: int, pause: float, seed: int,
-                 only: set[str] | None = None, trace: str | None = None, census: str | None = None) -> None:
+                 only: set[str] | None = None) -> None:
         self.registry, self.addresses, self.workers, self.pause = registry, addresses, workers, pause
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
@@ -528,7 +537,6 @@ class ClientProcess:
         if only:
             self.choices = [name for name in self.choices if name in only]
         self.ops = {name: op for name, op, _ in OPS}
-        self.trace, self.census = trace, census
 
     def new_xclient(self) -> Any:
         from geerpc.xclient import RegistryDiscovery, SelectMode, XClient
@@ -592,11 +600,8 @@ class ClientProcess:
     async def run(self, life: Life) -> None:
         troubles = install_troubles()
         self.xclient = self.new_xclient()
-        counted = start_diagnostics(self.trace, self.census)
 
         def status() -> dict[str, Any]:
-            if counted is not None:
-                counted()
             return {"counts": dict(self.counts), "unexpected": dict(self.unexpected),
                     "troubles": dict(troubles.seen), "heap": heap()}
 
@@ -798,15 +803,14 @@ def cli() -> None:
     args = parser.parse_args()
     if not args.leak >= 0:
         parser.error("--leak takes a number of 0 or more")
-    life = Life(args.every, args.malloc == "steady", args.leak)
+    life = Life(args.every, args.malloc == "steady", args.leak, args.trace, args.census)
     if args.role == "registry":
-        asyncio.run(run_registry(life, args.trace, args.census))
+        asyncio.run(run_registry(life))
     elif args.role == "server":
-        asyncio.run(run_servers(args.registry, args.servers, life, args.trace, args.census))
+        asyncio.run(run_servers(args.registry, args.servers, life))
     elif args.role == "client":
         only = set(args.only.split(",")) if args.only else None
-        process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed, only,
-                                args.trace, args.census)
+        process = ClientProcess(args.registry, args.addresses.split(","), args.workers, args.pause, args.seed, only)
         asyncio.run(process.run(life))
     else:
         if not args.minutes > 0:
