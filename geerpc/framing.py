@@ -22,6 +22,8 @@ _pack_length = _LENGTH.pack
 _INITIAL_BUFFER: Final = 16 * 1024  # per connection, grown only as large frames arrive
 _MIN_READ: Final = 16 * 1024
 _SHRINK_ABOVE: Final = 1024 * 1024
+_KEEP: Final = 64 * 1024  # a buffer grown past this is given back once it is not needed
+_RELEASE_AFTER: Final = 16  # frames in a row that fit in _KEEP before a grown buffer goes
 
 
 def frame(payload: bytes) -> bytes:
@@ -42,15 +44,20 @@ class FrameDecoder:
 
     The buffer is never resized in place (a memoryview handed out may still exist): it
     is compacted by moving bytes within it, or replaced by a larger one when a frame
-    needs the room, and replaced by a small one again once a large frame is gone.
+    needs the room, and replaced by a small one again once large frames stop: when it
+    is empty after ``_RELEASE_AFTER`` frames in a row that would fit in ``_KEEP``. So a
+    connection whose large frames have stopped gives their memory back at its next few
+    calls, rather than holding it until it closes, and one that gets large frames all
+    the time does not pay for the growth (fresh pages) again each frame.
     """
 
-    __slots__ = ("_buffer", "_start", "_end", "max_frame_size")
+    __slots__ = ("_buffer", "_start", "_end", "_fitting", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self._buffer = bytearray(_INITIAL_BUFFER)
         self._start = 0  # first byte not yet taken
         self._end = 0  # end of the bytes received
+        self._fitting = 0  # frames in a row, taken from a grown buffer, that fit in _KEEP
         self.max_frame_size = max_frame_size
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
@@ -124,6 +131,12 @@ class FrameDecoder:
         with memoryview(buffer) as view:  # one copy (slicing the bytearray, then bytes(), is two)
             payload = bytes(view[pos + 4 : end])
         self._start = end
+        if len(buffer) > _KEEP:
+            self._fitting = self._fitting + 1 if size + 4 <= _KEEP else 0
+            if self._fitting >= _RELEASE_AFTER and end == self._end:
+                # Taken here, not at the next read, which on an idle connection may never come.
+                self._buffer = bytearray(_INITIAL_BUFFER)
+                self._start = self._end = self._fitting = 0
         return payload
 
     def head_size(self) -> int:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from geerpc import protocol as p
 from geerpc.errors import ProtocolError
+from geerpc.framing import _RELEASE_AFTER as RELEASE_AFTER
 
 
 def pack(obj: object) -> bytes:
@@ -861,6 +862,46 @@ def test_buffered_receive_grows_for_a_large_frame_then_shrinks_back():
     assert len(decoder._buffer) <= 1024 * 1024
     assert _receive(decoder, p.frame(b"small"), 65536) == [b"small"]
     assert len(decoder._buffer) <= 1024 * 1024
+
+
+def _one_at_a_time(decoder: p.FrameDecoder, payloads: list[bytes]) -> list[int]:
+    """Receive each payload on its own (the buffer empty between them, as on a connection
+    with one call at a time); the decoder's buffer size after each."""
+    sizes = []
+    for payload in payloads:
+        assert _receive(decoder, p.frame(payload), 16384) == [payload]
+        sizes.append(len(decoder._buffer))
+    return sizes
+
+
+@pytest.mark.parametrize("size", [70_000, 200_000, 1_000_000])
+def test_a_grown_buffer_is_given_back_once_large_frames_stop(size):
+    # A connection that got a large frame and then only small ones must not keep the
+    # memory until it closes: the RELEASE_AFTER-th small frame in a row gives it back,
+    # as it is taken (no read may follow it).
+    decoder = p.FrameDecoder()
+    sizes = _one_at_a_time(decoder, [b"x" * size] + [b"small"] * RELEASE_AFTER)
+    assert sizes[0] > 64 * 1024 and sizes[1:-1] == [sizes[0]] * (RELEASE_AFTER - 1)
+    assert sizes[-1] <= 64 * 1024 and decoder.pending == 0
+
+
+def test_a_grown_buffer_stays_while_large_frames_keep_coming():
+    # One call at a time, large and small frames mixed: the buffer grows once and stays
+    # (growing it again for each large frame would cost its fresh pages each time).
+    decoder = p.FrameDecoder()
+    sizes = _one_at_a_time(decoder, [b"x" * 100_000, *[b"small"] * (RELEASE_AFTER - 1)] * 4)
+    assert len(set(sizes)) == 1 and sizes[0] > 64 * 1024
+
+
+def test_a_grown_buffer_stays_while_frames_follow_in_it():
+    # Large frames back to back, in reads that straddle them, then small ones in the
+    # same reads: it never starts over while bytes are buffered.
+    decoder = p.FrameDecoder()
+    payloads = [bytes([n]) * 100_000 for n in range(6)] + [b"small"] * (RELEASE_AFTER + 4)
+    grown: list[int] = []
+    assert _receive(decoder, b"".join(p.frame(x) for x in payloads), 50_000, grown) == payloads
+    assert grown == sorted(grown)
+    assert len(decoder._buffer) <= 64 * 1024  # empty after many small frames: given back
 
 
 def _room_after(decoder: p.FrameDecoder, data: bytes) -> int:
