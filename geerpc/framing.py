@@ -46,8 +46,8 @@ class FrameDecoder:
     is compacted by moving bytes within it, or replaced by a larger one when a frame
     needs the room, and replaced by a small one again once large frames stop: when it
     is empty after ``_RELEASE_AFTER`` frames in a row that would fit in ``_KEEP``. So a
-    connection whose large frames have stopped gives their memory back at its next few
-    calls, rather than holding it until it closes, and one that gets large frames all
+    connection whose large frames have stopped gives their memory back within its next
+    ``_RELEASE_AFTER`` frames, rather than holding it until it closes, and one that gets large frames all
     the time does not pay for the growth (fresh pages) again each frame.
     """
 
