@@ -470,6 +470,44 @@ async def test_a_node_left_by_an_earlier_life_is_replaced(zk: ZooKeeperProcess, 
         assert json.loads(got[0])["services"] == ["Arith"]
 
 
+async def test_a_node_that_cannot_be_created_again_at_once_is_retried(zk: ZooKeeperProcess, path: str,
+                                                                       raw: Raw) -> None:
+    # The node is deleted by hand while the parent refuses creates (an ACL): the keeper's
+    # first attempt fails, and it keeps trying until the parent accepts again.
+    from kazoo.security import ACL, Permissions, make_acl
+
+    async with await register(zk.url(path), A1, ["Arith"]) as reg:
+        everyone = make_acl("world", "anyone", all=True)
+        no_create = ACL(Permissions.READ | Permissions.DELETE | Permissions.WRITE | Permissions.ADMIN,
+                        everyone.id)
+        await asyncio.to_thread(raw.client.set_acls, f"/{path}", [no_create])
+        try:
+            await asyncio.to_thread(raw.client.delete, f"/{path}/{A1}")
+            await eventually(lambda: reg._trouble.failures >= 1, 2, "a refused create")
+            assert reg.registrations == 1
+        finally:
+            await asyncio.to_thread(raw.client.set_acls, f"/{path}", [everyone])
+        await eventually(lambda: reg.registrations == 2, 5, "node created once creates are allowed")
+        got = await asyncio.to_thread(raw.get, f"/{path}/{A1}")
+        assert got is not None and got[1].ephemeralOwner == reg.session_id
+
+
+async def test_a_late_deleted_event_does_not_unsettle_a_confirmed_node(zk: ZooKeeperProcess, path: str,
+                                                                       raw: Raw) -> None:
+    # Replacing a stale node fires the watch set on it; its DELETED can reach the loop
+    # after our own node was made and confirmed. It asks the keeper to look again, and
+    # the confirmation stands meanwhile: session_id never drops back to 0.
+    async with await register(zk.url(path), A1, ["Arith"]) as reg:
+        owner = reg.session_id
+        assert owner != 0
+        reg._node_event("DELETED", reg.node)
+        assert reg.session_id == owner
+        await eventually(lambda: not reg._recheck, 2, "keeper looked again")
+        got = await asyncio.to_thread(raw.get, f"/{path}/{A1}")
+        assert got is not None and got[1].ephemeralOwner == owner == reg.session_id
+        assert reg.registrations == 1  # ours was still there: confirmed, not created again
+
+
 async def test_an_expired_session_is_replaced_and_the_node_created_again(
         zk: ZooKeeperProcess, path: str, raw: Raw, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="geerpc")

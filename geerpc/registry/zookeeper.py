@@ -64,6 +64,7 @@ class ZooKeeperRegistration:
         self._session = session
         self._wake = asyncio.Event()
         self._seen_in = 0  # the session in which our node was last confirmed
+        self._recheck = False  # a watch said the node went: confirm it again, whatever _seen_in says
         self.registrations = 0  # times the node was created (1 + re-registrations)
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -73,7 +74,7 @@ class ZooKeeperRegistration:
 
     @property
     def session_id(self) -> int:
-        """The ZooKeeper session that holds the node now."""
+        """The ZooKeeper session in which the node was last confirmed (0 before the first)."""
         return self._seen_in
 
     @property
@@ -82,8 +83,10 @@ class ZooKeeperRegistration:
         return self._task is not None and not self._task.done()
 
     def _node_event(self, kind: str, path: str) -> None:
+        # A DELETED may arrive late: after _ensure replaced a stale node and confirmed
+        # ours. Ask the keeper to look again rather than forget the confirmation.
         if kind == "DELETED":
-            self._seen_in = 0
+            self._recheck = True
             self._wake.set()
 
     async def _ensure(self) -> None:
@@ -142,8 +145,9 @@ class ZooKeeperRegistration:
             self._wake.clear()
             if not self._session.connected:
                 continue  # kazoo reconnects; its next state change wakes us
-            if self._seen_in == self._session.session_id:
+            if not self._recheck and self._seen_in == self._session.session_id:
                 continue
+            self._recheck = False
             try:
                 await self._ensure()
             except Exception as exc:  # ZkUnavailable, NoNode: retried; anything else is a bug
@@ -153,6 +157,7 @@ class ZooKeeperRegistration:
                 logger.log(level, "ZooKeeper registration of %s: %s (failure %d, retrying)",
                            self.address, exc, self._trouble.failures)
                 await asyncio.sleep(backoff.next_delay())
+                self._recheck = True
                 self._wake.set()
                 continue
             recovery = self._trouble.recovered(loop.time())
