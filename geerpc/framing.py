@@ -18,7 +18,7 @@ __all__ = ["DEFAULT_MAX_FRAME_SIZE", "FrameDecoder", "frame"]
 DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
 _LENGTH: Final = struct.Struct(">I")
 _unpack_length = _LENGTH.unpack_from
-_pack_length = _LENGTH.pack
+pack_length: Final = _LENGTH.pack  # the 4-byte prefix alone, for encoders that frame a body of their own
 _INITIAL_BUFFER: Final = 16 * 1024  # per connection, grown only as large frames arrive
 _MIN_READ: Final = 16 * 1024
 _SHRINK_ABOVE: Final = 1024 * 1024
@@ -28,7 +28,7 @@ _RELEASE_AFTER: Final = 16  # frames in a row that fit in _KEEP before a grown b
 
 def frame(payload: bytes) -> bytes:
     """Prefix ``payload`` with its 4-byte big-endian length."""
-    return _pack_length(len(payload)) + payload
+    return pack_length(len(payload)) + payload
 
 
 class FrameDecoder:
@@ -126,7 +126,7 @@ class FrameDecoder:
             fresh = bytearray(max(_INITIAL_BUFFER, rest))
             with memoryview(buffer) as view:
                 fresh[:rest] = view[end : self._end]
-            self._buffer, self._start, self._end = fresh, 0, rest
+            self._buffer, self._start, self._end, self._fitting = fresh, 0, rest, 0
             return memoryview(buffer)[pos + 4 : end]
         with memoryview(buffer) as view:  # one copy (slicing the bytearray, then bytes(), is two)
             payload = bytes(view[pos + 4 : end])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import math
-import struct
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
@@ -23,6 +22,7 @@ import msgpack
 from .decoding import DEFAULT_MAX_ELEMENTS, SMALL, SMALL_COST, UNPACK_OPTIONS, TooManyElements, unpack
 from .errors import ProtocolError
 from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, frame
+from .framing import pack_length as _pack_length
 from .metadata import incoming_problem
 from .option import (
     CODEC_TYPE, MAGIC_NUMBER, MAX_OPTION_SIZE, BadOption, Option, OptionReader, decode_option, encode_option,
@@ -42,9 +42,6 @@ __all__ = [
 
 MAX_METHOD_LENGTH: Final = 256
 _MAX_SEQ: Final = 2**63 - 1
-_LENGTH: Final = struct.Struct(">I")
-_unpack_length = _LENGTH.unpack_from
-_pack_length = _LENGTH.pack
 
 
 class MsgType(enum.IntEnum):

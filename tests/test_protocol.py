@@ -904,6 +904,18 @@ def test_a_grown_buffer_stays_while_frames_follow_in_it():
     assert len(decoder._buffer) <= 64 * 1024  # empty after many small frames: given back
 
 
+def test_a_frame_handed_out_whole_breaks_the_run_of_small_ones():
+    # The run that gives a grown buffer back counts frames in a row that fit in 64 KiB;
+    # a frame over 1 MiB (handed out as the buffer itself) is one that does not.
+    decoder = p.FrameDecoder()
+    _one_at_a_time(decoder, [b"x" * 100_000, *[b"small"] * (RELEASE_AFTER - 1)])
+    after = [b"y" * (2 * 1024 * 1024), b"a" * 40_000, b"b" * 40_000]
+    decoder.feed(b"".join(p.frame(x) for x in after))
+    taken = [bytes(decoder.next_frame() or b"") for _ in after]
+    assert taken == after and decoder.pending == 0
+    assert len(decoder._buffer) > 64 * 1024  # two frames into a new run: kept
+
+
 def _room_after(decoder: p.FrameDecoder, data: bytes) -> int:
     """Receive ``data`` as asyncio would, then return the room the decoder offers next."""
     decoder.get_buffer(-1)[: len(data)] = data
