@@ -13,9 +13,11 @@ a budget the test opens and closes itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
-from _raw import assert_serving, raw_connection, request, serving
+from _raw import Raw, assert_serving, raw_connection, request, serving
 from conftest import Arith, eventually
 
 import geerpc
@@ -148,32 +150,37 @@ class Recorder(Arith):
         return len(value)
 
 
-def closed_gate(server: geerpc.Server) -> Switch:
+@contextlib.asynccontextmanager
+async def frame_waiting(service: Arith, data: bytes) -> AsyncIterator[tuple[geerpc.Server, Switch, Raw]]:
+    """A server whose gate is closed, and a raw connection that sent ``data`` (a large
+    frame first): yielded once that frame waits at the gate. The test opens the switch."""
     switch = Switch()
     switch.closed = True
-    server.decode_gate.budget = switch
-    return switch
+    async with serving(service) as server:
+        server.decode_gate.budget = switch
+        assert server.address is not None
+        async with raw_connection(server.address) as raw:
+            await raw.send(data)
+            await eventually(lambda: len(server.decode_gate) == 1, what="the large frame waiting")
+            yield server, switch, raw
 
 
 async def test_a_large_frame_waits_for_the_gate_and_what_follows_waits_behind_it() -> None:
     service = Recorder()
-    async with serving(service) as server:
-        switch = closed_gate(server)
+    sent = request(1, "Recorder.take", LARGE) + request(2, "Recorder.add", 2, 3)
+    async with frame_waiting(service, sent) as (server, switch, raw):
         assert server.address is not None
-        async with raw_connection(server.address) as raw:
-            await raw.send(request(1, "Recorder.take", LARGE) + request(2, "Recorder.add", 2, 3))
-            await eventually(lambda: len(server.decode_gate) == 1, what="the large frame waiting")
-            # Small frames on other connections never wait: a whole call goes through.
-            async with await geerpc.dial(server.address) as client:
-                assert await client.call("Recorder.add", 1, 2, timeout=5) == 3
-            assert service.order == ["add"]  # the other client's: nothing of this connection ran
-            switch.closed = False
-            replies = {}
-            for _ in range(2):
-                response = await raw.read_response(timeout=5)
-                replies[response.seq] = response.result
-            assert replies == {1: len(LARGE), 2: 5}
-            assert service.order == ["add", "take", "add"]  # in the order they were sent
+        # Small frames on other connections never wait: a whole call goes through.
+        async with await geerpc.dial(server.address) as client:
+            assert await client.call("Recorder.add", 1, 2, timeout=5) == 3
+        assert service.order == ["add"]  # the other client's: nothing of this connection ran
+        switch.closed = False
+        replies = {}
+        for _ in range(2):
+            response = await raw.read_response(timeout=5)
+            replies[response.seq] = response.result
+        assert replies == {1: len(LARGE), 2: 5}
+        assert service.order == ["add", "take", "add"]  # in the order they were sent
         assert server.decode_gate.waits == 1
 
 
@@ -211,60 +218,41 @@ async def test_small_frames_pipelined_past_the_large_frame_size_never_wait_nor_a
 
 async def test_a_cancel_behind_a_waiting_frame_still_cancels_it() -> None:
     service = Recorder()
-    async with serving(service) as server:
-        switch = closed_gate(server)
-        assert server.address is not None
-        async with raw_connection(server.address) as raw:
-            await raw.send(request(1, "Recorder.wait", LARGE) + p.encode_cancel(1))
-            await eventually(lambda: len(server.decode_gate) == 1, what="the large frame waiting")
-            switch.closed = False
-            await raw.send(request(2, "Recorder.add", 1, 1))
-            assert (await raw.read_response(timeout=5)).result == 2  # no reply for the cancelled call
-            # The Cancel came after its request, so it cancelled the call before it
-            # began; taken first, it would have been for no call, and the call would wait.
-            assert service.order == ["add"]
-            (connection,) = server._connections
-            assert connection.running == 0
+    sent = request(1, "Recorder.wait", LARGE) + p.encode_cancel(1)
+    async with frame_waiting(service, sent) as (server, switch, raw):
+        switch.closed = False
+        await raw.send(request(2, "Recorder.add", 1, 1))
+        assert (await raw.read_response(timeout=5)).result == 2  # no reply for the cancelled call
+        # The Cancel came after its request, so it cancelled the call before it
+        # began; taken first, it would have been for no call, and the call would wait.
+        assert service.order == ["add"]
+        (connection,) = server._connections
+        assert connection.running == 0
 
 
 async def test_a_peer_that_hangs_up_while_its_frame_waits_is_closed_once_it_is_read() -> None:
-    service = Recorder()
-    async with serving(service) as server:
-        switch = closed_gate(server)
-        assert server.address is not None
-        async with raw_connection(server.address) as raw:
-            await raw.send(request(1, "Recorder.take", LARGE))
-            await eventually(lambda: len(server.decode_gate) == 1, what="the large frame waiting")
+    async with frame_waiting(Recorder(), request(1, "Recorder.take", LARGE)) as (server, switch, raw):
+        await raw.close()
         switch.closed = False  # reading resumes after the frame, and finds the hang-up
         await eventually(lambda: not server.snapshot().connections, what="the connection closed")
         assert len(server.decode_gate) == 0
+        assert server.address is not None
         async with await geerpc.dial(server.address) as client:
             assert await client.call("Recorder.add", 1, 2, timeout=5) == 3
 
 
 async def test_a_server_stopped_while_frames_wait_stops_at_once() -> None:
     service = Recorder()
-    async with serving(service) as server:
-        closed_gate(server)  # never opened
-        assert server.address is not None
-        async with raw_connection(server.address) as raw:
-            await raw.send(request(1, "Recorder.take", LARGE))
-            await eventually(lambda: len(server.decode_gate) == 1, what="the large frame waiting")
-            await asyncio.wait_for(server.stop(grace=1), 5)
-            assert len(server.decode_gate) == 0 and service.order == []
-            assert await raw.read_until_closed(timeout=5) == b""
+    async with frame_waiting(service, request(1, "Recorder.take", LARGE)) as (server, _, raw):  # never opened
+        await asyncio.wait_for(server.stop(grace=1), 5)
+        assert len(server.decode_gate) == 0 and service.order == []
+        assert await raw.read_until_closed(timeout=5) == b""
 
 
 async def test_a_waiting_frame_keeps_its_connection_from_counting_as_idle() -> None:
-    service = Recorder()
-    async with serving(service) as server:
-        closed_gate(server)
-        assert server.address is not None
-        async with raw_connection(server.address) as raw:
-            await raw.send(request(1, "Recorder.take", LARGE))
-            await eventually(lambda: len(server.decode_gate) == 1, what="the large frame waiting")
-            (connection,) = server._connections
-            assert not connection.idle  # not the one evicted to make room
+    async with frame_waiting(Recorder(), request(1, "Recorder.take", LARGE)) as (server, _, _raw):
+        (connection,) = server._connections
+        assert not connection.idle  # not the one evicted to make room
 
 
 async def test_amplification_on_three_connections_goes_through_the_gate_and_others_are_served() -> None:
