@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["Child", "FdPeak", "emit", "memory_kb", "open_fds", "percentile", "pin", "slope",
-           "wait_for_stdin_eof"]
+__all__ = ["Child", "FdPeak", "emit", "memory_kb", "open_fds", "percentile", "pin", "servers", "slope",
+           "start_server", "stop_server", "wait_for_stdin_eof"]
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
@@ -198,6 +199,46 @@ class Child:
                 async with asyncio.timeout(1.0):
                     await self._stderr_task
         return self.process.returncode
+
+
+def start_server(args: list[str], what: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``python args...``, a server child that prints its address(es) on one line
+    and stops when its stdin closes; return it and that line."""
+    proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    address = proc.stdout.readline().strip()
+    if not address:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"{what} server did not start")
+    return proc, address
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    """Close the child's stdin, and kill it if it has not ended 5 s later."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def servers(script: str, kinds: Sequence[str], *extra: str) -> Iterator[dict[str, str]]:
+    """``script --serve KIND *extra`` for each kind, all listening throughout: the line
+    each printed, by kind. They are stopped on exit."""
+    procs = []
+    try:
+        addresses = {}
+        for kind in kinds:
+            proc, addresses[kind] = start_server([script, "--serve", kind, *extra], kind)
+            procs.append(proc)
+        yield addresses
+    finally:
+        for proc in procs:
+            stop_server(proc)
 
 
 async def wait_for_stdin_eof() -> None:

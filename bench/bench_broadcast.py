@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from _procs import pin, servers, wait_for_stdin_eof  # noqa: E402
 
 import geerpc  # noqa: E402
 from geerpc.xclient import MultiServerDiscovery, SelectMode, XClient  # noqa: E402
@@ -36,12 +37,7 @@ async def serve(count: int) -> None:
         await server.start("127.0.0.1", 0)
         servers.append(server)
     print(" ".join(s.address or "" for s in servers), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until stdin closes
-
-
-def pin(core: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {core})
+    await wait_for_stdin_eof()
 
 
 async def measure(addresses: list[str], calls: int) -> None:
@@ -78,22 +74,11 @@ def main() -> None:
         asyncio.run(serve(args.serve))
         return
     pin(1)
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", "32"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        addresses = proc.stdout.readline().split()
+    with servers(__file__, ["32"]) as printed:
+        addresses = printed["32"].split()
         if len(addresses) != 32:
-            raise RuntimeError("servers did not start")
+            raise RuntimeError(f"32 servers did not start: {printed['32']!r}")
         asyncio.run(measure(addresses, args.calls))
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 if __name__ == "__main__":

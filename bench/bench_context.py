@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import bench_rpc as b  # noqa: E402
+from _procs import pin, servers, wait_for_stdin_eof  # noqa: E402
 
 import geerpc  # noqa: E402
 
@@ -77,7 +78,7 @@ async def serve(variant: str) -> None:
     server = geerpc.Server(interceptors=interceptors(variant, "server"))
     server.register(b.Arith())
     print(await server.start("127.0.0.1", 0), flush=True)
-    await b.wait_for_stdin_eof()
+    await wait_for_stdin_eof()
 
 
 async def connect(variant: str, address: str) -> Any:
@@ -140,22 +141,14 @@ def main() -> None:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     if args.serve:
-        b.pin(0)
+        pin(0)
         asyncio.run(b.serve("baseline") if args.serve == "baseline" else serve(args.serve))
         return
-    b.pin(1)
+    pin(1)
     variants = [v for v in VARIANTS if not (args.no_otel and v == "otel")]
     n = b.SIZES["b"] // (10 if args.quick else 1)
-    procs = []
-    try:
-        addresses = {}
-        for kind in ("baseline", *variants):
-            proc, addresses[kind] = b.start_server([__file__, "--serve", kind], kind)
-            procs.append(proc)
+    with servers(__file__, ("baseline", *variants)) as addresses:
         runs = asyncio.run(run(addresses, n, args.repeats))
-    finally:
-        for proc in procs:
-            b.stop_server(proc)
     report(runs, args.repeats)
 
 

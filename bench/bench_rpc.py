@@ -32,7 +32,6 @@ import os
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +40,8 @@ from typing import Any
 import msgpack
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from _procs import pin, servers, wait_for_stdin_eof  # noqa: E402
 
 import geerpc  # noqa: E402
 from geerpc import protocol as gp  # noqa: E402
@@ -288,40 +289,6 @@ def load(kind: str, address: str, n: int, window: int = 256) -> dict[str, float]
 # ----------------------------------------------------------------- processes
 
 
-def pin(core: int) -> None:
-    """Pin this process to one core (of two or more), so server and client never share one."""
-    count = os.cpu_count() or 1
-    if hasattr(os, "sched_setaffinity") and count > 1:
-        os.sched_setaffinity(0, {core % count})
-
-
-def start_server(args: list[str], what: str) -> tuple[subprocess.Popen[str], str]:
-    """Start ``python args...``; it prints its address on one line, and stops when stdin closes."""
-    proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    address = proc.stdout.readline().strip()
-    if not address:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"{what} server did not start")
-    return proc, address
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    assert proc.stdin is not None
-    proc.stdin.close()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-async def wait_for_stdin_eof() -> None:
-    """A server child runs until its parent closes our stdin."""
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-
 # ----------------------------------------------------------------- the run
 
 KINDS = ("baseline", "geerpc")
@@ -444,17 +411,9 @@ def main() -> None:
         return
     pin(1)
     sizes = {k: v // 10 for k, v in SIZES.items()} if args.quick else SIZES
-    loop_flag = ["--uvloop"] if args.uvloop else []
-    procs = []
-    try:
-        addresses = {}
-        for kind in KINDS:  # both listen throughout, on the other core; the idle one sleeps
-            proc, addresses[kind] = start_server([__file__, "--serve", kind, *loop_flag], kind)
-            procs.append(proc)
+    # Both listen throughout, on the other core; the idle one sleeps.
+    with servers(__file__, KINDS, *(["--uvloop"] if args.uvloop else [])) as addresses:
         runs = runner(run_pairs(addresses, sizes, args.repeats))
-    finally:
-        for proc in procs:
-            stop_server(proc)
     report(runs, args.repeats, "uvloop" if args.uvloop else "asyncio")
 
 

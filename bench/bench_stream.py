@@ -31,18 +31,13 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from _procs import pin, servers, wait_for_stdin_eof  # noqa: E402
+from bench_rpc import ECHO_SIZE, Arith, BaselineServer, concurrent, connect, echo, spread  # noqa: E402
+
 import geerpc  # noqa: E402
-from bench_rpc import (  # noqa: E402
-    ECHO_SIZE, BaselineServer, concurrent, connect, echo, pin, spread, start_server, stop_server, wait_for_stdin_eof,
-)
 
 SIZES = {"items": 100_000, "chunks": 2_000, "echo": 2_000}
 CHUNK = bytes(ECHO_SIZE)
-
-
-class Arith:
-    async def add(self, a: int, b: int) -> int:
-        return a + b
 
 
 class Feed:
@@ -168,17 +163,8 @@ def main() -> None:
         return
     pin(1)
     sizes = {k: max(v // 10, 64) for k, v in SIZES.items()} if args.quick else SIZES
-    loop_flag = ["--uvloop"] if args.uvloop else []
-    procs = []
-    try:
-        addresses = {}
-        for kind in ("baseline", "geerpc"):
-            proc, addresses[kind] = start_server([__file__, "--serve", kind, *loop_flag], kind)
-            procs.append(proc)
+    with servers(__file__, ("baseline", "geerpc"), *(["--uvloop"] if args.uvloop else [])) as addresses:
         results = runner(run(addresses, sizes, args.repeats))
-    finally:
-        for proc in procs:
-            stop_server(proc)
     report(results, args.repeats, "uvloop" if args.uvloop else "asyncio")
 
 

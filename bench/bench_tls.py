@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import bench_rpc as b  # noqa: E402
+from _procs import pin, servers, wait_for_stdin_eof  # noqa: E402
 
 import geerpc  # noqa: E402
 
@@ -39,7 +40,7 @@ async def serve(kind: str, cert: str, key: str) -> None:
     server = geerpc.Server()
     server.register(b.Arith())
     print(await server.start("127.0.0.1", 0, ssl=context), flush=True)
-    await b.wait_for_stdin_eof()
+    await wait_for_stdin_eof()
 
 
 async def run(addresses: dict[str, str], ca_file: str, sizes: dict[str, int],
@@ -96,14 +97,13 @@ def main() -> None:
 
         runner = uvloop.run
     if args.serve:
-        b.pin(0)
+        pin(0)
         runner(serve(args.serve, args.cert, args.key))
         return
     import trustme
 
-    b.pin(1)
+    pin(1)
     sizes = {k: v // 10 for k, v in b.SIZES.items()} if args.quick else b.SIZES
-    loop_flag = ["--uvloop"] if args.uvloop else []
     with tempfile.TemporaryDirectory() as scratch:
         ca = trustme.CA()
         ca_file, cert_file, key_file = (os.path.join(scratch, n) for n in ("ca.pem", "cert.pem", "key.pem"))
@@ -113,17 +113,9 @@ def main() -> None:
         for pem in issued.cert_chain_pems[1:]:
             pem.write_to_path(cert_file, append=True)
         issued.private_key_pem.write_to_path(key_file)
-        procs = []
-        try:
-            addresses = {}
-            for kind in KINDS:
-                proc, addresses[kind] = b.start_server(
-                    [__file__, "--serve", kind, "--cert", cert_file, "--key", key_file, *loop_flag], kind)
-                procs.append(proc)
+        extra = ["--cert", cert_file, "--key", key_file, *(["--uvloop"] if args.uvloop else [])]
+        with servers(__file__, KINDS, *extra) as addresses:
             runs = runner(run(addresses, ca_file, sizes, args.repeats))
-        finally:
-            for proc in procs:
-                b.stop_server(proc)
     report(runs, args.repeats, "uvloop" if args.uvloop else "asyncio")
 
 
