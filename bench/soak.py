@@ -32,9 +32,10 @@ kB/min, ten times the goal, with nothing kept. A leak still shows: what is kept 
 in pages that cannot be given back. ``--malloc glibc`` measures RSS with glibc's
 defaults, and ``--leak KB`` makes the server process keep KB kB more each minute on
 purpose, to see that the soak catches a leak of that size. Beside each process's RSS it
-prints Python's allocated blocks and glibc malloc's bytes in use and held free, so a
-growth can be told apart as objects kept, C allocations kept, or freed memory the
-allocator keeps. Two diagnostics find what grows; each appends to a file per process
+prints Python's allocated blocks, the bytes in them and the 1 MiB arenas pymalloc holds
+them in (now, and made in all), and glibc malloc's bytes in use and held free, so a
+growth can be told apart as objects kept, C allocations kept, or freed memory an
+allocator keeps (an arena stays while any block in it lives). Two diagnostics find what grows; each appends to a file per process
 once a minute. ``--trace FILE`` runs tracemalloc: the bytes Python holds, and every
 fifth minute what grew most by traceback, with the objects allocated there and what
 holds them (for allocations made in C, whose traceback stops at a loop callback).
@@ -54,6 +55,7 @@ import os
 import platform
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -123,11 +125,42 @@ def heap() -> dict[str, int]:
     """Where this process's memory is: Python's allocated blocks, and malloc's bytes in
     use and held free (glibc, all arenas), so a growing RSS can be told apart as objects
     kept, C allocations kept, or freed memory the allocator does not give back."""
-    found = {"blocks": sys.getallocatedblocks()}
+    found = {"blocks": sys.getallocatedblocks(), **pymalloc()}
     if MALLINFO is not None:
         info = MALLINFO()
         found["in_use_kb"] = (info.uordblks + info.hblkhd) // 1024
         found["free_kb"] = info.fordblks // 1024
+    return found
+
+
+_PYMALLOC_LINES = {"# arenas allocated current": "arenas", "# arenas allocated total": "arenas_ever",
+                   "# bytes in allocated blocks": "pymalloc_used"}
+
+
+def pymalloc() -> dict[str, int]:
+    """Python's small-object allocator (``sys._debugmallocstats``): its 1 MiB arenas now
+    and ever made, and the bytes in its allocated blocks. An arena stays mapped while
+    any block in it lives, and keeps the pages its pools ever touched, so RSS can grow
+    with the arenas while the blocks do not. Empty where the build has no pymalloc."""
+    if not hasattr(sys, "_debugmallocstats"):
+        return {}
+    with tempfile.TemporaryFile() as out:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode("ascii", "replace")
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition("=")
+        key = _PYMALLOC_LINES.get(name.strip())
+        if key is not None:
+            found[key] = int(value.strip().replace(",", ""))
     return found
 
 
@@ -652,6 +685,9 @@ def minute_row(minute: float, watched: list[Watched], counts: Counter[str], prev
         rss, _ = memory_kb(w.child.pid)
         found = w.status.get("heap", {})
         inside = f" (blocks {found['blocks']:,}" if "blocks" in found else ""
+        if "arenas" in found:
+            inside += (f", pymalloc {found['pymalloc_used'] / 2**20:.1f} MiB in {found['arenas']} arenas"
+                       f" of {found['arenas_ever']} made")
         if "in_use_kb" in found:
             inside += f", malloc {found['in_use_kb'] / 1024:.1f} MiB used {found['free_kb'] / 1024:.1f} free"
         parts.append(f"{w.child.name} {rss / 1024:.1f} MiB{inside}{')' if inside else ''} {open_fds(w.child.pid)} fds "
