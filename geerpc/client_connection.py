@@ -19,7 +19,7 @@ from .errors import ConnectionClosed, GeeRPCError, HandshakeError, ProtocolError
 from .handshake import ClientHandshake
 from .pending import PendingCalls
 from .stream import Stream
-from .tcp import enable_keepalive, release
+from .tcp import beneath_tls, enable_keepalive, release
 from .tls import closed_during_handshake
 
 __all__ = ["ClientConnection"]
@@ -40,6 +40,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._handshake: ClientHandshake | None = handshake
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
+        self._raw: asyncio.BaseTransport | None = None  # over TLS, the socket's transport beneath it
         self.calls: PendingCalls[asyncio.Future[Any]] = PendingCalls()
         self.ready: asyncio.Future[p.Option] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
@@ -57,6 +58,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport
         self.transport = transport = cast(asyncio.Transport, transport)
+        self._raw = beneath_tls(transport) if self.tls else None  # released when lost
         enable_keepalive(transport)
         # asyncio's default high-water mark (64 KiB) is below one 64 KiB request, so
         # every large call would wait for a drain; wait only when a real backlog builds.
@@ -200,6 +202,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             release(self.transport)
             # A TLS transport's protocol holds our methods: let go of it, or we are a cycle.
             self.transport = None
+        if self._raw is not None:
+            release(self._raw)
+            self._raw = None
         if not self.closed.done():
             self.closed.set_result(None)
 

@@ -14,7 +14,8 @@ watches, gathered them for as long as no full collection ran.
 - ``releasing(factory)`` wraps a server's protocol factory (aiohttp's ``web.Server``)
   so that each protocol it makes releases its transport when its connection is lost.
 
-Over TLS, asyncio's TLS layer hides the socket's transport beneath it, which stays a cycle.
+Over TLS (HTTPS), the socket's transport beneath asyncio's TLS layer is released too
+(``tcp.beneath_tls``, taken at ``connection_made``).
 
 This module imports aiohttp: import it where a session or server is made, not at the
 top of a module whose import must stay cheap.
@@ -31,7 +32,7 @@ from typing import Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 
-from .tcp import release
+from .tcp import beneath_tls, release
 
 __all__ = ["connector", "releasing"]
 
@@ -39,21 +40,21 @@ __all__ = ["connector", "releasing"]
 class _ResponseHandler(ResponseHandler):
     """aiohttp's client protocol, releasing its transport when the connection is lost."""
 
-    __slots__ = ("_made_with",)
+    __slots__ = ("_made_with", "_beneath")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # aiohttp's own arguments, whatever they are
         super().__init__(*args, **kwargs)
         self._made_with: asyncio.BaseTransport | None = None  # close() forgets self.transport first
+        self._beneath: asyncio.BaseTransport | None = None  # over TLS, the socket's transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._made_with = transport
+        self._made_with, self._beneath = transport, beneath_tls(transport)
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        transport, self._made_with = self._made_with, None
+        transport, beneath, self._made_with, self._beneath = self._made_with, self._beneath, None, None
         super().connection_lost(exc)
-        if transport is not None:
-            release(transport)
+        _release(transport, beneath)
 
 
 def connector(ssl: _ssl.SSLContext | bool) -> aiohttp.TCPConnector:
@@ -70,14 +71,15 @@ class _Releasing(asyncio.Protocol):
     """A server's protocol as asyncio sees it: passes every event on to aiohttp's own,
     and releases the transport once the connection is lost."""
 
-    __slots__ = ("_inner", "_transport")
+    __slots__ = ("_inner", "_transport", "_beneath")
 
     def __init__(self, inner: asyncio.Protocol) -> None:
         self._inner = inner
         self._transport: asyncio.BaseTransport | None = None
+        self._beneath: asyncio.BaseTransport | None = None  # over TLS, the socket's transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
+        self._transport, self._beneath = transport, beneath_tls(transport)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -93,8 +95,13 @@ class _Releasing(asyncio.Protocol):
         self._inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        transport, self._transport = self._transport, None
+        transport, beneath, self._transport, self._beneath = self._transport, self._beneath, None, None
         self._inner.connection_lost(exc)
+        _release(transport, beneath)
+
+
+def _release(*transports: asyncio.BaseTransport | None) -> None:
+    for transport in transports:
         if transport is not None:
             release(transport)
 

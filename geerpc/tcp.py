@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-__all__ = ["enable_keepalive", "release"]
+__all__ = ["beneath_tls", "enable_keepalive", "release"]
 
 KEEPALIVE_IDLE = 30  # seconds of silence before the kernel probes the peer
 KEEPALIVE_INTERVAL = 10
@@ -42,8 +42,8 @@ def release(transport: asyncio.BaseTransport) -> None:
     aborted or reset; 3.11 never does. A server whose clients come and go holds
     thousands of them between collections: its memory creeps up and falls back, for
     no reason of its own. Called from ``connection_lost``, once the transport will not
-    read or write again: for a server's TLS connection, the socket's transport beneath
-    the TLS layer (a client's TLS transport hides its own, which stays a cycle).
+    read or write again: over TLS, the socket's transport beneath the TLS layer (a
+    server's own, from ``start_tls``; a client's, from ``beneath_tls``).
     """
     if not transport.is_closing():
         return
@@ -53,3 +53,14 @@ def release(transport: asyncio.BaseTransport) -> None:
     for name in ("_read_ready_cb", "_write_ready"):
         if attributes.get(name) is not None:
             attributes[name] = None
+
+
+def beneath_tls(transport: asyncio.BaseTransport) -> asyncio.BaseTransport | None:
+    """The socket's transport beneath an asyncio TLS transport, or None (not TLS, uvloop).
+
+    ``create_connection(ssl=...)`` hands its protocol only the TLS transport, and the
+    TLS layer lets go of the socket's before the protocol hears of the loss: a client
+    that wants to ``release`` it must take it at ``connection_made``.
+    """
+    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    return inner if isinstance(inner, asyncio.BaseTransport) else None

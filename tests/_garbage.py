@@ -63,6 +63,7 @@ async def leaves_no_garbage(work: Callable[[], Awaitable[None]], kind: Callable[
             await work()
         if settled is not None:
             await settled()
-        assert garbage(old, kind) == []
+        left = garbage(old, kind)
+        assert left == [], left
     finally:
         gc.enable()

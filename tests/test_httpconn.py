@@ -38,6 +38,37 @@ async def test_a_discovery_and_the_registry_serving_its_watch_leave_no_cycle():
         await leaves_no_garbage(watch_and_close, transports)
 
 
+async def test_over_https_the_socket_transports_beneath_tls_leave_no_cycle():
+    # asyncio's TLS layer hands the protocols only the TLS transport, and lets go of
+    # the socket's beneath it before they hear of the loss: both sides take it at
+    # connection_made, to release it too.
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    registry = Registry(timeout=30)
+    url = await registry.start("127.0.0.1", 0, ssl=server_ctx)
+    try:
+        async def watch_and_close() -> None:
+            discovery = RegistryDiscovery(url, wait=0.05, ssl=client_ctx)
+            try:
+                await discovery.refresh()
+                await discovery.get_all()  # starts the watch
+                await eventually(lambda: registry.watchers == 1, what="the watch parked")
+            finally:
+                await discovery.close()
+            await eventually(lambda: not registry._runner.server.connections, what="the registry's side closed")
+
+        await leaves_no_garbage(watch_and_close, transports)
+    finally:
+        await registry.stop()
+
+
 async def test_a_heartbeat_whose_connection_the_registry_closes_leaves_no_cycle():
     # The registry closes an idle connection after keepalive_timeout; the heartbeat's
     # next beat opens a new one. Each lost one, on either side, must be freed.

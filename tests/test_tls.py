@@ -377,7 +377,8 @@ async def test_xclient_and_sync_client_over_tls_with_a_token(ca):
 async def test_a_closed_tls_connection_is_freed_without_the_cyclic_gc(ca):
     """As over TCP (tests/test_hostile_calls.py): a server whose TLS clients come and
     go must not keep each closed connection, or the socket transport beneath its TLS
-    layer, for the next full collection; nor must a client keep its own."""
+    layer, for the next full collection; nor must a client keep its own, or its socket
+    transport."""
     import gc
     import weakref
 
@@ -392,11 +393,15 @@ async def test_a_closed_tls_connection_is_freed_without_the_cyclic_gc(ca):
             gone, raw = weakref.ref(connection), weakref.ref(connection._raw)
             del connection
             ours = weakref.ref(client._conn)
+            assert client._conn.transport is not None
+            # asyncio's TLS transport -> its protocol -> the socket transport beneath it
+            ours_raw = weakref.ref(client._conn.transport._ssl_protocol._transport)
             await client.close()
             del client
             await eventually(lambda: gone() is None, what="the closed connection freed")
             await eventually(lambda: raw() is None, what="its socket transport freed")
             await eventually(lambda: ours() is None, what="the client's closed connection freed")
+            await eventually(lambda: ours_raw() is None, what="the client's socket transport freed")
         finally:
             gc.enable()
     finally:
