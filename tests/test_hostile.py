@@ -23,7 +23,7 @@ runs the heavy versions).
 | B8 | A service object with builtin bases (dict, Exception), or a class, module or builtin registered | Only methods of the user's own classes are exposed; the others are refused with a message | test_service.py |
 | B9 | HandleTimeout of 2^1024 ns, `1.0`, UTF-16 Options; a Cancel then the same seq at once | A refusal naming the field (or a silent close for non-UTF-8), counted, no traceback; the reused seq is served | test_hostile_calls.py |
 | B10 | Announced addresses that turn clients against their host (unix@ from afar, `tcp@0:1`, numeric tricks, scope ids) | Refused by the registry and by RegistryDiscovery | test_announced_addresses.py |
-| B11 | Hours of connections, calls, failures, failovers and discoveries coming and going (`bench/soak.py`) | What each leaves is freed by reference counting, with the cyclic GC off: closed connections (geerpc's and aiohttp's, on both sides), failed and timed-out calls, failovers of calls and streams; memory stays flat | test_hostile_calls.py, test_httpconn.py (both through `tests/_garbage.py`) |
+| B11 | Hours of connections, calls, failures, failovers and discoveries coming and going (`bench/soak.py`) | What each leaves is freed by reference counting, with the cyclic GC off: closed connections (geerpc's and aiohttp's, on both sides), failed and timed-out calls, failovers of calls and streams; memory stays flat | test_hostile_calls.py, test_httpconn.py (both through `tests/_garbage.py`; HTTPS too), test_tls.py (a closed TLS connection, both sides, with the socket transport beneath) |
 
 Call context (metadata and interceptors):
 
