@@ -7,6 +7,8 @@ is refreshed. Nothing here holds a lock across I/O: selection is synchronous.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
@@ -15,7 +17,7 @@ from ..address import parse_address
 from ..errors import NoServerAvailable
 from .selection import SelectMode, pick
 
-__all__ = ["Discovery", "ServerList", "MultiServerDiscovery", "ServersUpdate"]
+__all__ = ["Discovery", "FirstList", "ServerList", "MultiServerDiscovery", "ServersUpdate"]
 
 #: What ``update()`` takes: addresses, or a mapping of address to the services it
 #: offers (``None`` when unknown: such a server counts as offering every service).
@@ -106,6 +108,38 @@ class MultiServerDiscovery(ServerList):
 
     def _describe(self) -> str:
         return f"{len(self._servers)} server(s) given to MultiServerDiscovery"
+
+
+class FirstList:
+    """A watching discovery's first list, which reads wait for, but not for ever.
+
+    ``start(now)`` when the discovery's background task starts; ``listed`` is set once
+    the first list is in. ``wait()`` returns at once after that, or when
+    ``timeout`` seconds from the start have passed (the source is away: a read serves
+    what there is, nothing yet, rather than hang); later reads never wait.
+    """
+
+    __slots__ = ("_deadline", "listed", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.listed = asyncio.Event()
+        self._deadline = 0.0
+
+    def start(self, now: float) -> None:
+        self._deadline = now + self.timeout
+
+    async def wait(self) -> None:
+        if self.listed.is_set():
+            return
+        remaining = self._deadline - asyncio.get_running_loop().time()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self.listed.wait()
+
+    def describe(self) -> str:
+        return "listed" if self.listed.is_set() else "not listed yet"
 
 
 def _normalise(servers: ServersUpdate) -> dict[str, frozenset[str] | None]:

@@ -30,7 +30,7 @@ from ..backoff import Backoff, FailureLog
 from ..errors import RegistryError
 from ..registry.etcd_client import EtcdClients, EtcdEndpoint, cancel_and_wait, parse_etcd_url
 from ..registry.etcd_gateway import Event, Listing
-from .discovery import ServerList
+from .discovery import FirstList, ServerList
 
 __all__ = ["FIRST_LIST_TIMEOUT", "EtcdDiscovery"]
 
@@ -68,7 +68,7 @@ class EtcdDiscovery(ServerList):
         self.url = parse_etcd_url(url)
         super().__init__(seed=seed)
         self._clients = EtcdClients.for_url(self.url, ssl=ssl, username=username, password=password)
-        self._first_list_timeout = first_list_timeout
+        self._first = FirstList(first_list_timeout)
         self._entries: dict[bytes, _Entry] = {}
         self._skipped: dict[bytes, int] = {}  # bad keys already logged, with their revision
         # Revision of the listing in force: watch events up to it are already in it.
@@ -79,8 +79,6 @@ class EtcdDiscovery(ServerList):
         # 1 again. Its cluster id may be the same (it is derived from the member names
         # and URLs), but its Raft term starts over, and a term never goes back otherwise.
         self._cluster: tuple[int, int] | None = None  # cluster id, Raft term
-        self._listed = asyncio.Event()
-        self._first_deadline = 0.0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._trouble = FailureLog(every=60.0)  # warn at the first failure, then once a minute
@@ -121,26 +119,18 @@ class EtcdDiscovery(ServerList):
 
     async def _ensure_fresh(self) -> None:
         self._start()
-        if self._listed.is_set():
-            return
-        remaining = self._first_deadline - asyncio.get_running_loop().time()
-        if remaining > 0:
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._listed.wait()
-            except TimeoutError:
-                pass  # etcd is away: serve what we have (nothing yet) rather than hang
+        await self._first.wait()  # etcd away: serve what there is (nothing yet) rather than hang
 
     def _describe(self) -> str:
-        state = "listed" if self._listed.is_set() else "not listed yet"
-        return f"{len(self._servers)} server(s) in etcd at {self.url.describe()}{self.url.prefix}, {state}"
+        return (f"{len(self._servers)} server(s) in etcd at {self.url.describe()}{self.url.prefix}, "
+                f"{self._first.describe()}")
 
     # ------------------------------------------------------------ background task
 
     def _start(self) -> None:
         if self._task is None and not self._closed:
             loop = asyncio.get_running_loop()
-            self._first_deadline = loop.time() + self._first_list_timeout
+            self._first.start(loop.time())
             self._task = loop.create_task(self._run(), name=f"geerpc etcd discovery {self.url.prefix}")
 
     async def _run(self) -> None:
@@ -235,7 +225,7 @@ class EtcdDiscovery(ServerList):
         self._entries = entries
         self._listed_revision = self._applied_revision = revision
         self._publish()
-        self._listed.set()
+        self._first.listed.set()
 
     def _apply_event(self, event: Event) -> None:
         kv = event.kv

@@ -27,7 +27,7 @@ from ..address import parse_address
 from ..backoff import Backoff, FailureLog
 from ..errors import RegistryError
 from ..registry.zk_client import NoNode, ZkSession, ZkUnavailable, parse_zk_url
-from .discovery import ServerList
+from .discovery import FirstList, ServerList
 
 __all__ = ["FIRST_LIST_TIMEOUT", "ZooKeeperDiscovery"]
 
@@ -55,15 +55,13 @@ class ZooKeeperDiscovery(ServerList):
                  seed: int | None = None) -> None:
         self.url = parse_zk_url(url)
         super().__init__(seed=seed)
-        self._first_list_timeout = first_list_timeout
+        self._first = FirstList(first_list_timeout)
         self._session: ZkSession | None = None
         self._entries: dict[str, _Entry] = {}  # node name -> what it says
         self._skipped: dict[str, int] = {}  # bad nodes already logged, with the zxid of their value
         self._children_dirty = True
         self._dirty: set[str] = set()  # nodes whose data is to be read again
         self._wake = asyncio.Event()
-        self._listed = asyncio.Event()
-        self._first_deadline = 0.0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._trouble = FailureLog(every=60.0)  # warn at the first failure, then once a minute
@@ -79,9 +77,9 @@ class ZooKeeperDiscovery(ServerList):
         if self._closed:
             raise RegistryError("ZooKeeperDiscovery is closed")
         session = self._start()
-        if not session.connected and not await session.wait_connected(self._first_list_timeout):
+        if not session.connected and not await session.wait_connected(self._first.timeout):
             raise ZkUnavailable(f"ZooKeeper at {self.url.describe()} did not answer "
-                                f"within {self._first_list_timeout:g} s")
+                                f"within {self._first.timeout:g} s")
         self._children_dirty = True
         self._dirty.update(self._entries, self._skipped)
         await self._read()
@@ -108,19 +106,11 @@ class ZooKeeperDiscovery(ServerList):
         if self._closed:
             return
         self._start()
-        if self._listed.is_set():
-            return
-        remaining = self._first_deadline - asyncio.get_running_loop().time()
-        if remaining > 0:
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._listed.wait()
-            except TimeoutError:
-                pass  # ZooKeeper is away: serve what we have (nothing yet) rather than hang
+        await self._first.wait()  # ZooKeeper away: serve what there is (nothing yet) rather than hang
 
     def _describe(self) -> str:
-        state = "listed" if self._listed.is_set() else "not listed yet"
-        return f"{len(self._servers)} server(s) in ZooKeeper at {self.url.describe()}{self.url.path}, {state}"
+        return (f"{len(self._servers)} server(s) in ZooKeeper at {self.url.describe()}{self.url.path}, "
+                f"{self._first.describe()}")
 
     # ------------------------------------------------------------ background task
 
@@ -132,7 +122,7 @@ class ZooKeeperDiscovery(ServerList):
             self._data_watch = session.watcher(self._data_event)
             session.on_change(self._reconnected)
             session.start()
-            self._first_deadline = loop.time() + self._first_list_timeout
+            self._first.start(loop.time())
             self._task = loop.create_task(self._run(), name=f"geerpc ZooKeeper discovery {self.url.path}")
         return self._session
 
@@ -210,7 +200,7 @@ class ZooKeeperDiscovery(ServerList):
             self._dirty |= dirty
             raise
         self._publish()
-        self._listed.set()
+        self._first.listed.set()
 
     async def _read_node(self, name: str, gate: asyncio.Semaphore) -> None:
         assert self._session is not None
