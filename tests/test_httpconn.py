@@ -10,7 +10,10 @@ collection would free.
 
 from __future__ import annotations
 
+import ssl
+
 import pytest
+import trustme
 from _garbage import leaves_no_garbage, transports
 from _registry_helpers import FakeClock
 from conftest import eventually
@@ -20,37 +23,24 @@ from geerpc.registry import Heartbeat, Registry
 from geerpc.xclient.registry_discovery import RegistryDiscovery
 
 
-async def test_a_discovery_and_the_registry_serving_its_watch_leave_no_cycle():
-    async with Registry(timeout=30) as registry:
-        assert registry.url is not None
-
-        async def watch_and_close() -> None:
-            discovery = RegistryDiscovery(registry.url, wait=0.05)
-            try:
-                await discovery.refresh()
-                await discovery.get_all()  # starts the watch
-                await eventually(lambda: registry.watchers == 1, what="the watch parked")
-            finally:
-                await discovery.close()
-            # the registry's side goes once the closed discovery's connection is lost
-            await eventually(lambda: not registry._runner.server.connections, what="the registry's side closed")
-
-        await leaves_no_garbage(watch_and_close, transports)
-
-
-async def test_over_https_the_socket_transports_beneath_tls_leave_no_cycle():
-    # asyncio's TLS layer hands the protocols only the TLS transport, and lets go of
-    # the socket's beneath it before they hear of the loss: both sides take it at
-    # connection_made, to release it too.
-    import ssl
-
-    import trustme
-
+def _contexts(https: bool) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """The registry's and the discovery's TLS contexts (None, None for plain HTTP)."""
+    if not https:
+        return None, None
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+async def test_a_discovery_and_the_registry_serving_its_watch_leave_no_cycle(https):
+    # Over HTTPS, asyncio's TLS layer hands the protocols only the TLS transport, and
+    # lets go of the socket's beneath it before they hear of the loss: both sides take
+    # it at connection_made, to release it too.
+    server_ctx, client_ctx = _contexts(https)
     registry = Registry(timeout=30)
     url = await registry.start("127.0.0.1", 0, ssl=server_ctx)
     try:
@@ -62,6 +52,7 @@ async def test_over_https_the_socket_transports_beneath_tls_leave_no_cycle():
                 await eventually(lambda: registry.watchers == 1, what="the watch parked")
             finally:
                 await discovery.close()
+            # the registry's side goes once the closed discovery's connection is lost
             await eventually(lambda: not registry._runner.server.connections, what="the registry's side closed")
 
         await leaves_no_garbage(watch_and_close, transports)
