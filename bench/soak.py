@@ -41,6 +41,8 @@ fifth minute what grew most by traceback, with the objects allocated there and w
 holds them (for allocations made in C, whose traceback stops at a loop callback).
 ``--census FILE`` counts objects by type, with a few new ones of the types that grew
 and their holders.
+``bench/resident.py PID``, run beside it, tells which kind of page a growing RSS is
+(pymalloc's pools, the main heap, thread stacks, other anonymous mappings).
 """
 
 from __future__ import annotations
