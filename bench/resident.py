@@ -37,7 +37,9 @@ import sys
 import time
 from collections.abc import Iterator
 
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+from _procs import slope  # bench/ is on the path when this runs as a script
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
 POOL = 16 * 1024
 POOL_HEADER = struct.Struct("<QQQQIIII")  # ref, freeblock, nextpool, prevpool, arenaindex, szidx, nextoffset, maxnextoffset
 ALIGNMENT = 16
@@ -75,36 +77,23 @@ def resident(pid: int) -> dict[str, int]:
     try:
         for start, end, name in writable_anonymous(pid):
             entries = os.pread(pagemap, (end - start) // PAGE * 8, start // PAGE * 8)
+            present = [index for index, (entry,) in enumerate(struct.iter_unpack("<Q", entries)) if entry >> 63]
+            if name == "[heap]" or end - start == STACK_SIZE:
+                found["heap" if name == "[heap]" else "stacks"] += len(present) * PAGE // 1024
+                continue
             pools: dict[int, bool] = {}
-            for index, (entry,) in enumerate(struct.iter_unpack("<Q", entries)):
-                if not entry >> 63:
-                    continue
-                if name == "[heap]":
-                    kind = "heap"
-                elif end - start == STACK_SIZE:
-                    kind = "stacks"
-                else:
-                    base = (start + index * PAGE) & ~(POOL - 1)
-                    if base not in pools:
-                        try:
-                            pools[base] = base >= start and is_pool(os.pread(memory, POOL_HEADER.size, base))
-                        except OSError:
-                            pools[base] = False
-                    kind = "pools" if pools[base] else "anon"
-                found[kind] += PAGE // 1024
+            for index in present:
+                base = (start + index * PAGE) & ~(POOL - 1)
+                if base not in pools:
+                    try:
+                        pools[base] = base >= start and is_pool(os.pread(memory, POOL_HEADER.size, base))
+                    except OSError:
+                        pools[base] = False
+                found["pools" if pools[base] else "anon"] += PAGE // 1024
     finally:
         os.close(pagemap)
         os.close(memory)
     return found
-
-
-def slope(points: list[tuple[float, int]]) -> float:
-    """Least-squares slope of (minute, kB) points, kB/min."""
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    spread = sum((x - mean_x) ** 2 for x, _ in points)
-    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
 
 
 def main() -> int:
@@ -134,7 +123,7 @@ def main() -> int:
     window = [(m, kinds) for m, kinds in samples if m >= samples[-1][0] / 3]
     slopes = {k: slope([(m, kinds[k]) for m, kinds in window]) for k in KINDS}
     slopes["total"] = slope([(m, sum(kinds.values())) for m, kinds in window])
-    print("slope over the last two thirds, kB/min: " + "  ".join(f"{k} {v:+.2f}" for k, v in slopes.items()))
+    print("slope over the last two thirds, kB/min: " + "  ".join(f"{k} {v or 0.0:+.2f}" for k, v in slopes.items()))
     return 0
 
 
