@@ -49,12 +49,6 @@ def budget(timeout: float | None, handle_timeout: float | None) -> float | None:
     return timeout or None
 
 
-def _sized(method: Method, frame: bytes) -> None:
-    """Remember how large the method's replies are: a decaying maximum of their sizes."""
-    size, known = len(frame), method.reply_size
-    method.reply_size = size if size >= known else known - ((known - size) >> 3)
-
-
 def _cancelled_by_someone() -> bool:
     """Whether the running task was cancelled (rather than its handler raising CancelledError)."""
     task = asyncio.current_task()
@@ -224,10 +218,11 @@ class Calls:
 
     def _answer(self, seq: int, method: Method, call: CallContext, result: Any, start: float) -> None:
         """Queue the reply of a call that ended inline."""
-        frame, code = result_reply(seq, method, result, self.frame_limit, self._sent_metadata(call))
+        metadata = call._reply_metadata  # as _sent_metadata, without the call: this runs for every inline call
+        frame, code = result_reply(seq, method, result, self.frame_limit,
+                                   metadata if metadata and self.metadata_ok else None)
         self._queue(frame)
-        _sized(method, frame)
-        method.record(perf_counter() - start, code)
+        method.record(perf_counter() - start, code, len(frame))
 
     def _fail(self, seq: int, method: Method, call: CallContext, exc: BaseException, start: float) -> None:
         frame, code = failure_reply(seq, method, call.args, call.kwargs, exc, self.frame_limit,
@@ -282,6 +277,7 @@ class Calls:
         seq, args, kwargs = message.seq, message.args, message.kwargs
         CURRENT.set(call)
         code: int | None = None  # set once answered; None: parked (recorded when sent)
+        size = -1  # the result's reply frame, once sent
         awaitable: Awaitable[Any] | None = resumed
         try:
             if deadline is not None and deadline <= self._loop.time():
@@ -324,7 +320,7 @@ class Calls:
                 return
             frame, code = result_reply(seq, method, result, self.frame_limit, metadata)
             self._reply(frame)
-            _sized(method, frame)
+            size = len(frame)
         except asyncio.CancelledError as exc:
             # No local here may refer to the task: the task keeps the CancelledError,
             # whose traceback keeps this frame, so a task in a local (or in the
@@ -351,7 +347,7 @@ class Calls:
             self._reply(frame)
         finally:
             if code is not None:
-                method.record(perf_counter() - start, code)
+                method.record(perf_counter() - start, code, size)
 
     def _task_done(self, seq: int, cost: int, task: asyncio.Task[None]) -> None:
         self.charged -= cost  # the handler has ended: its arguments are free
@@ -378,12 +374,12 @@ class Calls:
                 return
             frame, code = result_reply(call.seq, call.method, value, self.frame_limit, metadata)
             self._reply(frame)
-            _sized(call.method, frame)
+            call.method.record(perf_counter() - call.start, code, len(frame))
         else:
             frame, code = failure_reply(call.seq, call.method, call.args, call.kwargs, value, self.frame_limit,
                                         metadata=metadata)
             self._reply(frame)
-        call.method.record(perf_counter() - call.start, code)
+            call.method.record(perf_counter() - call.start, code)
         self._ended()
 
     def _sync_timeout(self, call: _SyncCall, message: p.Request) -> None:
@@ -429,8 +425,7 @@ class Calls:
             seq, method, result, start, metadata = parked.popleft()
             frame, code = result_reply(seq, method, result, self.frame_limit, metadata)
             self._reply(frame)
-            _sized(method, frame)
-            method.record(perf_counter() - start, code)
+            method.record(perf_counter() - start, code, len(frame))
 
     def forget_parked(self) -> None:
         """The connection is gone: parked results have nobody to go to."""

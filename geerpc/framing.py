@@ -63,14 +63,13 @@ class FrameDecoder:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Room to receive into: at least ``_MIN_READ`` bytes, or the rest of a started frame."""
         need = _MIN_READ
-        buffered = self._end - self._start
-        if buffered >= 4:
-            (size,) = _unpack_length(self._buffer, self._start)
-            if 0 < size <= self.max_frame_size:
-                # Room for the rest of the frame, but never more than what has already
-                # arrived: a peer must send bytes to make us allocate (at most doubling
-                # per read), not merely announce a large length.
-                need = max(need, min(4 + size - buffered, buffered))
+        size = self.head_size()
+        if 0 < size <= self.max_frame_size:
+            # Room for the rest of the frame, but never more than what has already
+            # arrived: a peer must send bytes to make us allocate (at most doubling
+            # per read), not merely announce a large length.
+            buffered = self._end - self._start
+            need = max(need, min(4 + size - buffered, buffered))
         self._make_room(need)
         return memoryview(self._buffer)[self._end :]
 

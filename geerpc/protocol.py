@@ -288,57 +288,56 @@ def decode_request_sized(payload: bytes | memoryview,
         raise _undecodable(payload, exc) from None
     if type(message) is not list or not message:
         raise ProtocolError("message must be a non-empty msgpack array")
-    kind = message[0]
-    if kind == 0 and type(kind) is int and 6 <= len(message) <= 7:
-        return _request(message), cost
-    if kind == 2 and type(kind) is int and len(message) == 2:
+    kind, length = message[0], len(message)
+    if type(kind) is int and ((kind == 0 and 6 <= length <= 7) or (kind == 5 and length == 9)):
+        # A request, or a stream's opening (a request with a window): checked here, not
+        # in a function of their own, as this runs for every call.
+        seq, method, timeout, args, kwargs = message[1:6]
+        if kind == 5:
+            items, size = message[7], message[8]
+            if not _valid_seq(seq) or not _window(items) or not _window(size) or not items or not size:
+                raise ProtocolError("stream: seq must be a positive integer and the window two integers "
+                                    "from 1 to 2^63-1")
+        elif not _valid_seq(seq):
+            raise ProtocolError(f"seq must be an integer from 1 to {_MAX_SEQ}")
+        if type(method) is not str:
+            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", "service_method must be a string")
+        if len(method) > MAX_METHOD_LENGTH:
+            raise BadRequest(seq, ErrorCode.NOT_FOUND, "MethodNotFound",
+                             f"service_method is {len(method)} characters, over {MAX_METHOD_LENGTH}")
+        if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0 or math.isinf(timeout)):
+            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
+                             "timeout must be a non-negative finite number or nil")
+        if type(args) is not list or type(kwargs) is not dict:
+            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
+                             "args must be an array and kwargs a map")
+        if length == 6 or message[6] is None:  # nil: no metadata
+            request = Request(seq, method, timeout, args, kwargs)
+        else:
+            metadata = message[6]
+            problem = incoming_problem(metadata)
+            if problem is not None:
+                raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"metadata: {problem}")
+            request = Request(seq, method, timeout, args, kwargs, metadata or None)
+        return (request if kind == 0 else StreamOpen(request, items, size)), cost
+    if kind == 2 and type(kind) is int and length == 2:
         if not _valid_seq(message[1]):
             raise ProtocolError("cancel: seq must be a positive integer")
         return Cancel(message[1]), cost
-    if kind == 3 and type(kind) is int and len(message) == 2:
+    if kind == 3 and type(kind) is int and length == 2:
         if type(message[1]) is not int or not 0 <= message[1] <= _MAX_SEQ:
             raise ProtocolError("ping: id must be an integer from 0 to 2^63-1")
         return Ping(message[1]), cost
-    if kind == 7 and type(kind) is int and len(message) == 4:
+    if kind == 7 and type(kind) is int and length == 4:
         seq, items, size = message[1:]
         if not _valid_seq(seq) or not _window(items) or not _window(size):
             raise ProtocolError("credit must be [7, seq, items, bytes] with integers from 0 to 2^63-1")
         return Credit(seq, items, size), cost
-    if kind == 5 and type(kind) is int and len(message) == 9:
-        items, size = message[7], message[8]
-        if not _valid_seq(message[1]) or not _window(items) or not _window(size) or not items or not size:
-            raise ProtocolError("stream: seq must be a positive integer and the window two integers from 1 to 2^63-1")
-        return StreamOpen(_request(message), items, size), cost
-    raise ProtocolError(f"not a request, cancel, ping, stream or credit message (type {str(kind)[:16]}, {len(message)} elements)")
+    raise ProtocolError(f"not a request, cancel, ping, stream or credit message (type {str(kind)[:16]}, {length} elements)")
 
 
 def _window(value: Any) -> bool:
     return type(value) is int and 0 <= value <= _MAX_SEQ
-
-
-def _request(message: list[Any]) -> Request:
-    """The Request in a REQUEST (6 or 7 elements) or STREAM message, checked."""
-    seq, method, timeout, args, kwargs = message[1:6]
-    if not _valid_seq(seq):
-        raise ProtocolError(f"seq must be an integer from 1 to {_MAX_SEQ}")
-    if type(method) is not str:
-        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", "service_method must be a string")
-    if len(method) > MAX_METHOD_LENGTH:
-        raise BadRequest(seq, ErrorCode.NOT_FOUND, "MethodNotFound",
-                         f"service_method is {len(method)} characters, over {MAX_METHOD_LENGTH}")
-    if timeout is not None and (type(timeout) not in (int, float) or not timeout >= 0 or math.isinf(timeout)):
-        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
-                         "timeout must be a non-negative finite number or nil")
-    if type(args) is not list or type(kwargs) is not dict:
-        raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments",
-                         "args must be an array and kwargs a map")
-    if len(message) >= 7 and message[6] is not None:  # nil: no metadata
-        metadata = message[6]
-        problem = incoming_problem(metadata)
-        if problem is not None:
-            raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"metadata: {problem}")
-        return Request(seq, method, timeout, args, kwargs, metadata or None)
-    return Request(seq, method, timeout, args, kwargs)
 
 
 def _salvage_seq(payload: bytes | memoryview, kind: int, lengths: tuple[int, ...]) -> int | None:

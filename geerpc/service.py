@@ -64,9 +64,13 @@ class Method:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1), repr=False)
     seconds: float = 0.0  # the durations' sum
 
-    def record(self, seconds: float, code: int = 0) -> None:
+    def record(self, seconds: float, code: int = 0, reply: int = -1) -> None:
         """Count one finished call, with its error code (0: it succeeded): the debug
-        page and ``/metrics`` show these."""
+        page and ``/metrics`` show these. ``reply`` is the size of the reply frame sent
+        (-1: none was), which ``reply_size`` follows."""
+        if reply >= 0:
+            known = self.reply_size
+            self.reply_size = reply if reply >= known else known - ((known - reply) >> 3)
         calls = self.calls
         self.calls = calls + 1
         if code:
