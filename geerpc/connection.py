@@ -73,6 +73,15 @@ class _Held(NamedTuple):
 
 
 class ServerConnection(asyncio.BufferedProtocol):
+    # Slots, not a __dict__: with more than 30 attributes an instance's dict no longer
+    # shares its keys, and its table (1.6 KB) would come from malloc's heap for every
+    # connection, where a server with connections coming and going fragments it.
+    __slots__ = ("_host", "_limits", "_lookup", "_loop", "_transport", "_raw", "_handshake", "_frames",
+                 "_outbox", "_queue", "_reply", "_flush", "_budget", "_calls", "_running", "_held", "_lost",
+                 "_reading_paused", "_timer", "_idle_timer", "_keepalive", "_still_here_timer", "_last_read",
+                 "peer_ip", "_tls_task", "_closed_down", "_gate", "_gated", "_waiting_turn", "_charge_from",
+                 "closed", "__weakref__")
+
     def __init__(self, host: ConnectionHost) -> None:
         self._host = host
         self._limits = limits = host.limits
