@@ -585,7 +585,8 @@ class ServerConnection(asyncio.BufferedProtocol):
     @property
     def parked(self) -> int:
         """Finished calls whose results wait for the peer to read."""
-        return len(self._calls.parked)
+        parked = self._calls.parked
+        return len(parked) if parked else 0
 
     def cancel_calls(self) -> None:
         self._calls.unpark(force=True)  # finished: their results go out whatever the budget

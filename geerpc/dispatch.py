@@ -16,6 +16,7 @@ socket; the connection passes in what to call to queue or send a reply.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import sys
@@ -46,6 +47,10 @@ def budget(timeout: float | None, handle_timeout: float | None) -> float | None:
     if handle_timeout is not None and (not timeout or handle_timeout < timeout):
         return handle_timeout
     return timeout or None
+
+
+#: a finished call whose result waits for room: (seq, method, result, start, reply metadata)
+_Parked = tuple[int, Method, Any, float, dict[str, str | bytes] | None]
 
 
 def _cancelled_by_someone() -> bool:
@@ -127,10 +132,10 @@ class Calls:
         self._running = self.running
         self._cancelled: set[asyncio.Task[None]] = set()  # cancelled tasks not yet ended
         self.charged = 0  # bytes charged for running calls, and cancelled tasks not yet ended
-        #: finished calls whose results wait for room: (seq, method, result, start, reply metadata).
-        #: A list, not a deque: at most max_in_flight long, and an empty deque is a 760-byte
-        #: block from malloc's heap for every connection.
-        self.parked: list[tuple[int, Method, Any, float, dict[str, str | bytes] | None]] = []
+        #: finished calls whose results wait for room: (seq, method, result, start, reply metadata);
+        #: None until the first is parked (an empty deque is a 760-byte block from malloc's heap,
+        #: which every connection would take)
+        self.parked: collections.deque[_Parked] | None = None
         self.frame_limit = frame_limit  # lowered to the client's own limit if smaller
         self.handle_timeout = handle_timeout  # lowered to the client's HandleTimeout if smaller
         self._interceptors = interceptors
@@ -218,9 +223,7 @@ class Calls:
 
     def _answer(self, seq: int, method: Method, call: CallContext, result: Any, start: float) -> None:
         """Queue the reply of a call that ended inline."""
-        metadata = call._reply_metadata  # as _sent_metadata, without the call: this runs for every inline call
-        frame, code = result_reply(seq, method, result, self.frame_limit,
-                                   metadata if metadata and self.metadata_ok else None)
+        frame, code = result_reply(seq, method, result, self.frame_limit, self._sent_metadata(call))
         self._queue(frame)
         method.record(perf_counter() - start, code, len(frame))
 
@@ -316,7 +319,7 @@ class Calls:
                 self._reply(frame)
                 return
             if self.parked or not self._room():
-                self.parked.append((seq, method, result, start, metadata))
+                self._park((seq, method, result, start, metadata))
                 return
             frame, code = result_reply(seq, method, result, self.frame_limit, metadata)
             self._reply(frame)
@@ -369,7 +372,7 @@ class Calls:
         metadata = self._sent_metadata(call.call)
         if ok:
             if self.parked or not self._room():
-                self.parked.append((call.seq, call.method, value, call.start, metadata))
+                self._park((call.seq, call.method, value, call.start, metadata))
                 self._ended()
                 return
             frame, code = result_reply(call.seq, call.method, value, self.frame_limit, metadata)
@@ -422,14 +425,19 @@ class Calls:
         """Encode and send parked results while there is room (all of them if ``force``)."""
         parked = self.parked
         while parked and (force or self._room()):
-            seq, method, result, start, metadata = parked.pop(0)
+            seq, method, result, start, metadata = parked.popleft()
             frame, code = result_reply(seq, method, result, self.frame_limit, metadata)
             self._reply(frame)
             method.record(perf_counter() - start, code, len(frame))
 
+    def _park(self, parked: _Parked) -> None:
+        if self.parked is None:
+            self.parked = collections.deque()
+        self.parked.append(parked)
+
     def forget_parked(self) -> None:
         """The connection is gone: parked results have nobody to go to."""
-        self.parked.clear()
+        self.parked = None
 
     def let_go(self) -> None:
         """The connection is gone and nothing of it runs: drop the callbacks that refer

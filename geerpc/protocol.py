@@ -294,8 +294,9 @@ def decode_request_sized(payload: bytes | memoryview,
         # in a function of their own, as this runs for every call.
         seq, method, timeout, args, kwargs = message[1:6]
         if kind == 5:
-            items, size = message[7], message[8]
-            if not _valid_seq(seq) or not _window(items) or not _window(size) or not items or not size:
+            items, window_bytes = message[7], message[8]
+            if (not _valid_seq(seq) or not _window(items) or not _window(window_bytes) or not items
+                    or not window_bytes):
                 raise ProtocolError("stream: seq must be a positive integer and the window two integers "
                                     "from 1 to 2^63-1")
         elif not _valid_seq(seq):
@@ -319,7 +320,7 @@ def decode_request_sized(payload: bytes | memoryview,
             if problem is not None:
                 raise BadRequest(seq, ErrorCode.INVALID_ARGUMENT, "InvalidArguments", f"metadata: {problem}")
             request = Request(seq, method, timeout, args, kwargs, metadata or None)
-        return (request if kind == 0 else StreamOpen(request, items, size)), cost
+        return (request if kind == 0 else StreamOpen(request, items, window_bytes)), cost
     if kind == 2 and type(kind) is int and length == 2:
         if not _valid_seq(message[1]):
             raise ProtocolError("cancel: seq must be a positive integer")

@@ -475,3 +475,17 @@ def test_a_methods_memory_does_not_grow_as_its_latency_window_fills():
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename")
                 if stat.traceback[0].filename in ours)
     assert grown < 1024
+
+
+def test_record_follows_reply_sizes_as_a_decaying_maximum() -> None:
+    method = Method("Builtins.min", min, False)
+    assert method.reply_size == -1  # no reply yet: a starting call reserves a share of the budget
+    method.record(0.001, 0, 800)
+    assert method.reply_size == 800
+    method.record(0.001, 0, 1200)  # larger: taken at once
+    assert method.reply_size == 1200
+    method.record(0.001, 0, 400)  # smaller: an eighth of the way down
+    assert method.reply_size == 1200 - (800 >> 3)
+    method.record(0.001, 4)  # no reply sent (a cancel, a timeout answered elsewhere): unchanged
+    assert method.reply_size == 1100
+    assert method.calls == 4 and method.errors == 1
