@@ -4,7 +4,7 @@ Debian's ``zookeeper`` package (pulled in by ``zookeeperd``) ships the server's 
 the tests run its ``ZooKeeperServerMain`` with ``java`` directly, not the system
 service, on a free 127.0.0.1 port with a temporary data directory (in memory under
 /dev/shm where there is one), a 100 ms tick (so sessions may be as short as 200 ms)
-and no admin web server. Readiness is polled with ZooKeeper's ``ruok`` command and a
+and no admin web server. Readiness is polled with ZooKeeper's ``ruok`` and ``srvr`` commands and a
 deadline, never slept for.
 """
 
@@ -89,7 +89,11 @@ class ZooKeeperProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> None:
-        """Start ZooKeeper and return once it answers ``ruok`` with ``imok``."""
+        """Start ZooKeeper and return once it serves clients (``srvr`` names its mode).
+
+        ``ruok`` alone is not enough: ZooKeeper answers ``imok`` as soon as its port is
+        bound, before it has loaded its data and takes sessions, which on a busy
+        machine can be seconds later."""
         if self._proc is not None:
             raise RuntimeError("ZooKeeper is already running")
         with open(self._log, "ab") as log:
@@ -117,7 +121,7 @@ class ZooKeeperProcess:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"ZooKeeper exited with {self._proc.returncode}:\n{self.log_tail()}")
             try:
-                if self.command("ruok", 0.5) == b"imok":
+                if self.command("ruok", 0.5) == b"imok" and b"Mode: " in self.command("srvr", 0.5):
                     return
             except OSError:
                 pass
